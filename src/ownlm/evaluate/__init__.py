@@ -1,0 +1,37 @@
+"""LaMP metrics (same numbers as the official script), trivial references, reports."""
+
+from ownlm.evaluate.metrics import (
+    LOWER_IS_BETTER,
+    classification_metrics,
+    compute_metrics,
+    generation_metrics,
+    per_user_metrics,
+    rating_metrics,
+)
+from ownlm.evaluate.references import population_majority, reference_predictions, user_majority
+from ownlm.evaluate.report import (
+    MethodResult,
+    plot_buckets,
+    plot_methods,
+    print_table,
+    write_json,
+    write_lamp_predictions,
+)
+
+__all__ = [
+    "LOWER_IS_BETTER",
+    "MethodResult",
+    "classification_metrics",
+    "compute_metrics",
+    "generation_metrics",
+    "per_user_metrics",
+    "plot_buckets",
+    "plot_methods",
+    "population_majority",
+    "print_table",
+    "rating_metrics",
+    "reference_predictions",
+    "user_majority",
+    "write_json",
+    "write_lamp_predictions",
+]

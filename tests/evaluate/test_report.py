@@ -1,0 +1,57 @@
+import json
+
+from rich.console import Console
+
+from ownlm.evaluate.report import (
+    MethodResult,
+    lamp_task_id,
+    plot_buckets,
+    plot_methods,
+    print_table,
+    write_json,
+    write_lamp_predictions,
+)
+
+
+def _results():
+    return [
+        MethodResult("population", {"mae": 0.9, "rmse": 1.2}, is_reference=True),
+        MethodResult("user", {"mae": 0.7, "rmse": 1.0}, is_reference=True),
+        MethodResult("OPPU", {"mae": 0.5, "rmse": 1.1}, [("q1", "u1", "4", "5")], seconds=3.0),
+        MethodResult("RAG", {"mae": 0.6, "rmse": 0.9}, [("q1", "u1", "5", "5")], seconds=1.0),
+    ]
+
+
+def test_print_table_marks_references_and_bolds_best():
+    console = Console(record=True, width=120, force_terminal=True)
+    table = print_table("LaMP-3", _results(), "mae", console=console)
+    text = console.export_text()
+    assert "population (reference)" in text and "OPPU" in text
+    cells = {c.header: list(c._cells) for c in table.columns}
+    assert "[bold]0.5000[/bold]" in cells["mae"]  # lower MAE is better
+    assert "[bold]0.9000[/bold]" in cells["rmse"]
+    assert [c.header for c in table.columns][:2] == ["method", "mae"]
+
+
+def test_write_json_and_lamp_predictions(tmp_path):
+    results = _results()
+    path = write_json(tmp_path / "out" / "results.json", "LaMP-3", results)
+    data = json.loads(path.read_text())
+    assert data["task"] == "LaMP-3"
+    assert data["results"][2]["predictions"] == [
+        {"id": "q1", "user_id": "u1", "output": "4", "gold": "5"}
+    ]
+    path = write_lamp_predictions(tmp_path / "lamp.json", "LaMP-3", results[2])
+    assert json.loads(path.read_text()) == {
+        "task": "LaMP_3",
+        "golds": [{"id": "q1", "output": "4"}],
+    }
+    assert lamp_task_id("lamp_2") == "LaMP_2" and lamp_task_id("peft-u") == "peft-u"
+
+
+def test_plots_are_written(tmp_path):
+    path = plot_methods(tmp_path / "m.png", "LaMP-3", _results(), "mae")
+    assert path.read_bytes()[:4] == b"\x89PNG"
+    table = {"1-10": {"RAG": 0.3, "OPPU": 0.35}, "11-50": {"RAG": 0.4, "OPPU": 0.5}}
+    path = plot_buckets(tmp_path / "b.png", table, "accuracy")
+    assert path.read_bytes()[:4] == b"\x89PNG"

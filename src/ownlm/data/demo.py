@@ -1,0 +1,261 @@
+"""Built-in demo data with planted, learnable individual preferences (seeded, no downloads).
+
+demo-tags: every movie description has a genre aspect (space, magic, heist, love) and
+a mood aspect (grim, funny, tense, hopeful), plus filler. Each user has a hidden habit:
+the aspect they tag by and their own injective mapping from that aspect's 4 values to 4
+of the 10 `DEMO_TAGS`. A user's tag is a function of (content, user); users disagree on
+the same movie, so a non-personalized model is near chance, and each user spreads over
+4 tags, so their majority tag is not enough. `HABIT_NOISE` of items get another tag.
+
+demo-headlines: articles from templates (topic, entity, event, number, day). The key
+facts make a core headline "{Entity} {verb}s {object}"; each user has one style
+(`HEADLINE_STYLES`) that wraps it, so the right headline depends on article and user.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from ownlm.data.records import Dataset, Item, Query, User
+from ownlm.data.tasks import DEMO_TAGS, get_task
+
+HABIT_NOISE = 0.1  # fraction of demo-tags items whose tag is replaced by a random other tag
+
+# aspect value -> description sentences (two per value; one is drawn per movie)
+GENRES = {
+    "space": [
+        "A crew of explorers drifts toward a distant star aboard an aging starship.",
+        "An astronaut stranded on a cold moon waits for a rescue signal from Earth.",
+    ],
+    "magic": [
+        "A young apprentice discovers a forbidden spellbook in the wizard's tower.",
+        "An old sorceress must return a stolen dragon egg to the enchanted forest.",
+    ],
+    "heist": [
+        "A gang of thieves plans to rob the city's largest bank vault in one night.",
+        "A retired safecracker is pulled back for one last casino robbery.",
+    ],
+    "love": [
+        "Two strangers keep meeting on the same night train and slowly fall in love.",
+        "A florist and a violinist write each other letters across a long summer.",
+    ],
+}
+MOODS = {
+    "grim": [
+        "Everything goes wrong and the ending is bleak and bitter.",
+        "Loss and betrayal hang over every scene, and few make it out.",
+    ],
+    "funny": [
+        "The story is full of silly jokes, pratfalls and absurd misunderstandings.",
+        "Every scene plays for laughs, with a goofy sidekick stealing the show.",
+    ],
+    "tense": [
+        "The clock is ticking and the suspense never lets up until the last minute.",
+        "Danger lurks at every corner and nobody can be trusted.",
+    ],
+    "hopeful": [
+        "Against all odds, kindness wins and the ending is warm and uplifting.",
+        "Friends help each other through hard times toward a bright new start.",
+    ],
+}
+FILLERS = [
+    "The film runs just under two hours.",
+    "It was shot in three countries.",
+    "The score was written by a newcomer.",
+    "It premiered at a small festival.",
+    "Most of the cast are unknown actors.",
+    "The director also wrote the script.",
+    "It is told in chronological order.",
+    "The film was released in the autumn.",
+]
+ASPECTS = {"genre": tuple(GENRES), "mood": tuple(MOODS)}
+
+
+@dataclass(frozen=True)
+class TagHabit:
+    """A user's hidden tagging habit: the aspect they look at and their vocabulary."""
+
+    aspect: str  # "genre" | "mood"
+    mapping: dict[str, str]  # aspect value -> tag, injective
+
+    def tag(self, genre: str, mood: str) -> str:
+        return self.mapping[genre if self.aspect == "genre" else mood]
+
+
+def _description(rng: random.Random, genre: str, mood: str) -> str:
+    sentences = [rng.choice(GENRES[genre]), rng.choice(MOODS[mood])]
+    sentences += rng.sample(FILLERS, rng.randint(2, 4))
+    return " ".join(sentences)  # ~30-60 words
+
+
+def make_tag_habit(rng: random.Random) -> TagHabit:
+    aspect = rng.choice(tuple(ASPECTS))
+    values = ASPECTS[aspect]
+    return TagHabit(aspect, dict(zip(values, rng.sample(DEMO_TAGS, len(values)), strict=True)))
+
+
+def _tag_item(rng: random.Random, habit: TagHabit, genre: str, mood: str, item_id: str) -> Item:
+    tag = habit.tag(genre, mood)
+    if rng.random() < HABIT_NOISE:
+        tag = rng.choice([t for t in DEMO_TAGS if t != tag])
+    fields = {
+        "description": _description(rng, genre, mood),
+        "tag": tag,
+        "genre": genre,
+        "mood": mood,
+    }  # genre/mood: ground truth for analysis
+    return Item(item_id, fields)
+
+
+def make_demo_tags(
+    n_users: int = 40, history: int = 20, queries: int = 5, seed: int = 0
+) -> Dataset:
+    """Users tagging movie descriptions by a hidden habit (see module docstring).
+
+    History covers each value of the user's aspect equally often (shuffled), so the
+    habit is identifiable from history; query contents are drawn uniformly. Items keep
+    "genre" and "mood" fields (ground truth for analysis; prompts never show them).
+    """
+    rng = random.Random(seed)
+    task = get_task("demo-tags")
+    users = []
+    for u in range(n_users):
+        uid = f"t{u:03d}"
+        habit = make_tag_habit(rng)
+        own = list(ASPECTS[habit.aspect])
+        # balanced cover of the user's aspect values: (history,) values cycling over 4
+        covered = [own[i % len(own)] for i in range(history)]
+        rng.shuffle(covered)
+        items = []
+        for i, value in enumerate(covered):
+            other = rng.choice(ASPECTS["mood" if habit.aspect == "genre" else "genre"])
+            genre, mood = (value, other) if habit.aspect == "genre" else (other, value)
+            items.append(_tag_item(rng, habit, genre, mood, f"{uid}-h{i}"))
+        qs = []
+        for j in range(queries):
+            item = _tag_item(
+                rng, habit, rng.choice(ASPECTS["genre"]), rng.choice(ASPECTS["mood"]), f"{uid}-q{j}"
+            )
+            qs.append(
+                Query(
+                    item.id, task.query_prompt(item.fields), item.fields["tag"], dict(item.fields)
+                )
+            )
+        users.append(User(uid, items, qs))
+    return Dataset(task.name, users, f"demo-tags(seed={seed})")
+
+
+# -- headlines -----------------------------------------------------------------------------------
+# topic -> (entities, events as (3rd person verb, base verb, object))
+TOPICS = {
+    "sports": (
+        ["Harbor City FC", "Northside United", "coach Ana Ruiz"],
+        [
+            ("wins", "win", "the regional cup"),
+            ("signs", "sign", "a young striker"),
+            ("loses", "lose", "the season opener"),
+        ],
+    ),
+    "tech": (
+        ["Lumen Labs", "the startup Orbix", "engineer Sam Patel"],
+        [
+            ("launches", "launch", "a solar phone"),
+            ("opens", "open", "a new research lab"),
+            ("recalls", "recall", "its smart watch"),
+        ],
+    ),
+    "city": (
+        ["the city council", "Mayor Lena Brook", "the transit agency"],
+        [
+            ("approves", "approve", "a new bike lane"),
+            ("closes", "close", "the old bridge"),
+            ("plans", "plan", "a riverside park"),
+        ],
+    ),
+    "health": (
+        ["the county hospital", "Dr. Omar Haddad", "a local clinic"],
+        [
+            ("opens", "open", "a free night clinic"),
+            ("tests", "test", "a new flu vaccine"),
+            ("hires", "hire", "extra nurses"),
+        ],
+    ),
+}
+DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday"]
+HEADLINE_STYLES = ("breaking", "question", "listicle", "colon", "lowercase", "exclaim")
+
+
+def _cap(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def style_headline(style: str, facts: dict[str, str]) -> str:
+    """The headline a user of `style` writes for an article's key facts (6-12 words)."""
+    core = f"{_cap(facts['entity'])} {facts['verb']} {facts['object']}"
+    if style == "breaking":
+        return f"BREAKING: {core}"
+    if style == "question":
+        return f"Will {facts['entity']} {facts['base']} {facts['object']}?"
+    if style == "listicle":
+        return f"{facts['number']} things to know: {core}"
+    if style == "colon":
+        return f"{_cap(facts['topic'])}: {core}"
+    if style == "lowercase":
+        return core.lower()
+    if style == "exclaim":
+        return f"{core}!"
+    raise ValueError(f"unknown headline style {style!r}; use one of {HEADLINE_STYLES}")
+
+
+def _article(rng: random.Random) -> tuple[str, dict[str, str]]:
+    topic = rng.choice(tuple(TOPICS))
+    entities, events = TOPICS[topic]
+    entity = rng.choice(entities)
+    verb, base, obj = rng.choice(events)
+    facts = {
+        "topic": topic,
+        "entity": entity,
+        "verb": verb,
+        "base": base,
+        "object": obj,
+        "number": str(rng.randint(3, 9)),
+        "day": rng.choice(DAYS),
+    }
+    text = (
+        f"On {facts['day']}, {entity} {verb} {obj}, officials said. "
+        f"It took {facts['number']} months of work to get here. "
+        f"Local {topic} watchers expect more news in the coming weeks."
+    )
+    return text, facts
+
+
+def make_demo_headlines(
+    n_users: int = 40, history: int = 20, queries: int = 5, seed: int = 0
+) -> Dataset:
+    """Users writing headlines for template articles in their own style (see module doc).
+
+    Items keep a "style" field (ground truth for analysis; prompts never show it).
+    """
+    rng = random.Random(seed)
+    task = get_task("demo-headlines")
+    users = []
+    for u in range(n_users):
+        uid = f"h{u:03d}"
+        style = HEADLINE_STYLES[rng.randrange(len(HEADLINE_STYLES))]
+        items = []
+        for i in range(history + queries):
+            text, facts = _article(rng)
+            fields = {"text": text, "title": style_headline(style, facts), "style": style}
+            items.append(
+                Item(
+                    f"{uid}-{'h' if i < history else 'q'}{i if i < history else i - history}",
+                    fields,
+                )
+            )
+        qs = [
+            Query(it.id, task.query_prompt(it.fields), it.fields["title"], dict(it.fields))
+            for it in items[history:]
+        ]
+        users.append(User(uid, items[:history], qs))
+    return Dataset(task.name, users, f"demo-headlines(seed={seed})")

@@ -1,0 +1,385 @@
+"""Task templates: how a task's items become prompts, training pairs and retrieval text.
+
+Every task answers the same questions for the stages downstream:
+
+* `query_prompt(fields)` -> the task prompt for raw fields (LaMP's exact query prompts);
+* `item_pair(item)` -> (prompt, target) built from one history item, the pairs OPPU
+  trains each user's LoRA on (Tan et al. 2024, Sec. 3);
+* `item_text(item)` / `query_text(query)` -> what BM25 indexes and searches with;
+* `render_item(item)` -> one retrieved item in a prompt, following LaMP's per-profile-entry
+  prompts (Salemi et al. 2023, `LaMP/prompts/prompts.py`);
+* `build_prompt(task_input, retrieved, profile)` -> the personalized prompt;
+* `parse_output(text)` -> the normalized answer (a label for label tasks).
+
+Prompt format of `build_prompt` (lines joined by "\\n", absent parts left out)::
+
+    User profile: {profile}
+    {render_item(r1)}, and {render_item(r2)}.{history_note}
+    {task_input}
+
+With no profile and no retrieved items the task input comes back unchanged, which is
+the non-personalized baseline.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ownlm.data.records import Item, Query
+from ownlm.errors import ConfigError
+
+# Character budgets: tiny backbones have short contexts, so every long field is cut.
+MAX_ITEM_CHARS = 600  # per field of a retrieved item in `render_item` / `build_prompt`
+MAX_INPUT_CHARS = 2000  # per field of the task input in `query_prompt` / `item_pair`
+MAX_PROFILE_CHARS = 600  # the profile line in `build_prompt`
+
+_FIELD = re.compile(r"{(\w+)}")
+
+
+def truncate(text: str, max_chars: int | None) -> str:
+    """Cut `text` to at most `max_chars` characters (on a word boundary, with "...")."""
+    text = text.strip()
+    if max_chars is None or len(text) <= max_chars:
+        return text
+    cut = text[: max(max_chars - 3, 0)]
+    if " " in cut[len(cut) // 2 :]:
+        cut = cut[: cut.rfind(" ")]
+    return cut.rstrip() + "..."
+
+
+def _fill(template: str, fields: dict[str, str], max_chars: int | None, what: str) -> str:
+    names = _FIELD.findall(template)
+    missing = [n for n in names if n not in fields]
+    if missing:
+        raise KeyError(f"{what} needs field(s) {missing}; got {sorted(fields)}")
+    return _FIELD.sub(lambda m: truncate(str(fields[m.group(1)]), max_chars), template)
+
+
+@dataclass(frozen=True)
+class Task:
+    """One personalization task: labels, field names and prompt templates.
+
+    Templates use `{field}` placeholders naming item/query fields. The query template
+    is the exact LaMP prompt where the task comes from LaMP.
+    """
+
+    name: str
+    kind: str  # "classification" | "rating" | "generation"
+    labels: tuple[str, ...]  # empty for generation; float(label) works for ratings
+    input_field: str  # the history-item field holding the task input, e.g. "description"
+    output_field: str  # the history-item field holding the user's answer, e.g. "tag"
+    description: str
+    prompt: str  # query template, e.g. "...description: {description}"
+    item_template: (
+        str  # one retrieved item, e.g. 'the tag for the movie: "{description}" is "{tag}"'
+    )
+    # Template for training pairs when history items differ from queries (LaMP-1: the
+    # profile holds papers, not citation choices); None -> use `prompt`.
+    pair_prompt: str | None = None
+    history_note: str = ""  # appended after the retrieved items (LaMP-5/7 wording)
+    text_fields: tuple[str, ...] = ()  # item fields indexed for retrieval; () -> input_field
+    query_text_fields: tuple[str, ...] = ()  # query fields used as retrieval query
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """Fields every history item must have."""
+        names = _FIELD.findall(self.pair_prompt or self.prompt) + [self.output_field]
+        names += _FIELD.findall(self.item_template)
+        return tuple(dict.fromkeys(names))
+
+    # -- prompts -------------------------------------------------------------------------
+    def query_prompt(self, fields: dict[str, str], max_chars: int | None = MAX_INPUT_CHARS) -> str:
+        """The task prompt for raw fields, e.g. {"description": ...} for LaMP-2."""
+        return _fill(self.prompt, fields, max_chars, f"task {self.name} prompt")
+
+    def item_pair(self, item: Item, max_chars: int | None = MAX_INPUT_CHARS) -> tuple[str, str]:
+        """(prompt, target) for one history item: the prompt as a query's, the item's output."""
+        template = self.pair_prompt or self.prompt
+        prompt = _fill(template, item.fields, max_chars, f"task {self.name} training pair")
+        return prompt, item.fields[self.output_field].strip()
+
+    def render_item(self, item: Item, max_chars: int | None = MAX_ITEM_CHARS) -> str:
+        """One retrieved history item as LaMP writes profile entries in prompts."""
+        return _fill(self.item_template, item.fields, max_chars, f"task {self.name} item")
+
+    def build_prompt(
+        self,
+        task_input: str,
+        retrieved: list[Item] | tuple[Item, ...] = (),
+        profile: str | None = None,
+        max_item_chars: int | None = MAX_ITEM_CHARS,
+        max_profile_chars: int | None = MAX_PROFILE_CHARS,
+    ) -> str:
+        """The prompt at inference (and for OPPU's retrieval-augmented training pairs).
+
+        Format, one part per line, absent parts left out::
+
+            User profile: {profile}
+            {item 1}, and {item 2}.{history_note}
+            {task_input}
+
+        Retrieved items are joined with ", and " as in LaMP's prompts. Without retrieved
+        items and profile, `task_input` is returned unchanged (non-personalized baseline).
+        """
+        parts: list[str] = []
+        if profile and profile.strip():
+            parts.append(f"User profile: {truncate(profile, max_profile_chars)}")
+        if retrieved:
+            rendered = ", and ".join(self.render_item(it, max_item_chars) for it in retrieved)
+            parts.append(f"{rendered}.{self.history_note}")
+        if not parts:
+            return task_input
+        return "\n".join([*parts, task_input])
+
+    # -- retrieval text ------------------------------------------------------------------
+    def item_text(self, item: Item) -> str:
+        """Text of a history item indexed for retrieval (its input fields)."""
+        names = self.text_fields or (self.input_field,)
+        return " ".join(item.fields[n] for n in names if n in item.fields).strip()
+
+    def query_text(self, query: Query) -> str:
+        """Retrieval query: the raw input field(s) when known, else the prompt minus instruction."""
+        names = self.query_text_fields or (self.input_field,)
+        if all(n in query.fields for n in names):
+            return " ".join(query.fields[n] for n in names).strip()
+        extracted = self.extract_fields(query.input)
+        if all(n in extracted for n in names):
+            return " ".join(extracted[n] for n in names).strip()
+        return query.input.strip()
+
+    def extract_fields(self, prompt: str) -> dict[str, str]:
+        """Raw fields recovered from a query prompt built with `prompt` ({} when not possible).
+
+        Works for templates with quoted fields (LaMP-1) and for templates ending with one
+        `{field}` after a marker such as "description:" (the other tasks).
+        """
+        names = _FIELD.findall(self.prompt)
+        if len(names) > 1:  # LaMP-1: every field sits between double quotes
+            quoted = re.findall(r'"(.*?)"', prompt, flags=re.S)
+            return dict(zip(names, quoted, strict=True)) if len(quoted) == len(names) else {}
+        if len(names) != 1 or not self.prompt.endswith("{" + names[0] + "}"):
+            return {}
+        prefix = self.prompt[: -len(names[0]) - 2]
+        if prompt.startswith(prefix):
+            return {names[0]: prompt[len(prefix) :].strip()}
+        marker = prefix.rstrip().split(" ")[-1]  # e.g. "description:" or "article:"
+        at = prompt.rfind(marker)
+        return {names[0]: prompt[at + len(marker) :].strip()} if at >= 0 else {}
+
+    # -- answers -------------------------------------------------------------------------
+    def parse_output(self, text: str) -> str:
+        """Strip; for label tasks return the label the answer starts with, if any."""
+        text = text.strip()
+        if not self.labels:
+            return text
+        probe = text.lstrip("\"'` ").lower()
+        for label in sorted(self.labels, key=len, reverse=True):  # "-1" before "1"
+            if probe.startswith(label.lower()):
+                return label
+        return text
+
+
+# -- registry ------------------------------------------------------------------------------
+LAMP2_TAGS = (
+    "sci-fi", "based on a book", "comedy", "action", "twist ending", "dystopia", "dark comedy",
+    "classic", "psychology", "fantasy", "romance", "thought-provoking", "social commentary",
+    "violence", "true story",
+)  # fmt: skip
+
+# Labels of the demo-tags task; `ownlm.data.demo` draws every user's vocabulary from it.
+DEMO_TAGS = (
+    "sci-fi", "fantasy", "crime", "romance", "action", "comedy", "dark", "thriller",
+    "feel-good", "thought-provoking",
+)  # fmt: skip
+
+STUDEMO_DIMENSIONS = (
+    "joy", "trust", "anticipation", "surprise", "fear", "sadness", "disgust", "anger",
+    "valence", "arousal",
+)  # fmt: skip
+
+TASKS: dict[str, Task] = {}
+
+
+def register(task: Task) -> Task:
+    """Add a task to `TASKS` (name must be new)."""
+    if task.name in TASKS:
+        raise ConfigError(f"task {task.name!r} is already registered; pick another name")
+    TASKS[task.name] = task
+    return task
+
+
+def get_task(name: str | Task) -> Task:
+    """The registered task called `name` (a Task passes through)."""
+    if isinstance(name, Task):
+        return name
+    if name not in TASKS:
+        raise ConfigError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
+    return TASKS[name]
+
+
+def _register_lamp() -> None:
+    # Query prompts: LaMP's `create_*_prompt` functions; item templates: its per-profile
+    # entries. OPPU uses the same ones.
+    title_prompt = "Generate a title for the following abstract of a paper: {abstract}"
+    register(
+        Task(
+            name="LaMP-1",
+            kind="classification",
+            labels=("[1]", "[2]"),
+            input_field="abstract",
+            output_field="title",
+            description="Personalized citation identification: which of two papers the author cites.",
+            prompt='For an author who has written the paper with the title "{title}", which reference '
+            'is related? Just answer with [1] or [2] without explanation. [1]: "{ref1}" [2]: "{ref2}"',
+            item_template='"{title}"',
+            # LaMP-1 profiles are the author's papers (title, abstract) without citation
+            # choices, so a history item trains abstract -> title (as OPPU does).
+            pair_prompt=title_prompt,
+            text_fields=("title", "abstract"),
+            query_text_fields=("ref1", "ref2"),
+        )
+    )
+    register(
+        Task(
+            name="LaMP-2",
+            kind="classification",
+            labels=LAMP2_TAGS,
+            input_field="description",
+            output_field="tag",
+            description="Personalized movie tagging: the tag this user gives a movie.",
+            prompt="Which tag does this movie relate to among the following tags? Just answer with "
+            f"the tag name without further explanation. tags: [{', '.join(LAMP2_TAGS)}] "
+            "description: {description}",
+            item_template='the tag for the movie: "{description}" is "{tag}"',
+        )
+    )
+    register(
+        Task(
+            name="LaMP-3",
+            kind="rating",
+            labels=("1", "2", "3", "4", "5"),
+            input_field="text",
+            output_field="score",
+            description="Personalized product rating: the 1-5 score of this user's review.",
+            prompt="What is the score of the following review on a scale of 1 to 5? just answer "
+            "with 1, 2, 3, 4, or 5 without further explanation. review: {text}",
+            item_template='{score} is the score for "{text}"',
+        )
+    )
+    for name, what, prompt, field, kind in [
+        (
+            "LaMP-4",
+            "news headline",
+            "Generate a headline for the following article: {text}",
+            "text",
+            "the title",
+        ),
+        ("LaMP-5", "scholarly title", title_prompt, "abstract", "a title"),
+        (
+            "LaMP-6",
+            "email subject",
+            "Generate a subject for the following email: {text}",
+            "text",
+            "the title",
+        ),
+    ]:
+        register(
+            Task(
+                name=name,
+                kind="generation",
+                labels=(),
+                input_field=field,
+                output_field="title",
+                description=f"Personalized {what} generation in the user's style.",
+                prompt=prompt,
+                item_template=f'"{{title}}" is {kind} for "{{{field}}}"',
+                history_note=" Following the given patterns" if name == "LaMP-5" else "",
+            )
+        )
+    register(
+        Task(
+            name="LaMP-7",
+            kind="generation",
+            labels=(),
+            input_field="text",
+            output_field="text",
+            description="Personalized tweet paraphrasing. History items hold only the user's "
+            "tweets, so a pair is (paraphrase prompt of the tweet, the tweet itself): the adapter "
+            "learns to write in the user's own wording.",
+            prompt="Paraphrase the following tweet without any explanation before or after it: {text}",
+            item_template='"{text}"',
+            history_note=" are written by a person. Following the given patterns",
+        )
+    )
+
+
+def _register_annotators() -> None:
+    for dim in STUDEMO_DIMENSIONS:
+        if dim == "valence":
+            labels = tuple(str(i) for i in range(-3, 4))
+            question = "how negative (-3) or positive (3) is the following text for you?"
+        else:
+            labels = ("0", "1", "2", "3")
+            feeling = "arousal" if dim == "arousal" else dim
+            question = f"how much {feeling} does the following text express for you?"
+        register(
+            Task(
+                name=f"studemo-{dim}",
+                kind="rating",
+                labels=labels,
+                input_field="text",
+                output_field="label",
+                description=f"StudEmo (PEFT-U): the {dim} score this annotator gives a review.",
+                prompt=f"On a scale of {labels[0]} to {labels[-1]}, {question} Just answer with "
+                f"{', '.join(labels[:-1])} or {labels[-1]} without further explanation. text: {{text}}",
+                item_template='{label} is the score for "{text}"',
+            )
+        )
+    register(
+        Task(
+            name="tweeteval-hate",
+            kind="classification",
+            labels=("Hateful", "Non-hateful"),
+            input_field="text",
+            output_field="label",
+            description="TweetEval hate (PEFT-U): whether this annotator finds a tweet hateful.",
+            prompt="Is the following tweet hateful? Just answer with Hateful or Non-hateful "
+            "without further explanation. tweet: {text}",
+            item_template='the label for the tweet: "{text}" is "{label}"',
+        )
+    )
+
+
+def _register_demo() -> None:
+    register(
+        Task(
+            name="demo-tags",
+            kind="classification",
+            labels=DEMO_TAGS,
+            input_field="description",
+            output_field="tag",
+            description="Built-in demo: each user tags movies by their own habit (ownlm.data.demo).",
+            prompt="Which tag does this movie relate to among the following tags? Just answer with "
+            f"the tag name without further explanation. tags: [{', '.join(DEMO_TAGS)}] "
+            "description: {description}",
+            item_template='the tag for the movie: "{description}" is "{tag}"',
+        )
+    )
+    register(
+        Task(
+            name="demo-headlines",
+            kind="generation",
+            labels=(),
+            input_field="text",
+            output_field="title",
+            description="Built-in demo: each user writes headlines in their own style.",
+            prompt="Generate a headline for the following article: {text}",
+            item_template='"{title}" is the title for "{text}"',
+        )
+    )
+
+
+_register_lamp()
+_register_annotators()
+_register_demo()

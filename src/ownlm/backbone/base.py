@@ -1,0 +1,196 @@
+"""One interface over the two kinds of backbone every stage trains and evaluates.
+
+`CausalBackbone` wraps any Hugging Face causal LM (the embedded tiny Llama, a local
+directory, a hub id): labels are scored by their log-likelihood, text is generated
+greedily. `EncoderBackbone` wraps the MiniLM label classifier. Both take the model to
+run as an argument, so the same backbone serves the bare base and any PEFT wrapper of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from ownlm.backbone.encoder import EncoderClassifier
+
+ANSWER_SEP = "\nAnswer: "  # between the prompt and the target, at training and inference
+
+
+def fingerprint_model(model: nn.Module) -> str:
+    """sha256 over parameter names, shapes and a sample of values: cheap, and it changes
+    when a LoRA is merged into the base, which is what adapters must be checked against."""
+    h = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(p.shape)).encode())
+        flat = p.detach().reshape(-1)
+        step = max(1, flat.numel() // 64)
+        h.update(flat[::step][:64].float().numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+class CausalBackbone:
+    kind = "causal"
+    default_targets = ("q_proj", "v_proj")
+
+    def __init__(self, model, tokenizer, name: str = "causal", max_len: int = 384):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self.name = name
+        self.max_len = min(max_len, getattr(model.config, "max_position_embeddings", max_len))
+        self._label_ids: dict[tuple[str, ...], list[list[int]]] = {}
+
+    @classmethod
+    def from_pretrained(cls, path_or_id: str | Path, name: str | None = None, max_len: int = 384):
+        model = AutoModelForCausalLM.from_pretrained(path_or_id)
+        tokenizer = AutoTokenizer.from_pretrained(path_or_id)
+        return cls(model, tokenizer, name or Path(str(path_or_id)).name, max_len)
+
+    def save(self, path: Path) -> None:
+        self.model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+
+    def fingerprint(self) -> str:
+        return fingerprint_model(self.model)
+
+    # -- tokenization ---------------------------------------------------------------
+    def _ids(self, texts: list[str]) -> list[list[int]]:
+        return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+    def encode_pairs(self, prompts: list[str], targets: list[str]):
+        """Right-padded (B, T) ids, mask and labels supervising only target + </s>.
+        Prompts are cut from the left so the task input, which comes last, survives."""
+        eos = self.tokenizer.eos_token_id
+        rows = []
+        for p, t in zip(
+            self._ids([p + ANSWER_SEP for p in prompts]), self._ids(targets), strict=True
+        ):
+            t = (t + [eos])[: self.max_len // 2]
+            p = p[-(self.max_len - len(t)) :]
+            rows.append((p + t, [-100] * len(p) + t))
+        return self._pad_right(rows)
+
+    def _pad_right(self, rows):
+        width = max(len(ids) for ids, _ in rows)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.tensor([r + [pad] * (width - len(r)) for r, _ in rows])
+        labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in rows])
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r, _ in rows])
+        return ids, mask, labels
+
+    # -- training -------------------------------------------------------------------
+    def loss(self, model, prompts: list[str], targets: list[str]) -> torch.Tensor:
+        ids, mask, labels = self.encode_pairs(prompts, targets)
+        return model(input_ids=ids, attention_mask=mask, labels=labels).loss
+
+    # -- inference ------------------------------------------------------------------
+    @torch.no_grad()
+    def score_labels(self, model, prompts: list[str], labels: tuple[str, ...]) -> torch.Tensor:
+        """(N, L) summed log-probability of each label's tokens after each prompt."""
+        scores = torch.empty(len(prompts), len(labels))
+        for j, label in enumerate(labels):
+            ids, mask, lab = self.encode_pairs(prompts, [label] * len(prompts))
+            logp = model(input_ids=ids, attention_mask=mask).logits[:, :-1].log_softmax(-1)
+            tgt = lab[:, 1:]
+            tok = logp.gather(-1, tgt.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+            scores[:, j] = (tok * (tgt != -100)).sum(-1)
+        return scores
+
+    @torch.no_grad()
+    def generate(self, model, prompts: list[str], max_new_tokens: int = 32) -> list[str]:
+        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        rows = [
+            p[-(self.max_len - max_new_tokens) :]
+            for p in self._ids([p + ANSWER_SEP for p in prompts])
+        ]
+        width = max(len(r) for r in rows)
+        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=pad,
+            eos_token_id=eos,
+        )
+        texts = self.tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+        return [t.split("\n")[0].strip() for t in texts]
+
+    def predict(self, model, task, prompts: list[str], batch_size: int = 16) -> list[str]:
+        out: list[str] = []
+        for i in range(0, len(prompts), batch_size):
+            chunk = prompts[i : i + batch_size]
+            if task.labels:
+                best = self.score_labels(model, chunk, task.labels).argmax(-1)
+                out.extend(task.labels[j] for j in best.tolist())
+            else:
+                out.extend(self.generate(model, chunk))
+        return out
+
+
+class EncoderBackbone:
+    kind = "encoder"
+    default_targets = ("query", "value")
+    modules_to_save = ("head",)
+
+    def __init__(
+        self, model: EncoderClassifier, tokenizer, name: str = "minilm", max_len: int = 384
+    ):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.tokenizer.truncation_side = "left"  # the task input comes last: keep it
+        self.name = name
+        self.max_len = max_len
+
+    @classmethod
+    def from_pretrained(cls, path: Path, name: str = "minilm"):
+        model, tok = EncoderClassifier.from_dir(path)
+        return cls(model, tok, name)
+
+    def save(self, path: Path) -> None:
+        self.model.save(path, self.tokenizer)
+
+    def fingerprint(self) -> str:
+        return fingerprint_model(self.model)
+
+    def _batch(self, prompts: list[str]):
+        enc = self.tokenizer(
+            prompts, padding=True, truncation=True, max_length=self.max_len, return_tensors="pt"
+        )
+        return enc["input_ids"], enc["attention_mask"]
+
+    def loss(self, model, prompts: list[str], targets: list[str]) -> torch.Tensor:
+        index = {label: i for i, label in enumerate(self.model.labels)}
+        ids, mask = self._batch(prompts)
+        y = torch.tensor([index[t] for t in targets])
+        return nn.functional.cross_entropy(model(input_ids=ids, attention_mask=mask), y)
+
+    @torch.no_grad()
+    def score_labels(self, model, prompts: list[str], labels: tuple[str, ...]) -> torch.Tensor:
+        ids, mask = self._batch(prompts)
+        return model(input_ids=ids, attention_mask=mask).log_softmax(-1)
+
+    def predict(self, model, task, prompts: list[str], batch_size: int = 32) -> list[str]:
+        out: list[str] = []
+        for i in range(0, len(prompts), batch_size):
+            best = self.score_labels(model, prompts[i : i + batch_size], task.labels).argmax(-1)
+            out.extend(self.model.labels[j] for j in best.tolist())
+        return out
+
+
+def describe(backbone) -> dict:
+    return {"kind": backbone.kind, "name": backbone.name, "fingerprint": backbone.fingerprint()}
+
+
+def write_base_meta(path: Path, backbone, **extra) -> None:
+    (Path(path) / "ownlm_base.json").write_text(
+        json.dumps({**describe(backbone), **extra}, indent=2)
+    )

@@ -1,0 +1,199 @@
+"""Typed experiment configuration. One YAML per experiment in `configs/` mirrors these
+dataclasses; every field carries its help text, which `ownlm <command> --help` lists.
+Command-line overrides use dotted keys: `--set user.lr=1e-3 --set retrieval_k=2`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from ownlm.backbone.tiny import TinyConfig
+from ownlm.errors import ConfigError
+
+
+@dataclass
+class LoraSettings:
+    """One stage's LoRA and optimisation. Defaults are OPPU's (Tan et al. 2024, Sec. 4)."""
+
+    r: int = field(default=8, metadata={"help": "LoRA rank"})
+    alpha: int = field(default=8, metadata={"help": "LoRA alpha (scaling = alpha / r)"})
+    dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
+    targets: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "modules to adapt; empty = the backbone's default (q_proj,v_proj for Llama; query,value for MiniLM)"
+        },
+    )
+    lr: float = field(default=1e-4, metadata={"help": "learning rate (AdamW)"})
+    epochs: float = field(default=2.0, metadata={"help": "passes over the training pairs"})
+    batch_size: int = field(default=16, metadata={"help": "pairs per optimiser step"})
+
+
+@dataclass
+class ExperimentConfig:
+    """An OPPU experiment: data, backbone, the stages' settings, and what to evaluate."""
+
+    name: str = field(
+        default="experiment", metadata={"help": "run name; outputs go to <output_dir>/<name>"}
+    )
+    data: str = field(
+        default="demo-tags",
+        metadata={
+            "help": "a dataset path (LaMP users.json folder, LaMP *_questions.json, PEFT-U folder/CSV, JSONL) or a built-in demo: demo-tags, demo-headlines"
+        },
+    )
+    task: str | None = field(
+        default=None,
+        metadata={
+            "help": "task name (e.g. LaMP-2, studemo-valence); inferred from the data when empty"
+        },
+    )
+    backbone: str = field(
+        default="tiny",
+        metadata={
+            "help": "tiny (embedded Llama trained here), minilm (pretrained encoder, label tasks), or an HF causal LM directory / hub id"
+        },
+    )
+    output_dir: str = field(default="runs", metadata={"help": "parent folder of run directories"})
+    seed: int = field(default=0, metadata={"help": "seed for splits, sampling and initialisation"})
+    test_frac: float = field(
+        default=0.3,
+        metadata={"help": "fraction of users held out as test users (last in file order)"},
+    )
+    max_users: int | None = field(
+        default=None, metadata={"help": "use only the first N users (quick runs)"}
+    )
+    max_queries: int | None = field(
+        default=None, metadata={"help": "evaluate at most N queries per test user"}
+    )
+    retrieval_k: int = field(
+        default=1,
+        metadata={"help": "history items retrieved by BM25 into each prompt (OPPU's code uses 1)"},
+    )
+    profile: bool = field(
+        default=True, metadata={"help": "add the user's statistical profile to PAG/OPPU prompts"}
+    )
+    tiny: TinyConfig = field(
+        default_factory=TinyConfig, metadata={"help": "size and pre-training of the tiny Llama"}
+    )
+    population: LoraSettings = field(
+        default_factory=lambda: LoraSettings(lr=5e-4, epochs=2.0),
+        metadata={"help": "stage 1: task-level LoRA on all train users, merged into the base"},
+    )
+    user: LoraSettings = field(
+        default_factory=LoraSettings,
+        metadata={"help": "stage 3: one fresh LoRA per test user (OPPU)"},
+    )
+    methods: list[str] = field(
+        default_factory=lambda: ["base", "rag", "pag", "peft", "oppu"],
+        metadata={"help": "methods to evaluate side by side (references are always added)"},
+    )
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+def _coerce(tp, value, key: str):
+    """Turn a YAML/CLI value into the field's declared type, or name the problem."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if value is None:
+        if type(None) in args or tp is typing.Any:
+            return None
+        raise ConfigError(f"config key {key!r} cannot be empty")
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        inner = [a for a in args if a is not type(None)]
+        if isinstance(value, str) and value.lower() in ("none", "null", ""):
+            return None
+        return _coerce(inner[0], value, key)
+    if origin is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        return [_coerce(args[0], v, key) for v in value]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {key!r} must be a mapping of {tp.__name__} fields")
+        return build(tp, value, prefix=key + ".")
+    try:
+        if tp is bool and isinstance(value, str):
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(value)
+            return value.lower() in ("true", "1", "yes")
+        return tp(value)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(
+            f"config key {key!r}: {value!r} is not a valid {getattr(tp, '__name__', tp)}"
+        ) from e
+
+
+def build(cls, values: dict, prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - names
+    if unknown:
+        raise ConfigError(
+            f"unknown config key(s) {sorted(prefix + u for u in unknown)}; valid keys: {sorted(prefix + n for n in names)}"
+        )
+    defaults = cls()
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in values:
+            continue
+        v = values[f.name]
+        if dataclasses.is_dataclass(hints[f.name]) and isinstance(v, dict):
+            base = dataclasses.asdict(getattr(defaults, f.name))
+            base.update(v)
+            v = base
+        kwargs[f.name] = _coerce(hints[f.name], v, prefix + f.name)
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict, key: str, value) -> None:
+    parts = key.split(".")
+    for p in parts[:-1]:
+        tree = tree.setdefault(p, {})
+    tree[parts[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> ExperimentConfig:
+    """Read a YAML config (optional) and apply `key=value` overrides (dotted for nesting)."""
+    values: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError(f"config file {p} does not exist; see configs/ for examples")
+        try:
+            values = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p} is not valid YAML: {e}") from e
+        if not isinstance(values, dict):
+            raise ConfigError(f"config file {p} must hold a mapping of keys to values")
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r} must look like key=value, e.g. user.lr=1e-3")
+        _set_dotted(values, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+    return build(ExperimentConfig, values)
+
+
+def save_config(cfg: ExperimentConfig, path: Path) -> None:
+    path.write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+
+
+def describe_fields(cls=ExperimentConfig, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, help) for every field, nested ones dotted: the CLI's help text."""
+    rows = []
+    defaults = cls()
+    for f in dataclasses.fields(cls):
+        value = getattr(defaults, f.name)
+        if dataclasses.is_dataclass(value):
+            rows += describe_fields(type(value), prefix + f.name + ".")
+        else:
+            rows.append((prefix + f.name, repr(value), f.metadata.get("help", "")))
+    return rows

@@ -1,0 +1,75 @@
+"""A run directory: where one experiment's data split, base model and adapters live.
+
+runs/<name>/
+  config.yaml          the resolved ExperimentConfig
+  base/                backbone with the population LoRA merged (HF directory)
+  adapters/            AdapterStore: population/, users/<id>/ (OPPU: PEFT + retrieval + profile)
+  adapters-peft/       AdapterStore of the "PEFT only" ablation (trained on bare prompts)
+  eval/                tables, JSON, official-format predictions, charts
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from ownlm.backbone.load import initial_backbone, load_base
+from ownlm.config import ExperimentConfig, save_config
+from ownlm.data.demo import make_demo_headlines, make_demo_tags
+from ownlm.data.loaders import load_dataset
+from ownlm.data.records import Dataset
+from ownlm.data.splits import UserSplit, split_users
+from ownlm.data.tasks import get_task
+from ownlm.store import AdapterStore
+
+DEMOS = {"demo-tags": make_demo_tags, "demo-headlines": make_demo_headlines}
+CACHE_DIR = Path(".cache") / "ownlm"
+
+
+class Run:
+    def __init__(self, cfg: ExperimentConfig):
+        self.cfg = cfg
+        self.dir = cfg.run_dir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, self.dir / "config.yaml")
+
+    @cached_property
+    def dataset(self) -> Dataset:
+        if self.cfg.data in DEMOS:
+            ds = DEMOS[self.cfg.data](seed=self.cfg.seed)
+        else:
+            ds = load_dataset(self.cfg.data, self.cfg.task)
+        if self.cfg.max_users:
+            ds.users = ds.users[: self.cfg.max_users]
+        return ds
+
+    @cached_property
+    def task(self):
+        return get_task(self.cfg.task or self.dataset.task)
+
+    @cached_property
+    def split(self) -> UserSplit:
+        return split_users(self.dataset, test_frac=self.cfg.test_frac)
+
+    def corpus(self) -> list[str]:
+        """Pre-training text of the tiny backbone: every user's history items, inputs and
+        outputs. Query answers never enter it."""
+        texts = []
+        for user in self.dataset.users:
+            for item in user.history:
+                texts.append(" ".join(str(v) for k, v in sorted(item.fields.items()) if k != "id"))
+        return texts
+
+    def initial_backbone(self):
+        return initial_backbone(self.cfg.backbone, self.task, self.corpus, CACHE_DIR, self.cfg.tiny)
+
+    @property
+    def base_dir(self) -> Path:
+        return self.dir / "base"
+
+    def base(self):
+        """The backbone with the population LoRA merged in (after stage 1)."""
+        return load_base(self.base_dir)
+
+    def store(self, variant: str = "oppu") -> AdapterStore:
+        return AdapterStore(self.dir / ("adapters" if variant == "oppu" else f"adapters-{variant}"))

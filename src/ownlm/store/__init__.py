@@ -1,0 +1,3 @@
+from ownlm.store.store import AdapterStore, Manifest
+
+__all__ = ["AdapterStore", "Manifest"]

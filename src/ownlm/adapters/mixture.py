@@ -1,0 +1,252 @@
+"""Mixture of LoRA experts (PROPER's group level, Zhang et al. 2025, arXiv 2503.01303).
+
+A `MixtureLoRALinear` wraps one target `nn.Linear` of any Hugging Face model:
+
+    y = base(x) + sum_g pi_g(x, u) * s * B_g A_g x  +  s_u * B_u A_u x
+
+with G group experts (A: (G, r, in), B: (G, out, r), s = alpha / r), an optional user
+residual LoRA (A_u: (r_u, in), B_u: (out, r_u)) and gates pi from a router:
+
+* `TokenUserRouter` (stage 2, and the "input" variant of stage 3): gates =
+  softmax(W [x_t ; e_u]) per token. The router's token input is the wrapped layer's own
+  input x (for gate/up_proj the normed hidden state, for down_proj the FFN activation):
+  this needs no hook into the backbone's forward and works for any architecture.
+  Dense, or top-k (logits outside the k largest are masked before the softmax).
+* `UserRouter` ("user" variant): gates = softmax(l_u), one learned logit vector per user
+  and layer, independent of the input. This is what makes a user's delta one static LoRA
+  (see `ownlm.adapters.export`).
+
+Every wrapped layer holds its own router (as LoRAMoE); they share one `MixtureState`,
+which carries what the current batch is about: its users' embeddings (B, d_u) or ids,
+and, while training stage 2, the gates each layer produced (for the balance term).
+Inputs are (B, T, in) as in every HF transformer; a (B, in) input is treated as T = 1.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ownlm.errors import ConfigError
+
+# FFN projections, as the paper places its LoRAs (Sec. 3): Llama/Qwen, then BERT/MiniLM.
+FFN_TARGETS = {
+    "causal": ("gate_proj", "up_proj", "down_proj"),
+    "encoder": (r".*intermediate\.dense", r".*layer\.\d+\.output\.dense"),
+}
+
+
+@dataclass
+class MixtureState:
+    """What every mixture layer of one model reads for the current batch."""
+
+    user_emb: torch.Tensor | None = None  # (B or 1, d_u), for TokenUserRouter
+    user_ids: torch.Tensor | None = None  # (B or 1,) long, rows of UserRouter's table
+    record: bool = False  # keep each layer's gates for the balance term
+    gates: list[torch.Tensor] = field(default_factory=list)  # (B, T, G) or (B, G) each
+
+
+class TokenUserRouter(nn.Module):
+    """gates = softmax(W [x ; e_u]) over G experts, per token; top_k=0 means dense."""
+
+    def __init__(self, in_features: int, user_dim: int, groups: int, top_k: int = 0):
+        super().__init__()
+        if top_k < 0 or top_k > groups:
+            raise ConfigError(f"top_k must be in [0, {groups}] (0 = dense), got {top_k}")
+        self.proj = nn.Linear(in_features + user_dim, groups)
+        nn.init.normal_(self.proj.weight, std=0.02)
+        nn.init.zeros_(self.proj.bias)
+        self.user_dim, self.top_k = user_dim, top_k
+
+    def forward(self, x: torch.Tensor, state: MixtureState) -> torch.Tensor:
+        b, t, _ = x.shape
+        e = state.user_emb
+        if e is None:
+            if self.user_dim:
+                raise ConfigError(
+                    "the user-aware router needs the batch's user embeddings; wrap the "
+                    "forward in `routing(state, user_emb=...)`"
+                )
+            e = x.new_zeros(1, 0)
+        e = e.to(x.dtype)[:, None, :].expand(b, t, -1)  # (B, T, d_u)
+        logits = self.proj(torch.cat([x, e], dim=-1))  # (B, T, G)
+        return top_k_softmax(logits, self.top_k)
+
+
+class UserRouter(nn.Module):
+    """gates = softmax(l_u): one logit vector per user, independent of the input."""
+
+    def __init__(self, n_users: int, groups: int, top_k: int = 0):
+        super().__init__()
+        self.logits = nn.Parameter(torch.zeros(n_users, groups))  # (U, G)
+        self.top_k = top_k
+
+    def forward(self, x: torch.Tensor, state: MixtureState) -> torch.Tensor:
+        ids = state.user_ids if state.user_ids is not None else torch.zeros(1, dtype=torch.long)
+        return top_k_softmax(self.logits[ids], self.top_k).to(x.dtype)  # (B or 1, G)
+
+
+def top_k_softmax(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Softmax over the last dim; with k > 0 only the k largest logits get mass."""
+    if k and k < logits.shape[-1]:
+        kth = logits.topk(k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return logits.softmax(-1)
+
+
+class MixtureLoRALinear(nn.Module):
+    def __init__(
+        self,
+        base: nn.Linear,
+        groups: int,
+        r: int,
+        alpha: float,
+        router: nn.Module,
+        state: MixtureState,
+    ):
+        super().__init__()
+        if groups <= 0 or r <= 0:
+            raise ConfigError(f"groups and rank must be positive integers, got {groups}, {r}")
+        self.base = base
+        self.groups, self.r, self.scaling = groups, r, alpha / r
+        w = base.weight
+        a = torch.empty(groups, r, base.in_features, dtype=w.dtype)
+        for g in range(groups):  # PEFT's LoRA init: kaiming A, zero B (delta starts at 0)
+            nn.init.kaiming_uniform_(a[g], a=math.sqrt(5))
+        self.A = nn.Parameter(a)  # (G, r, in)
+        self.B = nn.Parameter(torch.zeros(groups, base.out_features, r, dtype=w.dtype))
+        self.router = router
+        self.state = state  # shared, not a submodule
+        self.user_A: nn.Parameter | None = None  # (r_u, in)
+        self.user_B: nn.Parameter | None = None  # (out, r_u)
+        self.user_scaling = 0.0
+
+    def add_user_lora(self, r_u: int, alpha_u: float) -> None:
+        """A fresh residual LoRA (PEFT init) for one user's stage-3 training."""
+        w = self.base.weight
+        a = torch.empty(r_u, self.base.in_features, dtype=w.dtype)
+        nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+        self.user_A = nn.Parameter(a)
+        self.user_B = nn.Parameter(torch.zeros(self.base.out_features, r_u, dtype=w.dtype))
+        self.user_scaling = alpha_u / r_u
+
+    def drop_user_lora(self) -> None:
+        self.user_A = self.user_B = None
+        self.user_scaling = 0.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        flat = x.dim() == 2
+        h = x[:, None, :] if flat else x  # (B, T, in)
+        gates = self.router(h, self.state)  # (B, T, G) or (B|1, G)
+        if self.state.record:
+            self.state.gates.append(gates)
+        if gates.dim() == 2:
+            gates = gates[:, None, :]  # (B|1, 1, G): the same mixture for every token
+        xa = torch.einsum("bti,gri->btgr", h, self.A)  # (B, T, G, r)
+        delta = torch.einsum("btgr,gor,btg->bto", xa, self.B, gates) * self.scaling
+        if self.user_A is not None:
+            delta = delta + (h @ self.user_A.T @ self.user_B.T) * self.user_scaling
+        return y + (delta[:, 0] if flat else delta)
+
+
+def _matches(name: str, targets) -> bool:
+    return any(
+        name == t or name.endswith("." + t) or re.fullmatch(t, name) is not None for t in targets
+    )
+
+
+def install_mixture(
+    model: nn.Module,
+    targets,
+    groups: int,
+    r: int,
+    alpha: float,
+    make_router,
+    state: MixtureState | None = None,
+) -> MixtureState:
+    """Wrap every nn.Linear of `model` whose name matches a target (a suffix such as
+    `gate_proj` or a regex such as `.*intermediate\\.dense`) in a MixtureLoRALinear.
+    `make_router(linear)` builds each layer's router. Returns the shared state."""
+    state = state or MixtureState()
+    hits = [
+        (n, m)
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Linear) and _matches(n, targets)
+    ]
+    if not hits:
+        raise ConfigError(
+            f"no nn.Linear of {type(model).__name__} matches targets {list(targets)}; "
+            "give module names such as gate_proj,up_proj,down_proj (Llama) or "
+            r"'.*intermediate\.dense' (BERT/MiniLM)"
+        )
+    for name, lin in hits:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, MixtureLoRALinear(lin, groups, r, alpha, make_router(lin), state))
+    return state
+
+
+def mixture_layers(model: nn.Module) -> dict[str, MixtureLoRALinear]:
+    """{name of the wrapped Linear in the bare model: layer}."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, MixtureLoRALinear)}
+
+
+def uninstall_mixture(model: nn.Module) -> nn.Module:
+    """Put every wrapped Linear back, unchanged: the model is the bare base again."""
+    for name, layer in mixture_layers(model).items():
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, layer.base)
+    return model
+
+
+@contextmanager
+def routing(
+    state: MixtureState,
+    user_emb: torch.Tensor | None = None,
+    user_ids: torch.Tensor | None = None,
+    record: bool = False,
+):
+    """Tell the mixture layers which users the batch inside this block belongs to."""
+    saved = (state.user_emb, state.user_ids, state.record)
+    state.user_emb, state.user_ids, state.record = user_emb, user_ids, record
+    state.gates = []
+    try:
+        yield state
+    finally:
+        state.user_emb, state.user_ids, state.record = saved
+
+
+def balance_loss(gates: list[torch.Tensor]) -> torch.Tensor:
+    """Switch-Transformer load balancing (Fedus et al. 2022, eq. 4), averaged over layers:
+    G * sum_g f_g P_g, with f_g the fraction of tokens whose top expert is g and P_g the
+    mean gate of g. It is 1 when usage is uniform and G when one expert takes everything.
+    Only P_g carries gradient (f_g is a count): the most used experts are pushed down."""
+    terms = []
+    for g in gates:
+        p = g.reshape(-1, g.shape[-1])  # (N, G)
+        f = torch.nn.functional.one_hot(p.argmax(-1), p.shape[-1]).float().mean(0)
+        terms.append(p.shape[-1] * (f * p.mean(0)).sum())
+    return torch.stack(terms).mean()
+
+
+def mean_gate_entropy(gates: list[torch.Tensor]) -> torch.Tensor:
+    """Entropy of the batch's mean gate, averaged over layers (max log G). Its negative is
+    the second, fully differentiable term against collapse onto one expert."""
+    terms = []
+    for g in gates:
+        p = g.reshape(-1, g.shape[-1]).mean(0)  # (G,)
+        terms.append(-(p * p.clamp_min(1e-9).log()).sum())
+    return torch.stack(terms).mean()
+
+
+def usage(gates: list[torch.Tensor]) -> torch.Tensor:
+    """(G,) fraction of tokens (over all layers) whose top expert is g."""
+    tops = torch.cat([g.reshape(-1, g.shape[-1]).argmax(-1) for g in gates])
+    return torch.bincount(tops, minlength=gates[0].shape[-1]).float() / tops.numel()

@@ -1,0 +1,219 @@
+"""Many users' LoRAs in one forward pass: a gathered multi-adapter Linear (Punica, S-LoRA).
+
+The adapters live stacked in memory, one *slot* per loaded user:
+
+    A     (S, r, in)    lora_A weights, zero-padded to the largest rank r
+    B     (S, out, r)   lora_B weights with the LoRA scaling folded in (B * alpha / r:
+                        the product is linear in B, so the scale may ride on it)
+
+Each batch row carries a slot index (-1 = no adapter, the bare base). Per row b,
+
+    y_b = W x_b + B[idx_b] (A[idx_b] x_b)
+
+computed for the whole batch with two batched matmuls over the gathered slots, so the
+base matmul is shared by every user and one batch may hold 16 different users. Slot S
+(one past the last) is all zeros and stands for "no adapter", so rows without an
+adapter need no branch.
+
+Loading reads a PEFT adapter directory (`adapter_config.json` +
+`adapter_model.safetensors`) as PEFT saves it: the same files `PeftModel.from_pretrained`
+reads, so the output equals PEFT's (tests/adapters/test_batched.py pins this).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from ownlm.errors import StoreError
+
+_LORA_KEY = re.compile(
+    r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$"
+)
+
+
+class SlotState:
+    """The per-row slot indices of the batch being run, shared by every wrapped layer."""
+
+    def __init__(self, n_slots: int):
+        self.n_slots = n_slots
+        self.idx: torch.Tensor | None = None  # (batch,) long, -1 mapped to the zero slot
+
+
+class BatchedLoraLinear(nn.Module):
+    """A frozen Linear plus the stacked LoRA slots of every loaded user."""
+
+    def __init__(self, base: nn.Linear, state: SlotState, max_rank: int):
+        super().__init__()
+        self.base = base
+        self.state = state
+        n = state.n_slots + 1  # + the zero slot for rows without an adapter
+        w = base.weight
+        self.register_buffer(
+            "A", torch.zeros(n, max_rank, base.in_features, dtype=w.dtype), persistent=False
+        )
+        self.register_buffer(
+            "B", torch.zeros(n, base.out_features, max_rank, dtype=w.dtype), persistent=False
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        idx = self.state.idx
+        if idx is None:
+            return y
+        # x (b, T, in); A[idx] (b, r, in); B[idx] (b, out, r)
+        h = torch.bmm(x, self.A[idx].transpose(1, 2))  # (b, T, r)
+        return y + torch.bmm(h, self.B[idx].transpose(1, 2))  # (b, T, out)
+
+    @torch.no_grad()
+    def set_slot(self, slot: int, a: torch.Tensor | None, b: torch.Tensor | None) -> None:
+        """Write one slot: a (r, in), b (out, r) already scaled; None clears it."""
+        self.A[slot].zero_()
+        self.B[slot].zero_()
+        if a is None:
+            return
+        r = a.shape[0]
+        self.A[slot, :r].copy_(a)
+        self.B[slot, :, :r].copy_(b)
+
+
+@dataclass
+class LoadedAdapter:
+    """One PEFT adapter read from disk, ready to copy into a slot: module -> (A, scaled B)."""
+
+    weights: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    rank: int
+
+
+def _pattern_value(patterns: dict, module: str, default):
+    """PEFT's rank_pattern/alpha_pattern: a key matches a module name by its suffix."""
+    for key, value in (patterns or {}).items():
+        if re.match(rf"(.*\.)?{key}$", module):
+            return value
+    return default
+
+
+def read_peft_adapter(path: str | Path) -> LoadedAdapter:
+    """Read a PEFT LoRA directory into per-module (A (r, in), B * scaling (out, r))."""
+    path = Path(path)
+    cfg_file, weights_file = path / "adapter_config.json", path / "adapter_model.safetensors"
+    if not cfg_file.exists() or not weights_file.exists():
+        raise StoreError(
+            f"{path} is not a PEFT LoRA directory (needs adapter_config.json and "
+            "adapter_model.safetensors); save it with peft's save_pretrained"
+        )
+    cfg = json.loads(cfg_file.read_text())
+    if cfg.get("peft_type", "LORA") != "LORA":
+        raise StoreError(
+            f"{path}: peft_type {cfg.get('peft_type')!r} is not LORA; only LoRA adapters can be batched"
+        )
+    tensors = load_file(str(weights_file))
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    for key, t in tensors.items():
+        m = _LORA_KEY.match(key)
+        if m is None:
+            raise StoreError(
+                f"{path}: weight {key!r} is not a LoRA A/B matrix; only plain LoRA is supported"
+            )
+        pairs.setdefault(m["module"], {})[m["ab"]] = t
+    weights, rank = {}, 0
+    for module, ab in pairs.items():
+        a, b = ab["A"], ab["B"]
+        r = a.shape[0]
+        alpha = _pattern_value(cfg.get("alpha_pattern"), module, cfg.get("lora_alpha", r))
+        scale = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
+        weights[module] = (a, b * scale)
+        rank = max(rank, r)
+    return LoadedAdapter(weights, rank)
+
+
+class BatchedLora:
+    """The batched LoRA layers installed in one HF causal LM, addressed by slot."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: dict[str, BatchedLoraLinear],
+        state: SlotState,
+        max_rank: int,
+    ):
+        self.model = model
+        self.layers = layers  # module name (as PEFT keys it, e.g. model.layers.0.self_attn.q_proj)
+        self.state = state
+        self.max_rank = max_rank
+
+    @property
+    def n_slots(self) -> int:
+        return self.state.n_slots
+
+    def load(self, slot: int, adapter: LoadedAdapter | str | Path) -> None:
+        """Copy an adapter into `slot`; wrapped modules it does not touch get zeros."""
+        if not 0 <= slot < self.n_slots:
+            raise ValueError(
+                f"slot {slot} is out of range; this model has {self.n_slots} slots (0..{self.n_slots - 1})"
+            )
+        if not isinstance(adapter, LoadedAdapter):
+            adapter = read_peft_adapter(adapter)
+        unknown = sorted(set(adapter.weights) - set(self.layers))
+        if unknown:
+            raise StoreError(
+                f"adapter targets modules {unknown[:3]} that are not batched here; "
+                f"install_batched_lora with targets covering them (have {sorted(self.layers)[:2]}...)"
+            )
+        if adapter.rank > self.max_rank:
+            raise StoreError(
+                f"adapter rank {adapter.rank} exceeds max_rank={self.max_rank}; install with a larger max_rank"
+            )
+        for name, layer in self.layers.items():
+            a, b = adapter.weights.get(name, (None, None))
+            layer.set_slot(slot, a, b)
+
+    def clear(self, slot: int) -> None:
+        for layer in self.layers.values():
+            layer.set_slot(slot, None, None)
+
+    def slot_tensor(self, slots: list[int]) -> torch.Tensor:
+        """(batch,) indices with -1 (no adapter) mapped to the zero slot."""
+        return torch.tensor([self.n_slots if s < 0 else s for s in slots], dtype=torch.long)
+
+    @contextmanager
+    def use(self, slots: list[int] | torch.Tensor | None):
+        """Run the model with row i using slot slots[i] (-1: no adapter)."""
+        prev = self.state.idx
+        if slots is not None and not isinstance(slots, torch.Tensor):
+            slots = self.slot_tensor(list(slots))
+        self.state.idx = slots
+        try:
+            yield
+        finally:
+            self.state.idx = prev
+
+
+def install_batched_lora(
+    model: nn.Module,
+    n_slots: int,
+    max_rank: int = 8,
+    targets: tuple[str, ...] = ("q_proj", "v_proj"),
+) -> BatchedLora:
+    """Wrap every Linear whose name ends in one of `targets` in place; returns the handle."""
+    state = SlotState(n_slots)
+    layers: dict[str, BatchedLoraLinear] = {}
+    for name, module in list(model.named_modules()):
+        if name.split(".")[-1] in targets and isinstance(module, nn.Linear):
+            parent_name, _, child = name.rpartition(".")
+            wrapped = BatchedLoraLinear(module, state, max_rank)
+            setattr(model.get_submodule(parent_name), child, wrapped)
+            layers[name] = wrapped
+    if not layers:
+        raise ValueError(
+            f"no nn.Linear named {targets} in {type(model).__name__}; pass the model's projection names as targets"
+        )
+    return BatchedLora(model, layers, state, max_rank)

@@ -1,0 +1,165 @@
+"""Batched generation for many users at once: one KV-cached decode loop, a slot per row.
+
+Rows are left-padded so every row's next token sits in the last column; positions count
+only real tokens, so a padded row computes exactly what it would alone. Each row picks
+its own LoRA slot (see ownlm.adapters.batched), sampling settings, stop strings and
+token budget; the loop ends when every row has finished.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache
+
+from ownlm.adapters.batched import BatchedLora, install_batched_lora
+
+
+@dataclass
+class Request:
+    ids: list[int]
+    slot: int = -1  # LoRA slot, -1 = the bare base
+    max_tokens: int = 16
+    min_tokens: int = 0  # </s> is masked out before this many tokens (HF's min_new_tokens)
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    on_text: Callable[[str], None] | None = None  # streaming: called with each new piece of text
+
+
+@dataclass
+class Output:
+    tokens: list[int] = field(default_factory=list)
+    text: str = ""
+    finish_reason: str = "length"  # "stop" (</s> or a stop string) or "length"
+    prompt_tokens: int = 0
+
+
+class _Row:
+    """Decoding state of one request: tokens so far, text emitted so far, finished?"""
+
+    def __init__(self, req: Request, tokenizer):
+        self.req, self.tok = req, tokenizer
+        self.out = Output(prompt_tokens=len(req.ids))
+        self.done = False
+        self.emitted = 0
+        self.hold = max((len(s) for s in req.stop), default=1) - 1  # chars a stop may still span
+        self.gen = None
+        if req.seed is not None:
+            self.gen = torch.Generator().manual_seed(req.seed)
+
+    def push(self, token: int, eos: int) -> None:
+        if token == eos:
+            self._finish("stop")
+            return
+        self.out.tokens.append(token)
+        text = self.tok.decode(self.out.tokens, skip_special_tokens=True)
+        cut = min((i for i in (text.find(s) for s in self.req.stop if s) if i >= 0), default=-1)
+        if cut >= 0:
+            self.out.text = text[:cut]
+            self._finish("stop")
+            return
+        self.out.text = text
+        if len(self.out.tokens) >= self.req.max_tokens:
+            self._finish("length")
+            return
+        safe = len(text) - self.hold
+        if text.endswith("\ufffd"):  # a multi-byte character not complete yet
+            safe = min(safe, len(text) - 1)
+        self._emit(safe)
+
+    def _emit(self, upto: int) -> None:
+        if upto > self.emitted and self.req.on_text is not None:
+            self.req.on_text(self.out.text[self.emitted : upto])
+        self.emitted = max(self.emitted, upto)
+
+    def _finish(self, reason: str) -> None:
+        self.done = True
+        self.out.finish_reason = reason
+        self._emit(len(self.out.text))
+
+
+def _pick(logits: torch.Tensor, rows: list[_Row], eos: int) -> list[int]:
+    """Next token per row: (b, V) logits -> greedy, or temperature + nucleus (top_p) sampling."""
+    for i, row in enumerate(rows):
+        if len(row.out.tokens) < row.req.min_tokens:
+            logits[i, eos] = float("-inf")
+    picks = logits.argmax(-1).tolist()
+    for i, row in enumerate(rows):
+        if row.req.temperature > 0 and not row.done:
+            probs = torch.softmax(logits[i].float() / row.req.temperature, -1)
+            if row.req.top_p < 1.0:
+                p, order = probs.sort(descending=True)
+                keep = p.cumsum(-1) - p < row.req.top_p  # smallest prefix reaching top_p
+                probs = torch.zeros_like(probs).scatter(0, order[keep], p[keep])
+            picks[i] = int(torch.multinomial(probs, 1, generator=row.gen))
+    return picks
+
+
+class Engine:
+    """An HF causal LM with batched LoRA slots installed, and the decode loop over it."""
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        n_slots: int,
+        max_rank: int = 8,
+        max_len: int = 384,
+        targets: tuple[str, ...] = ("q_proj", "v_proj"),
+    ):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.max_len = max_len
+        self.lora: BatchedLora = install_batched_lora(model, n_slots, max_rank, targets)
+        self.eos = tokenizer.eos_token_id
+        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos
+
+    def check(self, req: Request) -> None:
+        if len(req.ids) + req.max_tokens > self.max_len:
+            raise ValueError(
+                f"prompt has {len(req.ids)} tokens and max_tokens is {req.max_tokens}: together "
+                f"over the model's context of {self.max_len}; shorten the prompt or lower max_tokens"
+            )
+
+    @torch.inference_mode()
+    def generate(self, reqs: list[Request]) -> list[Output]:
+        for req in reqs:
+            self.check(req)
+        rows = [_Row(r, self.tokenizer) for r in reqs]
+        width = max(len(r.ids) for r in reqs)
+        ids = torch.tensor([[self.pad] * (width - len(r.ids)) + r.ids for r in reqs])  # (b, T)
+        mask = torch.tensor([[0] * (width - len(r.ids)) + [1] * len(r.ids) for r in reqs])
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)  # real tokens count from 0 in every row
+        cache = DynamicCache()
+        steps = max(r.max_tokens for r in reqs)
+        with self.lora.use([r.slot for r in reqs]):
+            logits = self._forward(ids, mask, pos, cache)
+            for _ in range(steps):
+                picks = _pick(logits, rows, self.eos)
+                for row, tok in zip(rows, picks, strict=True):
+                    if not row.done:
+                        row.push(tok, self.eos)
+                if all(row.done for row in rows):
+                    break
+                nxt = torch.tensor(
+                    [[self.pad if r.done else t] for r, t in zip(rows, picks, strict=True)]
+                )
+                mask = torch.cat([mask, torch.ones(len(reqs), 1, dtype=mask.dtype)], 1)
+                pos = pos[:, -1:] + 1
+                logits = self._forward(nxt, mask, pos, cache)
+        return [row.out for row in rows]
+
+    def _forward(self, ids, mask, pos, cache) -> torch.Tensor:
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=pos,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return out.logits[:, -1]  # (b, V)

@@ -49,6 +49,8 @@ class MixtureState:
     user_ids: torch.Tensor | None = None  # (B or 1,) long, rows of UserRouter's table
     record: bool = False  # keep each layer's gates for the balance term
     gates: list[torch.Tensor] = field(default_factory=list)  # (B, T, G) or (B, G) each
+    names: list[str] = field(default_factory=list)  # the layer that produced each gates
+    active: bool = True  # False: every layer is its bare base (the population model)
 
 
 class TokenUserRouter(nn.Module):
@@ -122,6 +124,7 @@ class MixtureLoRALinear(nn.Module):
         self.B = nn.Parameter(torch.zeros(groups, base.out_features, r, dtype=w.dtype))
         self.router = router
         self.state = state  # shared, not a submodule
+        self.name = ""  # the wrapped Linear's name in the bare model, set by install
         self.user_A: nn.Parameter | None = None  # (r_u, in)
         self.user_B: nn.Parameter | None = None  # (out, r_u)
         self.user_scaling = 0.0
@@ -141,11 +144,14 @@ class MixtureLoRALinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
+        if not self.state.active:
+            return y
         flat = x.dim() == 2
         h = x[:, None, :] if flat else x  # (B, T, in)
         gates = self.router(h, self.state)  # (B, T, G) or (B|1, G)
         if self.state.record:
             self.state.gates.append(gates)
+            self.state.names.append(self.name)
         if gates.dim() == 2:
             gates = gates[:, None, :]  # (B|1, 1, G): the same mixture for every token
         xa = torch.einsum("bti,gri->btgr", h, self.A)  # (B, T, G, r)
@@ -188,7 +194,9 @@ def install_mixture(
     for name, lin in hits:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, MixtureLoRALinear(lin, groups, r, alpha, make_router(lin), state))
+        layer = MixtureLoRALinear(lin, groups, r, alpha, make_router(lin), state)
+        layer.name = name
+        setattr(parent, child, layer)
     return state
 
 
@@ -216,7 +224,7 @@ def routing(
     """Tell the mixture layers which users the batch inside this block belongs to."""
     saved = (state.user_emb, state.user_ids, state.record)
     state.user_emb, state.user_ids, state.record = user_emb, user_ids, record
-    state.gates = []
+    state.gates, state.names = [], []
     try:
         yield state
     finally:

@@ -1,0 +1,37 @@
+import torch
+
+from ownlm.run import Run
+from ownlm.train.groups import ProperSettings, load_groups, train_groups
+from ownlm.train.population import train_population
+
+
+def small_proper(**kw):
+    base = dict(
+        groups=4, r=2, alpha=4.0, user_dim=4, balance=1.0, lr=2e-3, epochs=1.0, batch_size=8
+    )
+    base.update(kw)
+    return ProperSettings(**base)
+
+
+def test_balance_term_keeps_every_expert_in_use(tiny_cfg):
+    tiny_cfg.proper = small_proper()
+    run = Run(tiny_cfg)
+    train_population(run)
+    stats = train_groups(run)
+    assert len(stats["usage"]) == 4
+    assert abs(sum(stats["usage"]) - 1) < 1e-3
+    assert min(stats["usage"]) > 0.05, stats["usage"]  # no expert left unused
+    store = run.store()
+    assert store.names("group") == [f"group:{g}" for g in range(4)]
+
+    backbone = run.base()
+    gm = load_groups(run, backbone)  # experts and router come back frozen
+    assert all(not p.requires_grad for p in backbone.model.parameters())
+    layer = next(iter(gm.layers.values()))
+    assert layer.B.abs().sum() > 0
+    with torch.no_grad():
+        gm.state.user_emb = gm.user_table[:1]
+        gm.state.record = True
+        backbone.loss(backbone.model, ["a b c"], ["x"])
+    gates = gm.state.gates[0]
+    torch.testing.assert_close(gates.sum(-1), torch.ones(gates.shape[:-1]))

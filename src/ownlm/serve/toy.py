@@ -63,6 +63,7 @@ def add_user_adapter(
     std: float = 0.5,
 ) -> Path:
     """Save a LoRA (q/v, rank r) with random A and B for `user_id` into the store."""
+    fingerprint = backbone.fingerprint()  # of the bare base, before PEFT wraps it in place
     torch.manual_seed(seed)
     cfg = LoraConfig(r=r, lora_alpha=2 * r, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
     peft_model = get_peft_model(backbone.model, cfg)
@@ -73,7 +74,7 @@ def add_user_adapter(
     path = store.save(
         f"user:{user_id}",
         lambda d: peft_model.save_pretrained(d),
-        Manifest(name="", stage="user", task="toy", base_fingerprint=backbone.fingerprint()),
+        Manifest(name="", stage="user", task="toy", base_fingerprint=fingerprint),
     )
     backbone.model = peft_model.unload()  # the bare base back, unchanged
     return path

@@ -1,0 +1,61 @@
+"""Retrieval + profile for served users, as in evaluation (OPPU Sec. 3.2).
+
+A run that has user data (its config.yaml names a dataset) gives each of its users a
+BM25 index over their history and a profile; the request text becomes the task input
+of `task.build_prompt`, followed by the answer separator the model was trained with.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+from ownlm.backbone.base import ANSWER_SEP
+
+log = logging.getLogger(__name__)
+
+
+class Personalizer:
+    def __init__(self, task, users: dict, k: int, use_profile: bool):
+        self.task, self.users, self.k, self.use_profile = task, users, k, use_profile
+        self._contexts: dict = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_run(cls, run_dir: Path) -> Personalizer | None:
+        """None when the run has no config or its data cannot be loaded (served bare)."""
+        cfg_file = Path(run_dir) / "config.yaml"
+        if not cfg_file.exists():
+            return None
+        try:
+            from ownlm.config import load_config
+            from ownlm.run import Run
+
+            cfg = load_config(cfg_file)
+            cfg.output_dir, cfg.name = str(Path(run_dir).parent), Path(run_dir).name
+            run = Run.__new__(Run)  # no config rewrite: serving must not touch the run
+            run.cfg, run.dir = cfg, Path(run_dir)
+            users = {u.user_id: u for u in run.dataset.users}
+            return cls(run.task, users, cfg.retrieval_k, cfg.profile)
+        except Exception as e:  # the server still serves, without personal context
+            log.warning(
+                "run %s: user data not loaded (%s); serving without retrieval/profile", run_dir, e
+            )
+            return None
+
+    def has(self, user: str | None) -> bool:
+        return user is not None and user in self.users
+
+    def prompt(self, user: str, text: str) -> str:
+        from ownlm.personal import user_context
+
+        with self._lock:
+            if user not in self._contexts:
+                self._contexts[user] = user_context(self.task, self.users[user])
+            ctx = self._contexts[user]
+        retrieved = ctx.index.top_k(text, self.k) if self.k else []
+        return (
+            self.task.build_prompt(text, retrieved, ctx.profile if self.use_profile else None)
+            + ANSWER_SEP
+        )

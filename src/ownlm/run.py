@@ -13,6 +13,7 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 
+from ownlm.backbone.base import ANSWER_SEP
 from ownlm.backbone.load import initial_backbone, load_base
 from ownlm.config import ExperimentConfig, save_config
 from ownlm.data.demo import make_demo_headlines, make_demo_tags
@@ -52,12 +53,15 @@ class Run:
         return split_users(self.dataset, test_frac=self.cfg.test_frac)
 
     def corpus(self) -> list[str]:
-        """Pre-training text of the tiny backbone: every user's history items, inputs and
-        outputs. Query answers never enter it."""
+        """Pre-training text of the tiny backbone: the train users' history items, each
+        written out as the task pair it becomes (prompt, separator, answer), so that the
+        model trained from scratch learns the task's language and its answer vocabulary.
+        Test users' items and every query answer stay out of it."""
         texts = []
-        for user in self.dataset.users:
+        for user in self.split.train:
             for item in user.history:
-                texts.append(" ".join(str(v) for k, v in sorted(item.fields.items()) if k != "id"))
+                prompt, answer = self.task.item_pair(item)
+                texts.append(f"{prompt}{ANSWER_SEP}{answer}")
         return texts
 
     def initial_backbone(self):

@@ -85,8 +85,8 @@ class TagHabit:
 
 def _description(rng: random.Random, genre: str, mood: str) -> str:
     sentences = [rng.choice(GENRES[genre]), rng.choice(MOODS[mood])]
-    sentences += rng.sample(FILLERS, rng.randint(2, 4))
-    return " ".join(sentences)  # ~30-60 words
+    sentences += rng.sample(FILLERS, rng.randint(0, 1))
+    return " ".join(sentences)  # ~20-40 words
 
 
 def make_tag_habit(rng: random.Random) -> TagHabit:

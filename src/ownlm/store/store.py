@@ -60,8 +60,8 @@ class AdapterStore:
 
     # -- names <-> paths ------------------------------------------------------------
     def path(self, name: str) -> Path:
-        kind, _, key = name.partition(":")
-        if not key:
+        kind, sep, key = name.partition(":")
+        if not sep:
             if not name or "/" in name or name.startswith("."):
                 raise StoreError(
                     f"adapter name {name!r} is invalid; use 'population', 'user:<id>' or 'group:<id>'"

@@ -23,7 +23,10 @@ def lora_config(backbone, s: LoraSettings) -> LoraConfig:
         r=s.r,
         lora_alpha=s.alpha,
         lora_dropout=s.dropout,
-        target_modules=list(s.targets or backbone.default_targets),
+        # PEFT's shorthand "all-linear": every linear layer but the output head
+        target_modules="all-linear"
+        if s.targets == ["all-linear"]
+        else list(s.targets or backbone.default_targets),
         modules_to_save=list(getattr(backbone, "modules_to_save", ())) or None,
         bias="none",
     )

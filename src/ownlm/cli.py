@@ -1,0 +1,211 @@
+"""`ownlm` command line: demo | prepare | train | eval | export | forget | serve | token.
+
+Every experiment command takes `--config FILE.yaml` (see configs/) and any number of
+`--set key=value` overrides (dotted for nested keys, e.g. `--set user.lr=1e-3`).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from ownlm.config import describe_fields, load_config
+from ownlm.errors import OwnlmError
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub at run time
+
+console = Console()
+CONFIG_HELP = "Config keys (--set key=value):\n\n" + "\n\n".join(
+    f"{key} = {default}: {help_}" for key, default, help_ in describe_fields()
+)
+app = typer.Typer(help=__doc__, no_args_is_help=True, pretty_exceptions_enable=False)
+token_app = typer.Typer(help="Manage API tokens of the server.", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="experiment YAML (see configs/)")
+SetOpt = typer.Option([], "--set", "-s", help="override a config key: key=value (repeatable)")
+
+
+def friendly(fn):
+    """Print ownlm's own errors as one clear line (exit code 2), not a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (OwnlmError, FileNotFoundError) as e:
+            console.print(f"[bold red]error:[/] {e}")
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _run(config, overrides):
+    from ownlm.run import Run
+
+    return Run(load_config(config, overrides))
+
+
+@app.command(epilog=CONFIG_HELP)
+@friendly
+def prepare(config: Path = ConfigOpt, set_: list[str] = SetOpt):
+    """Load and split the data, build the backbone (pre-training the tiny one if needed)."""
+    run = _run(config, set_)
+    ds, split = run.dataset, run.split
+    summary = {
+        "task": run.task.name,
+        "users": len(ds.users),
+        "train_users": len(split.train),
+        "dev_users": len(split.dev),
+        "test_users": len(split.test),
+        "history_items": sum(len(u.history) for u in ds.users),
+        "queries": sum(len(u.queries) for u in ds.users),
+    }
+    backbone = run.initial_backbone()
+    summary["backbone"] = {
+        "name": backbone.name,
+        "kind": backbone.kind,
+        "fingerprint": backbone.fingerprint(),
+    }
+    (run.dir / "data_summary.json").write_text(json.dumps(summary, indent=2))
+    console.print_json(data=summary)
+
+
+@app.command(epilog=CONFIG_HELP)
+@friendly
+def train(
+    config: Path = ConfigOpt,
+    set_: list[str] = SetOpt,
+    stages: str = typer.Option(
+        "population,users", help="comma-separated stages: population, groups, users"
+    ),
+    variants: str = typer.Option(
+        "oppu,peft",
+        help="user-stage variants: oppu (PEFT+retrieval+profile), peft (PEFT only), proper-input, proper-user",
+    ),
+):
+    """Train the stages; a stopped run resumes, skipping users already trained."""
+    run = _run(config, set_)
+    train_stages(
+        run,
+        [s.strip() for s in stages.split(",") if s.strip()],
+        [v.strip() for v in variants.split(",") if v.strip()],
+    )
+
+
+def train_stages(run, stages: list[str], variants: list[str]) -> None:
+    from ownlm.errors import ConfigError
+    from ownlm.train.population import train_population
+    from ownlm.train.users import VARIANTS, train_users
+
+    known = {"population", "groups", "users"}
+    if set(stages) - known:
+        raise ConfigError(
+            f"unknown stage(s) {sorted(set(stages) - known)}; choose from population, groups, users"
+        )
+    if "population" in stages:
+        train_population(run)
+    if "groups" in stages:
+        from ownlm.train.groups import train_groups
+
+        train_groups(run)
+    if "users" in stages:
+        for variant in variants:
+            if variant in VARIANTS:
+                train_users(run, variant)
+            elif variant.startswith("proper-"):
+                from ownlm.train.proper import train_proper_users
+
+                train_proper_users(run, router=variant.removeprefix("proper-"))
+            else:
+                raise ConfigError(
+                    f"unknown variant {variant!r}; choose from {sorted(VARIANTS)} or proper-input, proper-user"
+                )
+
+
+@app.command(name="eval", epilog=CONFIG_HELP)
+@friendly
+def eval_(config: Path = ConfigOpt, set_: list[str] = SetOpt):
+    """Evaluate the configured methods side by side with the trivial references."""
+    from ownlm.evaluate.runner import evaluate_run
+
+    start = time.perf_counter()
+    evaluate_run(_run(config, set_))
+    console.print(f"eval wall time: {time.perf_counter() - start:.0f} s")
+
+
+@app.command()
+@friendly
+def demo(
+    output_dir: str = typer.Option("runs", help="parent folder of the demo runs"),
+    configs: str = typer.Option(
+        "configs/demo-tags.yaml,configs/demo-headlines.yaml", help="demo experiment configs"
+    ),
+):
+    """The whole pipeline on built-in data: pre-train, population LoRA, one LoRA per user, eval."""
+    from ownlm.evaluate.runner import evaluate_run
+
+    start = time.perf_counter()
+    for path in [p for p in configs.split(",") if p]:
+        run = _run(
+            Path(path) if Path(path).exists() else None,
+            [f"output_dir={output_dir}"]
+            + (
+                []
+                if Path(path).exists()
+                else [f"data={Path(path).stem}", f"name={Path(path).stem}"]
+            ),
+        )
+        console.rule(f"[bold]{run.cfg.name}[/]: {run.task.description}")
+        train_stages(run, ["population", "users"], ["oppu", "peft"])
+        evaluate_run(run)
+    console.print(f"demo wall time: {time.perf_counter() - start:.0f} s")
+
+
+@app.command()
+@friendly
+def forget(
+    user: str = typer.Option(
+        ..., help="user id whose adapters, tokens and cached state are deleted"
+    ),
+    run_dir: Path = typer.Option(..., help="run directory (e.g. runs/demo-tags)"),
+):
+    """Delete everything ownlm stored for a user: their adapters in every store, their tokens."""
+    from ownlm.store import AdapterStore
+
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run directory {run_dir} does not exist")
+    removed = []
+    for store_dir in sorted(
+        p for p in run_dir.iterdir() if p.is_dir() and p.name.startswith("adapters")
+    ):
+        if AdapterStore(store_dir).delete(f"user:{user}"):
+            removed.append(store_dir.name)
+    tokens = run_dir / "tokens.json"
+    if tokens.exists():
+        data = json.loads(tokens.read_text())
+        kept = {
+            k: v
+            for k, v in data.items()
+            if not (isinstance(v, dict) and str(v.get("user")) == user)
+        }
+        if len(kept) != len(data):
+            tmp = tokens.with_suffix(".tmp")
+            tmp.write_text(json.dumps(kept, indent=2))
+            tmp.replace(tokens)
+            removed.append("tokens")
+    console.print(f"user {user}: removed from {', '.join(removed) or 'nothing (no stored state)'}")
+
+
+def main():  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,43 @@
+"""Shared fixtures: tiny models and runs that build in seconds, with no network."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+TINY_OVERRIDES = [
+    "tiny.vocab_size=400",
+    "tiny.hidden_size=32",
+    "tiny.layers=1",
+    "tiny.heads=2",
+    "tiny.intermediate_size=64",
+    "tiny.max_len=192",
+    "tiny.min_steps=2",
+    "tiny.epochs=0.1",
+    "population.epochs=0.5",
+    "user.epochs=1",
+    "user.batch_size=8",
+]
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path, monkeypatch):
+    """A demo-tags experiment on 6 users with a 1-layer Llama, cached under tmp_path."""
+    from ownlm import run as run_module
+    from ownlm.config import load_config
+
+    monkeypatch.setattr(run_module, "CACHE_DIR", tmp_path / "cache")
+    return load_config(
+        None,
+        [
+            f"output_dir={tmp_path / 'runs'}",
+            "name=t",
+            "data=demo-tags",
+            "max_users=6",
+            "max_queries=2",
+            *TINY_OVERRIDES,
+        ],
+    )

@@ -1,0 +1,66 @@
+"""The CLI as a new user meets it: prepare, train, eval, forget, and clear errors."""
+
+import json
+
+from typer.testing import CliRunner
+
+from ownlm.cli import app
+from tests.conftest import TINY_OVERRIDES
+
+runner = CliRunner()
+
+
+def _sets(tmp_path, *extra):
+    out = []
+    for kv in [
+        f"output_dir={tmp_path / 'runs'}",
+        "name=cli",
+        "data=demo-headlines",
+        "max_users=5",
+        "max_queries=1",
+        *TINY_OVERRIDES,
+        *extra,
+    ]:
+        out += ["--set", kv]
+    return out
+
+
+def test_prepare_train_eval_forget(tmp_path, monkeypatch):
+    from ownlm import run as run_module
+
+    monkeypatch.setattr(run_module, "CACHE_DIR", tmp_path / "cache")
+    sets = _sets(tmp_path)
+    r = runner.invoke(app, ["prepare", *sets])
+    assert r.exit_code == 0, r.output
+    summary = json.loads((tmp_path / "runs/cli/data_summary.json").read_text())
+    assert summary["task"] == "demo-headlines" and summary["test_users"] >= 1
+    r = runner.invoke(app, ["train", *sets, "--variants", "oppu"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["eval", *sets, "--set", "methods=base,oppu"])
+    assert r.exit_code == 0, r.output
+    results = json.loads((tmp_path / "runs/cli/eval/results.json").read_text())
+    methods = [row["method"] for row in results["results"]]
+    assert methods == ["population-majority", "user-majority", "base", "oppu"]
+    assert (tmp_path / "runs/cli/eval/methods.png").stat().st_size > 1000
+    user = results["results"][-1]["predictions"][0]["user_id"]
+    r = runner.invoke(app, ["forget", "--user", user, "--run-dir", str(tmp_path / "runs/cli")])
+    assert r.exit_code == 0 and "adapters" in r.output
+    assert not (tmp_path / f"runs/cli/adapters/users/{user}").exists()
+
+
+def test_errors_are_one_clear_line(tmp_path):
+    r = runner.invoke(
+        app,
+        [
+            "prepare",
+            "--set",
+            f"output_dir={tmp_path}",
+            "--set",
+            f"data={tmp_path / 'missing.json'}",
+        ],
+    )
+    assert r.exit_code == 2 and "error:" in r.output and "missing.json" in r.output
+    r = runner.invoke(app, ["prepare", "--set", f"output_dir={tmp_path}", "--set", "task=LaMP-99"])
+    assert r.exit_code == 2 and "unknown task" in r.output
+    r = runner.invoke(app, ["train", "--set", f"output_dir={tmp_path}", "--stages", "everything"])
+    assert r.exit_code == 2 and "unknown stage" in r.output

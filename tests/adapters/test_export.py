@@ -3,7 +3,6 @@ import json
 import pytest
 import torch
 from peft import PeftModel
-from tests.adapters.test_mixture import tiny_llama
 
 from ownlm.adapters.export import export_mixture
 from ownlm.adapters.mixture import (
@@ -15,6 +14,7 @@ from ownlm.adapters.mixture import (
     uninstall_mixture,
 )
 from ownlm.errors import ConfigError
+from tests.adapters.test_mixture import tiny_llama
 
 TARGETS = ("gate_proj", "up_proj", "down_proj")
 

@@ -1,7 +1,6 @@
 import pytest
 import torch
 from peft import PeftModel
-from tests.train.test_groups import small_proper
 
 from ownlm.adapters.export import export_user
 from ownlm.errors import ConfigError
@@ -9,6 +8,7 @@ from ownlm.run import Run
 from ownlm.train.groups import train_groups
 from ownlm.train.population import train_population
 from ownlm.train.proper import load_user_model, train_proper_users
+from tests.train.test_groups import small_proper
 
 
 def test_proper_users_train_store_and_export(tiny_cfg, tmp_path):
@@ -38,3 +38,34 @@ def test_proper_users_train_store_and_export(tiny_cfg, tmp_path):
     with torch.no_grad():
         got = flat(input_ids=ids, attention_mask=mask).logits
     assert (got - mixed).abs().max().item() < 1e-5
+
+
+def test_proper_evaluation_new_users_groups_view_and_study(tiny_cfg, tmp_path):
+    from ownlm.data.splits import truncate_history
+    from ownlm.evaluate.proper import active_level_study, evaluate_proper, groups_view
+    from ownlm.train.groups import load_groups
+    from ownlm.train.proper import prepare_user
+
+    tiny_cfg.proper = small_proper(user_r=2, user_alpha=4.0, user_lr=1e-3, user_epochs=1.0)
+    run = Run(tiny_cfg)
+    train_population(run)
+    train_groups(run)
+    trained, new = run.split.test[0], run.split.test[1]
+    train_proper_users(run, "user", users=[trained])
+
+    backbone = run.base()
+    fp = backbone.fingerprint()
+    gm = load_groups(run, backbone)
+    store = run.store("proper-user")
+    assert prepare_user(gm, store, fp, trained, "user", None) == "adapter"
+    assert prepare_user(gm, store, fp, new, "user", torch.zeros(384).numpy()) == "new"
+    assert prepare_user(gm, store, fp, truncate_history(new, 0), "user", None) == "population"
+
+    results = evaluate_proper(run)
+    assert [r.method for r in results] == ["proper-input", "proper-user"]
+    assert all("accuracy" in r.metrics for r in results)
+    view = groups_view(run)
+    assert abs(sum(view["share"]) - 1) < 1e-6 and len(view["users"]) == len(run.dataset.users)
+    table = active_level_study(run, buckets=(2,), out_dir=tmp_path / "eval")
+    assert set(table["2"]) == {"pag", "oppu", "proper-input", "proper-user"}
+    assert (tmp_path / "eval" / "active_levels.png").exists()

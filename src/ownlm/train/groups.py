@@ -297,6 +297,7 @@ class GroupModel:
             if not isinstance(layer.router, TokenUserRouter):
                 layer.router = self._router(layer)
             layer.router.load_state_dict(self.routers[name])
+            layer.router.requires_grad_(False)
             layer.drop_user_lora()
         self.state.user_emb = self.state.user_ids = None
         self.state.active = True

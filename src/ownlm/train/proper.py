@@ -181,7 +181,7 @@ def train_proper_users(run, router: str = "input", users=None, backbone=None) ->
     gm = load_groups(run, backbone)
     try:
         for user, vec in tqdm(
-            list(zip(todo, vectors)), desc=f"PROPER users ({router})", unit="user"
+            list(zip(todo, vectors, strict=True)), desc=f"PROPER users ({router})", unit="user"
         ):
             gm.reset()
             losses = fit_user(run, gm, user, vec, router)

@@ -96,3 +96,25 @@ def test_collapsed_gates_cost_more_than_uniform():
     collapsed = [torch.tensor([[1.0, 0, 0, 0]]).repeat(10, 1)]
     assert balance_loss(uniform).item() == pytest.approx(1.0)
     assert balance_loss(collapsed).item() == pytest.approx(4.0)
+
+
+def test_installs_on_the_minilm_encoder_ffn_only():
+    from ownlm.adapters.mixture import FFN_TARGETS
+    from ownlm.backbone.base import EncoderBackbone
+    from ownlm.backbone.encoder import load_minilm_classifier
+
+    model, tok = load_minilm_classifier(("a", "b"))
+    backbone = EncoderBackbone(model, tok)
+    state = install_mixture(
+        backbone.model,
+        FFN_TARGETS["encoder"],
+        4,
+        2,
+        2,
+        lambda lin: TokenUserRouter(lin.in_features, 4, 4),
+    )
+    names = sorted(mixture_layers(backbone.model))
+    assert len(names) == 12 and not any("attention" in n for n in names)  # 6 layers x 2
+    with routing(state, user_emb=torch.randn(1, 4), record=True):
+        backbone.loss(backbone.model, ["hello there", "x"], ["a", "b"])
+    assert len(state.gates) == 12

@@ -154,8 +154,13 @@ class MixtureLoRALinear(nn.Module):
             self.state.names.append(self.name)
         if gates.dim() == 2:
             gates = gates[:, None, :]  # (B|1, 1, G): the same mixture for every token
-        xa = torch.einsum("bti,gri->btgr", h, self.A)  # (B, T, G, r)
-        delta = torch.einsum("btgr,gor,btg->bto", xa, self.B, gates) * self.scaling
+        b, t, _ = h.shape
+        g, r = self.groups, self.r
+        # all experts in two matmuls: x A_cat^T, gate, then B_cat (out, G*r)
+        xa = (h @ self.A.reshape(g * r, -1).T).view(b, t, g, r)  # (B, T, G, r)
+        xa = (xa * gates[..., None]).reshape(b, t, g * r)  # gate each expert's rank slice
+        b_cat = self.B.permute(1, 0, 2).reshape(self.base.out_features, g * r)  # (out, G*r)
+        delta = (xa @ b_cat.T) * self.scaling  # (B, T, out)
         if self.user_A is not None:
             delta = delta + (h @ self.user_A.T @ self.user_B.T) * self.user_scaling
         return y + (delta[:, 0] if flat else delta)

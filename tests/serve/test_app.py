@@ -7,6 +7,7 @@ import asyncio
 import httpx
 import openai
 import pytest
+
 from tests.serve.conftest import USERS
 
 

@@ -46,6 +46,7 @@ class SlotState:
     def __init__(self, n_slots: int):
         self.n_slots = n_slots
         self.idx: torch.Tensor | None = None  # (batch,) long, -1 mapped to the zero slot
+        self.version = 0  # bumped when idx or any slot changes: layers re-gather then
 
 
 class BatchedLoraLinear(nn.Module):
@@ -63,19 +64,28 @@ class BatchedLoraLinear(nn.Module):
         self.register_buffer(
             "B", torch.zeros(n, base.out_features, max_rank, dtype=w.dtype), persistent=False
         )
+        self._gathered: tuple[int, torch.Tensor, torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
         idx = self.state.idx
         if idx is None:
             return y
-        # x (b, T, in); A[idx] (b, r, in); B[idx] (b, out, r)
-        h = torch.bmm(x, self.A[idx].transpose(1, 2))  # (b, T, r)
-        return y + torch.bmm(h, self.B[idx].transpose(1, 2))  # (b, T, out)
+        if self._gathered is None or self._gathered[0] != self.state.version:
+            # gathered once per batch, reused by every decode step:
+            # A[idx]^T (b, in, r), B[idx]^T (b, r, out)
+            At = self.A[idx].transpose(1, 2).contiguous()
+            Bt = self.B[idx].transpose(1, 2).contiguous()
+            self._gathered = (self.state.version, At, Bt)
+        _, At, Bt = self._gathered
+        # x (b, T, in) @ (b, in, r) -> (b, T, r) @ (b, r, out) -> (b, T, out)
+        return y + torch.bmm(torch.bmm(x, At), Bt)
 
     @torch.no_grad()
     def set_slot(self, slot: int, a: torch.Tensor | None, b: torch.Tensor | None) -> None:
         """Write one slot: a (r, in), b (out, r) already scaled; None clears it."""
+        self.state.version += 1
+        self._gathered = None
         self.A[slot].zero_()
         self.B[slot].zero_()
         if a is None:
@@ -191,10 +201,12 @@ class BatchedLora:
         if slots is not None and not isinstance(slots, torch.Tensor):
             slots = self.slot_tensor(list(slots))
         self.state.idx = slots
+        self.state.version += 1
         try:
             yield
         finally:
             self.state.idx = prev
+            self.state.version += 1
 
 
 def install_batched_lora(

@@ -210,7 +210,7 @@ def create_app(server: Server) -> FastAPI:
     async def completions(body: P.CompletionBody, who: Principal = Depends(principal)):
         user = server.resolve(body.model, who)
         req = await run_in_threadpool(server.build, body, user, body.text(), False)
-        job = await server.batcher.submit(req, user)
+        job = await server.batcher.submit(req, user, body.stream)
         cid = P.new_id("cmpl")
         if body.stream:
             return _stream(job, lambda text, fin: P.completion(cid, body.model, text, fin))
@@ -227,7 +227,7 @@ def create_app(server: Server) -> FastAPI:
     async def chat_completions(body: P.ChatBody, who: Principal = Depends(principal)):
         user = server.resolve(body.model, who)
         req = await run_in_threadpool(server.build, body, user, body.last_user_text(), True)
-        job = await server.batcher.submit(req, user)
+        job = await server.batcher.submit(req, user, body.stream)
         cid = P.new_id("chatcmpl")
         if body.stream:
             first = P.chat_chunk(cid, body.model, {"role": "assistant", "content": ""}, None)

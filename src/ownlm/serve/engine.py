@@ -56,6 +56,12 @@ class _Row:
             self._finish("stop")
             return
         self.out.tokens.append(token)
+        if self.req.stop or self.req.on_text is not None:  # text needed at every step
+            self._check_text()
+        if not self.done and len(self.out.tokens) >= self.req.max_tokens:
+            self._finish("length")
+
+    def _check_text(self) -> None:
         text = self.tok.decode(self.out.tokens, skip_special_tokens=True)
         cut = min((i for i in (text.find(s) for s in self.req.stop if s) if i >= 0), default=-1)
         if cut >= 0:
@@ -63,9 +69,6 @@ class _Row:
             self._finish("stop")
             return
         self.out.text = text
-        if len(self.out.tokens) >= self.req.max_tokens:
-            self._finish("length")
-            return
         safe = len(text) - self.hold
         if text.endswith("\ufffd"):  # a multi-byte character not complete yet
             safe = min(safe, len(text) - 1)
@@ -79,14 +82,16 @@ class _Row:
     def _finish(self, reason: str) -> None:
         self.done = True
         self.out.finish_reason = reason
+        if reason == "length" or not self.req.stop:  # a stop string has set the text already
+            self.out.text = self.tok.decode(self.out.tokens, skip_special_tokens=True)
         self._emit(len(self.out.text))
 
 
 def _pick(logits: torch.Tensor, rows: list[_Row], eos: int) -> list[int]:
     """Next token per row: (b, V) logits -> greedy, or temperature + nucleus (top_p) sampling."""
-    for i, row in enumerate(rows):
-        if len(row.out.tokens) < row.req.min_tokens:
-            logits[i, eos] = float("-inf")
+    early = [i for i, row in enumerate(rows) if len(row.out.tokens) < row.req.min_tokens]
+    if early:
+        logits[early, eos] = float("-inf")
     picks = logits.argmax(-1).tolist()
     for i, row in enumerate(rows):
         if row.req.temperature > 0 and not row.done:

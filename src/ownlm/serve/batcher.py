@@ -54,12 +54,13 @@ class Batcher:
             self._task.cancel()
         self.pool.shutdown(wait=False, cancel_futures=True)
 
-    async def submit(self, request: Request, user: str | None) -> Job:
+    async def submit(self, request: Request, user: str | None, stream: bool = False) -> Job:
         loop = asyncio.get_running_loop()
         job = Job(request, user)
-        request.on_text = lambda text: loop.call_soon_threadsafe(
-            job.events.put_nowait, ("text", text)
-        )
+        if stream:  # text pieces only when someone reads them: decoding each step costs
+            request.on_text = lambda text: loop.call_soon_threadsafe(
+                job.events.put_nowait, ("text", text)
+            )
         await self.queue.put(job)
         return job
 

@@ -28,7 +28,7 @@ from ownlm.errors import StoreError
 from ownlm.serve import protocol as P
 from ownlm.serve.auth import Principal, TokenStore
 from ownlm.serve.batcher import Batcher
-from ownlm.serve.cache import AdapterCache
+from ownlm.serve.cache import AdapterCache, AdapterRemoved
 from ownlm.serve.engine import Engine, Request
 from ownlm.serve.personalize import Personalizer
 from ownlm.store import AdapterStore
@@ -287,6 +287,8 @@ def create_app(server: Server) -> FastAPI:
 async def _result(job):
     try:
         return await job.result()
+    except AdapterRemoved as e:
+        raise P.ApiError(404, str(e), "model", "model_not_found") from e
     except StoreError as e:
         raise P.ApiError(409, str(e), "model") from e
     except ValueError as e:

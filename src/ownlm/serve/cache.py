@@ -15,6 +15,10 @@ from ownlm.errors import StoreError
 from ownlm.store import AdapterStore
 
 
+class AdapterRemoved(StoreError):
+    """The adapter was removed by an admin between a request's admission and its batch."""
+
+
 class AdapterCache:
     def __init__(self, lora: BatchedLora, store: AdapterStore, base_fingerprint: str):
         self.lora = lora
@@ -44,7 +48,7 @@ class AdapterCache:
                 out.append(-1)
                 continue
             if user in self.removed:
-                raise StoreError(
+                raise AdapterRemoved(
                     f"adapter of user {user!r} was removed by an admin; re-add it with POST /admin/adapters/{user}"
                 )
             if user not in self.slots:

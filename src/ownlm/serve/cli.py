@@ -37,3 +37,31 @@ def serve(
         f"serving {server.base} and {len(server.store.names('user'))} user adapters on http://{host}:{port}/v1"
     )
     uvicorn.run(create_app(server), host=host, port=port, log_level="info")
+
+
+def serve_in_thread(server, host: str = "127.0.0.1", port: int = 0, timeout: float = 20):
+    """Start uvicorn for a built `Server` on a daemon thread (tests, load test).
+    Returns (uvicorn.Server, thread, port); stop with `uv.should_exit = True`."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from ownlm.serve.app import create_app
+
+    if port == 0:
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+    uv = uvicorn.Server(
+        uvicorn.Config(create_app(server), host=host, port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=uv.run, daemon=True)
+    thread.start()
+    deadline = time.time() + timeout
+    while not uv.started:
+        if time.time() > deadline or not thread.is_alive():
+            raise RuntimeError(f"server on {host}:{port} did not start within {timeout} s")
+        time.sleep(0.02)
+    return uv, thread, port

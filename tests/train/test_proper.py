@@ -43,7 +43,7 @@ def test_proper_users_train_store_and_export(tiny_cfg, tmp_path):
 def test_proper_evaluation_new_users_groups_view_and_study(tiny_cfg, tmp_path):
     from ownlm.data.splits import truncate_history
     from ownlm.evaluate.proper import active_level_study, evaluate_proper, groups_view
-    from ownlm.train.groups import load_groups
+    from ownlm.train.groups import groups_fingerprint, load_groups
     from ownlm.train.proper import prepare_user
 
     tiny_cfg.proper = small_proper(user_r=2, user_alpha=4.0, user_lr=1e-3, user_epochs=1.0)
@@ -54,7 +54,7 @@ def test_proper_evaluation_new_users_groups_view_and_study(tiny_cfg, tmp_path):
     train_proper_users(run, "user", users=[trained])
 
     backbone = run.base()
-    fp = backbone.fingerprint()
+    fp = groups_fingerprint(run, backbone.fingerprint())
     gm = load_groups(run, backbone)
     store = run.store("proper-user")
     assert prepare_user(gm, store, fp, trained, "user", None) == "adapter"

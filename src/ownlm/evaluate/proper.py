@@ -25,7 +25,7 @@ from ownlm.data.splits import truncate_history
 from ownlm.evaluate.report import MethodResult, plot_buckets
 from ownlm.evaluate.runner import PRIMARY, _score, test_queries
 from ownlm.personal import query_prompt, training_pairs, user_context
-from ownlm.train.groups import history_vectors, load_groups
+from ownlm.train.groups import groups_fingerprint, history_vectors, load_groups
 from ownlm.train.loop import inject, train_pairs
 from ownlm.train.proper import ROUTERS, fit_user, mean_gates, prepare_user, user_pairs
 from ownlm.train.users import user_seed
@@ -70,7 +70,7 @@ def evaluate_proper(
     rows = rows if rows is not None else test_queries(run)
     contexts = contexts or {u.user_id: user_context(run.task, u) for u, _ in rows}
     backbone = backbone or run.base()
-    fp = backbone.fingerprint()
+    fp = groups_fingerprint(run, backbone.fingerprint())
     vectors = _vectors(run, rows, backbone)
     gm = load_groups(run, backbone)
     results, how = [], {}

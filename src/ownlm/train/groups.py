@@ -16,6 +16,7 @@ the routers, user embeddings and the projection as `router` (safetensors + json)
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -35,6 +36,7 @@ from ownlm.adapters.mixture import (
     install_mixture,
     mixture_layers,
     routing,
+    uninstall_mixture,
     usage,
 )
 from ownlm.personal import training_pairs, user_context
@@ -209,6 +211,7 @@ def train_groups(run, backbone=None) -> dict:
         "base_fingerprint": base_fp,
     }
     save_groups(run, layers, table, mu, proj, meta, base_fp, losses)
+    uninstall_mixture(backbone.model)
     stats = {
         "pairs": len(pairs),
         "loss_first": losses[0],
@@ -268,6 +271,17 @@ def save_groups(run, layers, table, mu, proj, meta, base_fp, losses) -> None:
             extra={"loss_first": losses[0], "loss_last": losses[-1]},
         ),
     )
+
+
+def groups_fingerprint(run, base_fp: str) -> str:
+    """What stage-3 adapters depend on: the merged base and the stored stage-2 weights.
+    Stage-3 manifests carry it, so retraining stage 2 invalidates the user adapters."""
+    store = run.store()
+    names = ["router", *store.names("group")]
+    digest = hashlib.sha256(
+        json.dumps([store.manifest(n).sha256 for n in names], sort_keys=True).encode()
+    )
+    return f"{base_fp}+{digest.hexdigest()[:8]}"
 
 
 # -- loading (stage 3, evaluation, new users) ----------------------------------------------

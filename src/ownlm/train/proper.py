@@ -33,7 +33,13 @@ from ownlm.adapters.mixture import UserRouter, routing, uninstall_mixture
 from ownlm.errors import ConfigError
 from ownlm.personal import training_pairs, user_context
 from ownlm.store import Manifest
-from ownlm.train.groups import fit_mixture, history_vectors, load_groups, settings
+from ownlm.train.groups import (
+    fit_mixture,
+    groups_fingerprint,
+    history_vectors,
+    load_groups,
+    settings,
+)
 from ownlm.train.users import user_seed
 
 console = Console(stderr=True)
@@ -169,7 +175,7 @@ def train_proper_users(run, router: str = "input", users=None, backbone=None) ->
     s = settings(run)
     users = run.split.test if users is None else users
     backbone = backbone or run.base()
-    fp = backbone.fingerprint()
+    fp = groups_fingerprint(run, backbone.fingerprint())  # base + stage-2 weights
     store = run.store(f"proper-{router}")
     todo = [
         u
@@ -213,7 +219,7 @@ def train_proper_users(run, router: str = "input", users=None, backbone=None) ->
 
 def load_user_model(run, backbone, user, router: str):
     """`backbone.model` with the group mixture and this user's stored PROPER adapter."""
-    fp = backbone.fingerprint()
+    fp = groups_fingerprint(run, backbone.fingerprint())
     gm = load_groups(run, backbone)
     apply_user(gm, run.store(f"proper-{check_router(router)}").verify(user.name, fp), router)
     return backbone.model

@@ -93,7 +93,7 @@ async def admin(url, token, churn, late, run_dir, staging, fingerprint, stop_at,
                 src = staging.path(f"user:{late}")
                 store.save(
                     f"user:{late}",
-                    lambda d: shutil.copytree(src, d),
+                    lambda d, src=src: shutil.copytree(src, d),
                     Manifest("", "user", "toy", fingerprint),
                 )
                 r = await http.post(f"/admin/adapters/{late}", headers=h)

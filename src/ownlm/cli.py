@@ -203,6 +203,77 @@ def forget(
     console.print(f"user {user}: removed from {', '.join(removed) or 'nothing (no stored state)'}")
 
 
+@app.command()
+@friendly
+def export(
+    config: Path = ConfigOpt,
+    set_: list[str] = SetOpt,
+    user: str = typer.Option(..., help="user id to export"),
+    out: Path = typer.Option(..., help="output directory (a standard PEFT LoRA directory)"),
+    variant: str = typer.Option(
+        "proper-user",
+        help="proper-user (group experts + user LoRA flattened into one LoRA) or oppu / peft (the user's own LoRA, copied with its base)",
+    ),
+):
+    """Export a user's model as one vanilla PEFT LoRA directory (PEFT, vLLM --lora-modules)."""
+    import shutil
+
+    from ownlm.errors import ConfigError
+
+    run = _run(config, set_)
+    if variant in ("oppu", "peft"):
+        src = run.store(variant).verify(f"user:{user}", run.base().fingerprint())
+        if out.exists():
+            raise ConfigError(f"{out} already exists; choose a new output directory")
+        shutil.copytree(src, out)
+        path = out
+    elif variant == "proper-user":
+        from ownlm.adapters.export import export_user
+
+        path = export_user(run, user, out)
+    elif variant == "proper-input":
+        from ownlm.adapters.export import INPUT_ROUTER_MSG
+
+        raise ConfigError(INPUT_ROUTER_MSG)
+    else:
+        raise ConfigError(f"unknown variant {variant!r}; choose proper-user, oppu or peft")
+    console.print(
+        f"exported user {user} ({variant}) to {path}; base model: {run.base_dir.resolve()}"
+    )
+
+
+@app.command(name="serve")
+@friendly
+def serve_cmd(
+    run_dir: Path = typer.Option(..., help="a trained run directory, e.g. runs/demo-headlines"),
+    host: str = typer.Option("127.0.0.1", help="address to bind"),
+    port: int = typer.Option(8000, help="port to bind"),
+    cache_size: int = typer.Option(64, help="user adapters kept in memory (LRU)"),
+    max_batch_size: int = typer.Option(16, help="requests decoded together in one batch"),
+    max_wait_ms: float = typer.Option(10, help="how long the batcher waits to fill a batch"),
+):
+    """OpenAI-compatible server: one base, every user's adapter, mixed-user batches."""
+    from ownlm.serve.cli import serve
+
+    serve(run_dir, host, port, cache_size, max_batch_size, max_wait_ms)
+
+
+@token_app.command("create")
+@friendly
+def token_create(
+    run_dir: Path = typer.Option(..., help="the served run directory"),
+    user: str = typer.Option(None, help="user id the token may reach"),
+    admin: bool = typer.Option(False, help="create an admin token (manages adapters and tokens)"),
+):
+    """Create an API token; it is printed once and only its hash is stored."""
+    from ownlm.errors import ConfigError
+    from ownlm.serve.cli import create_token
+
+    if not admin and not user:
+        raise ConfigError("give --user U for a user token, or --admin for an admin token")
+    create_token(run_dir, user, admin)
+
+
 def main():  # pragma: no cover
     app()
 

@@ -62,3 +62,17 @@ def test_server_applies_personalization_switchably(live):
         server.personalizer = old
     assert len(personal.ids) > len(bare.ids)
     assert server.backbone.tokenizer.decode(bare.ids) == text
+
+
+def test_personalizer_reads_the_runs_users(tmp_path):
+    from ownlm.config import ExperimentConfig, save_config
+
+    assert Personalizer.from_run(tmp_path) is None  # no config: served without user data
+    save_config(
+        ExperimentConfig(name="r", data="demo-tags", output_dir="elsewhere"),
+        tmp_path / "config.yaml",
+    )
+    before = (tmp_path / "config.yaml").read_text()
+    pers = Personalizer.from_run(tmp_path)
+    assert pers is not None and pers.has("t000") and not pers.has("nobody") and not pers.has(None)
+    assert (tmp_path / "config.yaml").read_text() == before  # serving never rewrites the run

@@ -9,11 +9,14 @@ its text pieces and its final Output (or error) on its own asyncio queue.
 from __future__ import annotations
 
 import asyncio
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from ownlm.serve.cache import AdapterCache
 from ownlm.serve.engine import Engine, Output, Request
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -76,7 +79,12 @@ class Batcher:
                     )
                 except TimeoutError:
                     break
-            await loop.run_in_executor(self.pool, self._run, batch, loop)
+            try:
+                await loop.run_in_executor(self.pool, self._run, batch, loop)
+            except Exception as e:  # never let one batch stop the loop: fail its jobs only
+                log.exception("batch of %d failed", len(batch))
+                for job in batch:
+                    job.events.put_nowait(("error", e))
 
     def _run(self, batch: list[Job], loop) -> None:
         """On the engine thread: resolve slots (loading misses), generate, deliver."""

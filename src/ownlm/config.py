@@ -14,6 +14,7 @@ import yaml
 
 from ownlm.backbone.tiny import TinyConfig
 from ownlm.errors import ConfigError
+from ownlm.train.groups import ProperSettings
 
 
 @dataclass
@@ -89,6 +90,7 @@ class ExperimentConfig:
         default_factory=LoraSettings,
         metadata={"help": "stage 3: one fresh LoRA per test user (OPPU)"},
     )
+    proper: ProperSettings = field(default_factory=ProperSettings, metadata={"help": "PROPER's group experts (stage 2) and user routers (stage 3)"})
     methods: list[str] = field(
         default_factory=lambda: ["base", "rag", "pag", "peft", "oppu"],
         metadata={"help": "methods to evaluate side by side (references are always added)"},

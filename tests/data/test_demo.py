@@ -38,7 +38,7 @@ def test_demo_shapes_and_sizes() -> None:
         assert len(user.history) == 8 and len(user.queries) == 3
         for it in user.history:
             assert it.fields["tag"] in DEMO_TAGS
-            assert 25 <= len(it.fields["description"].split()) <= 60
+            assert 15 <= len(it.fields["description"].split()) <= 45
             task.item_pair(it)  # every item is a valid training pair
         assert all(q.input == task.query_prompt(q.fields) for q in user.queries)
     heads = make_demo_headlines(n_users=6, history=8, queries=3)

@@ -391,10 +391,12 @@ def load_dataset(path: str | Path, task: str | Task | None = None, **options: An
         if (path / "users.json").is_file():
             return load_lamp_users(path, task, **options)
         if (path / "annotation_data.csv").is_file() and (path / "text_data.csv").is_file():
-            name = getattr(task, "name", task) or "studemo-valence"
-            if not str(name).startswith("studemo-"):
+            name = str(getattr(task, "name", task) or "")
+            if name and not name.startswith("studemo-"):
                 raise DataError(f"{path} is StudEmo data; its task must be studemo-<dimension>, not {name!r}")
-            return load_studemo(path, dimension=str(name).removeprefix("studemo-"), **options)
+            if name:  # the task names the dimension, e.g. studemo-arousal
+                options.setdefault("dimension", name.removeprefix("studemo-"))
+            return load_studemo(path, **options)
         if (path / "annotations_g3.csv").is_file():
             return load_tweeteval(path / "annotations_g3.csv", **options)
         questions = sorted(path.glob("*_questions.json"))

@@ -40,6 +40,7 @@ def test_proper_users_train_store_and_export(tiny_cfg, tmp_path):
     assert (got - mixed).abs().max().item() < 1e-5
 
 
+@pytest.mark.slow  # ~2 min on 2 CPUs: trains OPPU and PROPER users in the study
 def test_proper_evaluation_new_users_groups_view_and_study(tiny_cfg, tmp_path):
     from ownlm.data.splits import truncate_history
     from ownlm.evaluate.proper import active_level_study, evaluate_proper, groups_view

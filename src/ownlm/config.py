@@ -69,6 +69,7 @@ class ExperimentConfig:
     max_users: int | None = field(
         default=None, metadata={"help": "use only the first N users (quick runs)"}
     )
+    max_history: int | None = field(default=None, metadata={"help": "keep only each user's last N history items (bounds training time on long histories)"})
     max_queries: int | None = field(
         default=None, metadata={"help": "evaluate at most N queries per test user"}
     )

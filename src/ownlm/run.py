@@ -15,11 +15,12 @@ from pathlib import Path
 
 from ownlm.backbone.base import ANSWER_SEP
 from ownlm.backbone.load import initial_backbone, load_base
-from ownlm.config import ExperimentConfig, save_config
+from ownlm.config import ExperimentConfig, load_config, save_config
+from ownlm.errors import ConfigError
 from ownlm.data.demo import make_demo_headlines, make_demo_tags
 from ownlm.data.loaders import load_dataset
 from ownlm.data.records import Dataset
-from ownlm.data.splits import UserSplit, split_users
+from ownlm.data.splits import UserSplit, split_users, truncate_history
 from ownlm.data.tasks import get_task
 from ownlm.store import AdapterStore
 
@@ -28,11 +29,23 @@ CACHE_DIR = Path(".cache") / "ownlm"
 
 
 class Run:
-    def __init__(self, cfg: ExperimentConfig):
+    def __init__(self, cfg: ExperimentConfig, write: bool = True):
         self.cfg = cfg
         self.dir = cfg.run_dir
-        self.dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, self.dir / "config.yaml")
+        if write:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.dir / "config.yaml")
+
+    @classmethod
+    def open(cls, run_dir: str | Path) -> Run:
+        """An existing run, read-only: its saved config, nothing rewritten (serving, export)."""
+        run_dir = Path(run_dir)
+        cfg_file = run_dir / "config.yaml"
+        if not cfg_file.exists():
+            raise ConfigError(f"{run_dir} is not a run directory (no config.yaml); train a run first")
+        cfg = load_config(cfg_file)
+        cfg.output_dir, cfg.name = str(run_dir.parent), run_dir.name
+        return cls(cfg, write=False)
 
     @cached_property
     def dataset(self) -> Dataset:
@@ -42,6 +55,8 @@ class Run:
             ds = load_dataset(self.cfg.data, self.cfg.task)
         if self.cfg.max_users:
             ds.users = ds.users[: self.cfg.max_users]
+        if self.cfg.max_history:
+            ds.users = [truncate_history(u, self.cfg.max_history) for u in ds.users]
         return ds
 
     @cached_property

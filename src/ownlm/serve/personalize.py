@@ -29,15 +29,11 @@ class Personalizer:
         if not cfg_file.exists():
             return None
         try:
-            from ownlm.config import load_config
             from ownlm.run import Run
 
-            cfg = load_config(cfg_file)
-            cfg.output_dir, cfg.name = str(Path(run_dir).parent), Path(run_dir).name
-            run = Run.__new__(Run)  # no config rewrite: serving must not touch the run
-            run.cfg, run.dir = cfg, Path(run_dir)
+            run = Run.open(run_dir)  # read-only: serving must not touch the run
             users = {u.user_id: u for u in run.dataset.users}
-            return cls(run.task, users, cfg.retrieval_k, cfg.profile)
+            return cls(run.task, users, run.cfg.retrieval_k, run.cfg.profile)
         except Exception as e:  # the server still serves, without personal context
             log.warning(
                 "run %s: user data not loaded (%s); serving without retrieval/profile", run_dir, e

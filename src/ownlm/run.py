@@ -16,12 +16,12 @@ from pathlib import Path
 from ownlm.backbone.base import ANSWER_SEP
 from ownlm.backbone.load import initial_backbone, load_base
 from ownlm.config import ExperimentConfig, load_config, save_config
-from ownlm.errors import ConfigError
 from ownlm.data.demo import make_demo_headlines, make_demo_tags
 from ownlm.data.loaders import load_dataset
 from ownlm.data.records import Dataset
 from ownlm.data.splits import UserSplit, split_users, truncate_history
 from ownlm.data.tasks import get_task
+from ownlm.errors import ConfigError
 from ownlm.store import AdapterStore
 
 DEMOS = {"demo-tags": make_demo_tags, "demo-headlines": make_demo_headlines}

@@ -80,3 +80,18 @@ def test_minilm_classifier_zero_shot_save_and_peft(tmp_path):
     base, _ = EncoderClassifier.from_dir(tmp_path / "enc")
     loaded = PeftModel.from_pretrained(base, tmp_path / "adapter")
     assert torch.allclose(loaded(ids, mask), peft_model(ids, mask), atol=1e-5)
+
+
+def test_first_token_scoring_matches_the_full_pass_ranking(tmp_path):
+    """Single-token labels: the one-pass path equals full scoring minus the </s> term."""
+    backbone = CausalBackbone.from_pretrained(build_or_load_tiny(TEXTS, tmp_path, SMALL), max_len=SMALL.max_len)
+    words = [backbone.tokenizer.decode([i]) for i in range(40, 120)]
+    labels = tuple(dict.fromkeys(w for w in words if w.strip() and len(backbone._ids([w])[0]) == 1))[:4]
+    assert len(labels) >= 2
+    fast = backbone.score_labels(backbone.model, ["user 3 likes", "a movie"], labels)
+    for j, label in enumerate(labels):
+        ids, mask, lab = backbone.encode_pairs(["user 3 likes", "a movie"], [label] * 2)
+        logp = backbone.model(input_ids=ids, attention_mask=mask).logits[:, :-1].log_softmax(-1)
+        pos = (lab[:, 1:] != -100).float().argmax(-1)
+        first = logp[torch.arange(2), pos, lab[torch.arange(2), pos + 1]]
+        assert torch.allclose(fast[:, j], first, atol=1e-5)

@@ -93,7 +93,20 @@ class CausalBackbone:
     # -- inference ------------------------------------------------------------------
     @torch.no_grad()
     def score_labels(self, model, prompts: list[str], labels: tuple[str, ...]) -> torch.Tensor:
-        """(N, L) summed log-probability of each label's tokens after each prompt."""
+        """(N, L) log-probability of each label after each prompt.
+
+        When every label starts with its own token (ratings, most tag sets), one forward
+        pass per prompt scores them all: the log-probability of each label's first token,
+        i.e. the greedy decoder's first step restricted to the label set. Otherwise each
+        label's tokens (and the closing </s>) are scored in full, one pass per label.
+        """
+        firsts = [ids[0] if ids else None for ids in self._ids(list(labels))]
+        if None not in firsts and len(set(firsts)) == len(firsts):
+            ids, mask, lab = self.encode_pairs(prompts, [labels[0]] * len(prompts))
+            last = (lab != -100).float().argmax(-1) - 1  # position predicting the label's first token
+            logits = model(input_ids=ids, attention_mask=mask).logits  # (N, T, V)
+            logp = logits[torch.arange(len(prompts)), last].log_softmax(-1)  # (N, V)
+            return logp[:, firsts]
         scores = torch.empty(len(prompts), len(labels))
         for j, label in enumerate(labels):
             ids, mask, lab = self.encode_pairs(prompts, [label] * len(prompts))

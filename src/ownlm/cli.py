@@ -144,27 +144,28 @@ def eval_(config: Path = ConfigOpt, set_: list[str] = SetOpt):
 @friendly
 def demo(
     output_dir: str = typer.Option("runs", help="parent folder of the demo runs"),
-    configs: str = typer.Option(
-        "configs/demo-tags.yaml,configs/demo-headlines.yaml", help="demo experiment configs"
-    ),
+    configs: str = typer.Option("configs/demo-tags.yaml,configs/demo-headlines.yaml", help="demo experiment configs"),
 ):
     """The whole pipeline on built-in data: pre-train, population LoRA, one LoRA per user, eval."""
-    from ownlm.evaluate.runner import evaluate_run
+    from rich.table import Table
+
+    from ownlm.evaluate.runner import PRIMARY, evaluate_run
 
     start = time.perf_counter()
+    summary = Table(title="demo: does each user's own LoRA learn the user?")
+    for col in ("task", "backbone", "metric", "user-majority", "base", "RAG", "OPPU", "OPPU - base"):
+        summary.add_column(col)
     for path in [p for p in configs.split(",") if p]:
-        run = _run(
-            Path(path) if Path(path).exists() else None,
-            [f"output_dir={output_dir}"]
-            + (
-                []
-                if Path(path).exists()
-                else [f"data={Path(path).stem}", f"name={Path(path).stem}"]
-            ),
-        )
+        if not Path(path).exists():
+            raise FileNotFoundError(f"demo config {path} not found; run `ownlm demo` from the repository root")
+        run = _run(Path(path), [f"output_dir={output_dir}"])
         console.rule(f"[bold]{run.cfg.name}[/]: {run.task.description}")
         train_stages(run, ["population", "users"], ["oppu", "peft"])
-        evaluate_run(run)
+        results = {r.method: r.metrics for r in evaluate_run(run)}
+        metric = PRIMARY[run.task.kind]
+        row = [results[m][metric] for m in ("user-majority", "base", "rag", "oppu")]
+        summary.add_row(run.task.name, run.cfg.backbone, metric, *(f"{v:.3f}" for v in row), f"{row[3] - row[1]:+.3f}")
+    console.print(summary)
     console.print(f"demo wall time: {time.perf_counter() - start:.0f} s")
 
 

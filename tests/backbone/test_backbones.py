@@ -84,9 +84,13 @@ def test_minilm_classifier_zero_shot_save_and_peft(tmp_path):
 
 def test_first_token_scoring_matches_the_full_pass_ranking(tmp_path):
     """Single-token labels: the one-pass path equals full scoring minus the </s> term."""
-    backbone = CausalBackbone.from_pretrained(build_or_load_tiny(TEXTS, tmp_path, SMALL), max_len=SMALL.max_len)
+    backbone = CausalBackbone.from_pretrained(
+        build_or_load_tiny(TEXTS, tmp_path, SMALL), max_len=SMALL.max_len
+    )
     words = [backbone.tokenizer.decode([i]) for i in range(40, 120)]
-    labels = tuple(dict.fromkeys(w for w in words if w.strip() and len(backbone._ids([w])[0]) == 1))[:4]
+    labels = tuple(
+        dict.fromkeys(w for w in words if w.strip() and len(backbone._ids([w])[0]) == 1)
+    )[:4]
     assert len(labels) >= 2
     fast = backbone.score_labels(backbone.model, ["user 3 likes", "a movie"], labels)
     for j, label in enumerate(labels):

@@ -131,12 +131,30 @@ def train_stages(run, stages: list[str], variants: list[str]) -> None:
 
 @app.command(name="eval", epilog=CONFIG_HELP)
 @friendly
-def eval_(config: Path = ConfigOpt, set_: list[str] = SetOpt):
+def eval_(
+    config: Path = ConfigOpt,
+    set_: list[str] = SetOpt,
+    active_levels: str = typer.Option(
+        "", help="also run the active-level study (PROPER): history sizes to keep, e.g. 2,5,10,50"
+    ),
+    groups_view: bool = typer.Option(
+        False, "--groups-view", help="also print which users went to which group expert (PROPER)"
+    ),
+):
     """Evaluate the configured methods side by side with the trivial references."""
     from ownlm.evaluate.runner import evaluate_run
 
     start = time.perf_counter()
-    evaluate_run(_run(config, set_))
+    run = _run(config, set_)
+    evaluate_run(run)
+    if groups_view:
+        from ownlm.evaluate.proper import groups_view as show_groups
+
+        show_groups(run)
+    if active_levels:
+        from ownlm.evaluate.proper import active_level_study
+
+        active_level_study(run, buckets=tuple(int(b) for b in active_levels.split(",")))
     console.print(f"eval wall time: {time.perf_counter() - start:.0f} s")
 
 
@@ -144,7 +162,9 @@ def eval_(config: Path = ConfigOpt, set_: list[str] = SetOpt):
 @friendly
 def demo(
     output_dir: str = typer.Option("runs", help="parent folder of the demo runs"),
-    configs: str = typer.Option("configs/demo-tags.yaml,configs/demo-headlines.yaml", help="demo experiment configs"),
+    configs: str = typer.Option(
+        "configs/demo-tags.yaml,configs/demo-headlines.yaml", help="demo experiment configs"
+    ),
 ):
     """The whole pipeline on built-in data: pre-train, population LoRA, one LoRA per user, eval."""
     from rich.table import Table
@@ -153,18 +173,35 @@ def demo(
 
     start = time.perf_counter()
     summary = Table(title="demo: does each user's own LoRA learn the user?")
-    for col in ("task", "backbone", "metric", "user-majority", "base", "RAG", "OPPU", "OPPU - base"):
+    for col in (
+        "task",
+        "backbone",
+        "metric",
+        "user-majority",
+        "base",
+        "RAG",
+        "OPPU",
+        "OPPU - base",
+    ):
         summary.add_column(col)
     for path in [p for p in configs.split(",") if p]:
         if not Path(path).exists():
-            raise FileNotFoundError(f"demo config {path} not found; run `ownlm demo` from the repository root")
+            raise FileNotFoundError(
+                f"demo config {path} not found; run `ownlm demo` from the repository root"
+            )
         run = _run(Path(path), [f"output_dir={output_dir}"])
         console.rule(f"[bold]{run.cfg.name}[/]: {run.task.description}")
         train_stages(run, ["population", "users"], ["oppu", "peft"])
         results = {r.method: r.metrics for r in evaluate_run(run)}
         metric = PRIMARY[run.task.kind]
         row = [results[m][metric] for m in ("user-majority", "base", "rag", "oppu")]
-        summary.add_row(run.task.name, run.cfg.backbone, metric, *(f"{v:.3f}" for v in row), f"{row[3] - row[1]:+.3f}")
+        summary.add_row(
+            run.task.name,
+            run.cfg.backbone,
+            metric,
+            *(f"{v:.3f}" for v in row),
+            f"{row[3] - row[1]:+.3f}",
+        )
     console.print(summary)
     console.print(f"demo wall time: {time.perf_counter() - start:.0f} s")
 

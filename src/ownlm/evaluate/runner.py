@@ -22,6 +22,7 @@ from peft import PeftModel
 from rich.console import Console
 from tqdm.auto import tqdm
 
+from ownlm.errors import ConfigError
 from ownlm.evaluate.metrics import per_user_metrics
 from ownlm.evaluate.references import reference_predictions
 from ownlm.evaluate.report import (
@@ -143,21 +144,30 @@ def run_method(run, backbone, method: Method, rows, contexts) -> MethodResult:
     return _score(run, method.name, rows, out, time.perf_counter() - start)
 
 
+PROPER_METHODS = {"proper-input": "input", "proper-user": "user"}
+
+
 def evaluate_run(
     run, methods: list[str] | None = None, out_dir: Path | None = None
 ) -> list[MethodResult]:
     methods = methods or run.cfg.methods
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in METHODS and m not in PROPER_METHODS]
     if unknown:
-        from ownlm.errors import ConfigError
-
-        raise ConfigError(f"unknown method(s) {unknown}; choose from {sorted(METHODS)}")
+        raise ConfigError(
+            f"unknown method(s) {unknown}; choose from {sorted(METHODS) + sorted(PROPER_METHODS)}"
+        )
     rows = test_queries(run)
     backbone = run.base()
     contexts = {u.user_id: user_context(run.task, u) for u, _ in rows}
     results = references(run, rows)
     for name in methods:
-        results.append(run_method(run, backbone, METHODS[name], rows, contexts))
+        if name in METHODS:
+            results.append(run_method(run, backbone, METHODS[name], rows, contexts))
+    routers = tuple(PROPER_METHODS[m] for m in methods if m in PROPER_METHODS)
+    if routers:
+        from ownlm.evaluate.proper import evaluate_proper
+
+        results += evaluate_proper(run, rows, contexts, routers=routers, backbone=backbone)
     report(run, results, out_dir or run.dir / "eval")
     return results
 

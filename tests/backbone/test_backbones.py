@@ -99,3 +99,19 @@ def test_first_token_scoring_matches_the_full_pass_ranking(tmp_path):
         pos = (lab[:, 1:] != -100).float().argmax(-1)
         first = logp[torch.arange(2), pos, lab[torch.arange(2), pos + 1]]
         assert torch.allclose(fast[:, j], first, atol=1e-5)
+
+
+def test_detach_gives_the_encoder_its_own_head_back(tmp_path):
+    """PEFT's unload() leaves the adapter's trained head in place; detach restores the
+    base's, so one user's head never reaches the next user's model."""
+    from ownlm.backbone.base import detach
+
+    model, tok = load_minilm_classifier(("a", "b"))
+    backbone = EncoderBackbone(model, tok)
+    before = backbone.fingerprint()
+    peft_model = get_peft_model(backbone.model, lora_config(backbone, LoraSettings()))
+    for p in peft_model.parameters():
+        if p.requires_grad:
+            torch.nn.init.normal_(p)  # a "trained" adapter and head
+    detach(backbone, peft_model)
+    assert backbone.fingerprint() == before

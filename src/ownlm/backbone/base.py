@@ -103,7 +103,9 @@ class CausalBackbone:
         firsts = [ids[0] if ids else None for ids in self._ids(list(labels))]
         if None not in firsts and len(set(firsts)) == len(firsts):
             ids, mask, lab = self.encode_pairs(prompts, [labels[0]] * len(prompts))
-            last = (lab != -100).float().argmax(-1) - 1  # position predicting the label's first token
+            last = (lab != -100).float().argmax(
+                -1
+            ) - 1  # position predicting the label's first token
             logits = model(input_ids=ids, attention_mask=mask).logits  # (N, T, V)
             logp = logits[torch.arange(len(prompts)), last].log_softmax(-1)  # (N, V)
             return logp[:, firsts]
@@ -162,6 +164,12 @@ class EncoderBackbone:
         self.tokenizer.truncation_side = "left"  # the task input comes last: keep it
         self.name = name
         self.max_len = max_len
+        # PEFT's unload() keeps the adapter's trained copy of a modules_to_save module:
+        # keep the base's own head to put back (see `detach`).
+        self._saved = {
+            m: {k: v.clone() for k, v in model.get_submodule(m).state_dict().items()}
+            for m in self.modules_to_save
+        }
 
     @classmethod
     def from_pretrained(cls, path: Path, name: str = "minilm"):
@@ -197,6 +205,20 @@ class EncoderBackbone:
             best = self.score_labels(model, prompts[i : i + batch_size], task.labels).argmax(-1)
             out.extend(self.model.labels[j] for j in best.tolist())
         return out
+
+
+def detach(backbone, peft_model):
+    """Remove a PEFT adapter and give the backbone its own base model back, exactly.
+
+    LoRA layers are unloaded; modules_to_save (the encoder's label head) are restored
+    from the base's copy, since PEFT's unload() leaves the adapter's trained copy in
+    place, which would carry one user's head into the next user's model.
+    """
+    model = peft_model.unload()
+    for name, state in getattr(backbone, "_saved", {}).items():
+        model.get_submodule(name).load_state_dict(state)
+    backbone.model = model.eval()
+    return backbone.model
 
 
 def describe(backbone) -> dict:

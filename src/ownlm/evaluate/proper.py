@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ownlm.adapters.mixture import uninstall_mixture
+from ownlm.backbone.base import detach
 from ownlm.data.splits import truncate_history
 from ownlm.evaluate.report import MethodResult, plot_buckets
 from ownlm.evaluate.runner import PRIMARY, _score, test_queries
@@ -105,7 +106,7 @@ class _Unloading:
 
     def close(self):
         if self.last is not None and hasattr(self.last, "unload"):
-            self.backbone.model = self.last.unload()
+            detach(self.backbone, self.last)
         self.last = None
 
 

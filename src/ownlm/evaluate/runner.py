@@ -22,6 +22,7 @@ from peft import PeftModel
 from rich.console import Console
 from tqdm.auto import tqdm
 
+from ownlm.backbone.base import detach
 from ownlm.errors import ConfigError
 from ownlm.evaluate.metrics import per_user_metrics
 from ownlm.evaluate.references import reference_predictions
@@ -136,7 +137,7 @@ def run_method(run, backbone, method: Method, rows, contexts) -> MethodResult:
             try:
                 preds = backbone.predict(model, task, prompts)
             finally:
-                backbone.model = model.unload()
+                detach(backbone, model)
         else:  # no adapter (no history, or not trained): the population model answers
             preds = backbone.predict(backbone.model, task, prompts)
         for i, p in zip(idx, preds, strict=True):

@@ -13,6 +13,7 @@ import zlib
 from rich.console import Console
 from tqdm.auto import tqdm
 
+from ownlm.backbone.base import detach
 from ownlm.personal import training_pairs, user_context
 from ownlm.store import Manifest
 from ownlm.train.loop import inject, train_pairs
@@ -58,7 +59,7 @@ def train_users(run, variant: str = "oppu", users=None, backbone=None) -> dict:
                 ),
             )
         finally:
-            backbone.model = model.unload()
+            detach(backbone, model)
         done += 1
     console.print(
         f"[bold]stage 3[/] {VARIANTS[variant]}: trained {done}, resumed {skipped}, no history {empty}"

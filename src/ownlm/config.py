@@ -69,7 +69,12 @@ class ExperimentConfig:
     max_users: int | None = field(
         default=None, metadata={"help": "use only the first N users (quick runs)"}
     )
-    max_history: int | None = field(default=None, metadata={"help": "keep only each user's last N history items (bounds training time on long histories)"})
+    max_history: int | None = field(
+        default=None,
+        metadata={
+            "help": "keep only each user's last N history items (bounds training time on long histories)"
+        },
+    )
     max_queries: int | None = field(
         default=None, metadata={"help": "evaluate at most N queries per test user"}
     )
@@ -91,7 +96,10 @@ class ExperimentConfig:
         default_factory=LoraSettings,
         metadata={"help": "stage 3: one fresh LoRA per test user (OPPU)"},
     )
-    proper: ProperSettings = field(default_factory=ProperSettings, metadata={"help": "PROPER's group experts (stage 2) and user routers (stage 3)"})
+    proper: ProperSettings = field(
+        default_factory=ProperSettings,
+        metadata={"help": "PROPER's group experts (stage 2) and user routers (stage 3)"},
+    )
     methods: list[str] = field(
         default_factory=lambda: ["base", "rag", "pag", "peft", "oppu"],
         metadata={"help": "methods to evaluate side by side (references are always added)"},

@@ -42,7 +42,9 @@ class Run:
         run_dir = Path(run_dir)
         cfg_file = run_dir / "config.yaml"
         if not cfg_file.exists():
-            raise ConfigError(f"{run_dir} is not a run directory (no config.yaml); train a run first")
+            raise ConfigError(
+                f"{run_dir} is not a run directory (no config.yaml); train a run first"
+            )
         cfg = load_config(cfg_file)
         cfg.output_dir, cfg.name = str(run_dir.parent), run_dir.name
         return cls(cfg, write=False)

@@ -393,7 +393,9 @@ def load_dataset(path: str | Path, task: str | Task | None = None, **options: An
         if (path / "annotation_data.csv").is_file() and (path / "text_data.csv").is_file():
             name = str(getattr(task, "name", task) or "")
             if name and not name.startswith("studemo-"):
-                raise DataError(f"{path} is StudEmo data; its task must be studemo-<dimension>, not {name!r}")
+                raise DataError(
+                    f"{path} is StudEmo data; its task must be studemo-<dimension>, not {name!r}"
+                )
             if name:  # the task names the dimension, e.g. studemo-arousal
                 options.setdefault("dimension", name.removeprefix("studemo-"))
             return load_studemo(path, **options)

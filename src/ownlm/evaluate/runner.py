@@ -180,6 +180,7 @@ def report(run, results, out_dir: Path) -> None:
         f"{run.task.name} · {run.cfg.backbone} · {len({p[1] for p in results[0].predictions})} test users",
         results,
         primary,
+        console=Console(width=max(Console().width, 120)),  # method names in full, even in logs
     )
     write_json(out_dir / "results.json", run.task.name, results)
     for r in results:

@@ -20,7 +20,7 @@ from ownlm.errors import OwnlmError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub at run time
 
-console = Console()
+console = Console(width=max(Console().width, 120))  # tables in full, even in logs
 CONFIG_HELP = "Config keys (--set key=value):\n\n" + "\n\n".join(
     f"{key} = {default}: {help_}" for key, default, help_ in describe_fields()
 )

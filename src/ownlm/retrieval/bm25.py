@@ -8,10 +8,15 @@ position and id filters are applied to the scores, which is cheap for 10-400 ite
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Protocol
 
 import bm25s
+
+# bm25s sets its own logger to DEBUG at import; once any handler exists that floods
+# the output with one line per index built. Keep only its warnings.
+logging.getLogger("bm25s").setLevel(logging.WARNING)
 import numpy as np
 
 from ownlm.data.records import Item

@@ -13,14 +13,14 @@ from collections.abc import Sequence
 from typing import Protocol
 
 import bm25s
-
-# bm25s sets its own logger to DEBUG at import; once any handler exists that floods
-# the output with one line per index built. Keep only its warnings.
-logging.getLogger("bm25s").setLevel(logging.WARNING)
 import numpy as np
 
 from ownlm.data.records import Item
 from ownlm.errors import ConfigError, DataError
+
+# bm25s sets its own logger to DEBUG at import; once any handler exists that floods
+# the output with one line per index built. Keep only its warnings.
+logging.getLogger("bm25s").setLevel(logging.WARNING)
 
 
 class _ItemTextTask(Protocol):

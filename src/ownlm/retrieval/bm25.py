@@ -56,7 +56,32 @@ def rank_candidates(
     return [items[int(pos[j])] for j in order[:k]]
 
 
-class UserIndex:
+class RankedIndex:
+    """What every per-user index shares: `items` and a `scores(query) -> (N,)` method;
+    `top_k` ranks with `rank_candidates` (position and exclusion filters included)."""
+
+    items: list[Item]
+
+    def scores(self, query: str) -> np.ndarray:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def top_k(
+        self,
+        query: str,
+        k: int,
+        before: int | None = None,
+        exclude_ids: set[str] | frozenset[str] = frozenset(),
+    ) -> list[Item]:
+        """The k best items for `query` among items[:before], skipping `exclude_ids`."""
+        if k == 0 or not self.items:
+            return []
+        return rank_candidates(self.scores(query), self.items, k, before, exclude_ids)
+
+
+class UserIndex(RankedIndex):
     """BM25 index over one user's history; `texts[i]` is the searchable text of `items[i]`."""
 
     def __init__(self, items: Sequence[Item], texts: Sequence[str]) -> None:
@@ -72,9 +97,6 @@ class UserIndex:
             self._bm25 = bm25s.BM25()
             self._bm25.index(tokens, show_progress=False)
 
-    def __len__(self) -> int:
-        return len(self.items)
-
     def scores(self, query: str) -> np.ndarray:
         """BM25 score of every item for `query`, shape (N,)."""
         if self._bm25 is None:
@@ -83,18 +105,6 @@ class UserIndex:
         if not ids:
             return np.zeros(len(self.items), dtype=np.float32)
         return np.asarray(self._bm25.get_scores_from_ids(ids), dtype=np.float32)
-
-    def top_k(
-        self,
-        query: str,
-        k: int,
-        before: int | None = None,
-        exclude_ids: set[str] | frozenset[str] = frozenset(),
-    ) -> list[Item]:
-        """The k best items for `query` among items[:before], skipping `exclude_ids`."""
-        if k == 0 or not self.items:
-            return []
-        return rank_candidates(self.scores(query), self.items, k, before, exclude_ids)
 
 
 def retrieve_for(

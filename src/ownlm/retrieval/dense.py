@@ -15,7 +15,7 @@ import numpy as np
 
 from ownlm.data.records import Item
 from ownlm.errors import DataError
-from ownlm.retrieval.bm25 import rank_candidates
+from ownlm.retrieval.bm25 import RankedIndex
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -52,7 +52,7 @@ def embed_texts(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
     return np.asarray(emb, dtype=np.float32)
 
 
-class DenseIndex:
+class DenseIndex(RankedIndex):
     """Cosine-similarity index over one user's history; same interface as `UserIndex`."""
 
     def __init__(self, items: Sequence[Item], texts: Sequence[str]) -> None:
@@ -63,23 +63,8 @@ class DenseIndex:
         self.items = list(items)
         self.embeddings = embed_texts(list(texts))  # (N, 384)
 
-    def __len__(self) -> int:
-        return len(self.items)
-
     def scores(self, query: str) -> np.ndarray:
         """Cosine similarity of every item to `query`, shape (N,)."""
         if not self.items:
             return np.zeros(0, dtype=np.float32)
         return self.embeddings @ embed_texts([query])[0]
-
-    def top_k(
-        self,
-        query: str,
-        k: int,
-        before: int | None = None,
-        exclude_ids: set[str] | frozenset[str] = frozenset(),
-    ) -> list[Item]:
-        """The k most similar items among items[:before], skipping `exclude_ids`."""
-        if k == 0 or not self.items:
-            return []
-        return rank_candidates(self.scores(query), self.items, k, before, exclude_ids)

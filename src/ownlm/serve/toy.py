@@ -10,9 +10,9 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from ownlm.backbone.base import CausalBackbone, write_base_meta
+from ownlm.backbone.tiny import TinyConfig, build_model
 from ownlm.backbone.tokenizer import train_tokenizer
 from ownlm.store import AdapterStore, Manifest
 
@@ -37,21 +37,16 @@ def toy_backbone(
     seed: int = 0,
 ) -> CausalBackbone:
     tok = train_tokenizer(toy_texts(), vocab_size=vocab)
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=max(vocab, len(tok)),
+    cfg = TinyConfig(
         hidden_size=hidden,
+        layers=layers,
+        heads=heads,
         intermediate_size=intermediate,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=heads,
-        max_position_embeddings=max_len,
-        tie_word_embeddings=True,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
+        max_len=max_len,
+        seed=seed,
     )
-    return CausalBackbone(LlamaForCausalLM(cfg).eval(), tok, name="toy", max_len=max_len)
+    model = build_model(cfg, max(vocab, len(tok)))
+    return CausalBackbone(model.eval(), tok, name="toy", max_len=max_len)
 
 
 def add_user_adapter(

@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 
 from ownlm.config import describe_fields, load_config
-from ownlm.errors import OwnlmError
+from ownlm.errors import ConfigError, OwnlmError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub at run time
 
@@ -129,6 +129,16 @@ def train_stages(run, stages: list[str], variants: list[str]) -> None:
                 )
 
 
+def _int_list(text: str, option: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(b) for b in text.split(",") if b.strip())
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise ConfigError(f"{option} takes positive integers separated by commas, e.g. 2,5,10")
+    return values
+
+
 @app.command(name="eval", epilog=CONFIG_HELP)
 @friendly
 def eval_(
@@ -140,10 +150,14 @@ def eval_(
     groups_view: bool = typer.Option(
         False, "--groups-view", help="also print which users went to which group expert (PROPER)"
     ),
+    study_users: int = typer.Option(
+        0, help="active-level study on the first N test users only (0 = all)"
+    ),
 ):
     """Evaluate the configured methods side by side with the trivial references."""
     from ownlm.evaluate.runner import evaluate_run
 
+    buckets = _int_list(active_levels, "--active-levels") if active_levels else ()
     start = time.perf_counter()
     run = _run(config, set_)
     evaluate_run(run)
@@ -151,10 +165,10 @@ def eval_(
         from ownlm.evaluate.proper import groups_view as show_groups
 
         show_groups(run)
-    if active_levels:
+    if buckets:
         from ownlm.evaluate.proper import active_level_study
 
-        active_level_study(run, buckets=tuple(int(b) for b in active_levels.split(",")))
+        active_level_study(run, buckets=buckets, max_users=study_users or None)
     console.print(f"eval wall time: {time.perf_counter() - start:.0f} s")
 
 

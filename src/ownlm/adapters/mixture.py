@@ -249,13 +249,42 @@ def balance_loss(gates: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(terms).mean()
 
 
+def _entropy(p: torch.Tensor) -> torch.Tensor:
+    """Entropy over the last dim, in nats."""
+    return -(p * p.clamp_min(1e-9).log()).sum(-1)
+
+
 def mean_gate_entropy(gates: list[torch.Tensor]) -> torch.Tensor:
-    """Entropy of the batch's mean gate, averaged over layers (max log G). Its negative is
-    the second, fully differentiable term against collapse onto one expert."""
+    """Entropy of the batch's mean gate, averaged over layers (max log G)."""
+    return torch.stack([_entropy(g.reshape(-1, g.shape[-1]).mean(0)) for g in gates]).mean()
+
+
+def user_gates(gates: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
+    """(U_batch, G): each distinct user's mean gate over their sequences' tokens.
+    gates: (B, T, G) or (B, G); users: (B,) any ids (rows of the user table)."""
+    per_seq = gates.mean(1) if gates.dim() == 3 else gates  # (B, G)
+    _, inverse = torch.unique(users, return_inverse=True)  # (B,) in [0, U_batch)
+    n = int(inverse.max()) + 1
+    sums = per_seq.new_zeros(n, per_seq.shape[-1]).index_add(0, inverse.to(per_seq.device), per_seq)
+    counts = torch.bincount(inverse, minlength=n).to(per_seq)  # (U_batch,)
+    return sums / counts[:, None]
+
+
+def group_loss(gates: list[torch.Tensor], users: torch.Tensor) -> torch.Tensor:
+    """Minus the mutual information between user and expert, over log G, averaged over
+    layers: (mean_u H(q_u) - H(mean_u q_u)) / log G, with q_u the user's mean gate.
+
+    In [-1, 1]; -1 when every user sits on one expert and the users cover the experts
+    evenly. The first part makes each user pick a group (users become groups rather than
+    every token spreading over every expert), the second keeps the groups diverse (no
+    collapse onto one expert). Fully differentiable; the switch `balance_loss` only
+    balances tokens, which uniform gates for everyone already satisfy."""
     terms = []
     for g in gates:
-        p = g.reshape(-1, g.shape[-1]).mean(0)  # (G,)
-        terms.append(-(p * p.clamp_min(1e-9).log()).sum())
+        if g.shape[-1] < 2:
+            return g.new_zeros(())
+        q = user_gates(g, users)  # (U_batch, G)
+        terms.append((_entropy(q).mean() - _entropy(q.mean(0))) / math.log(q.shape[-1]))
     return torch.stack(terms).mean()
 
 

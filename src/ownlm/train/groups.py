@@ -33,7 +33,9 @@ from ownlm.adapters.mixture import (
     FFN_TARGETS,
     TokenUserRouter,
     balance_loss,
+    group_loss,
     install_mixture,
+    user_gates,
     mixture_layers,
     routing,
     uninstall_mixture,
@@ -63,6 +65,13 @@ class ProperSettings:
     balance: float = field(
         default=0.1, metadata={"help": "weight of the switch load-balancing term (stage 2)"}
     )
+    diversity: float = field(
+        default=0.5,
+        metadata={
+            "help": "weight of the user-group term (stage 2): minus the user/expert mutual "
+            "information, so each user picks a group and the groups stay diverse"
+        },
+    )
     lr: float = field(default=5e-4, metadata={"help": "stage-2 learning rate (AdamW)"})
     epochs: float = field(default=2.0, metadata={"help": "stage-2 passes over all train pairs"})
     batch_size: int = field(default=16, metadata={"help": "pairs per optimiser step"})
@@ -70,6 +79,14 @@ class ProperSettings:
     user_alpha: float = field(default=8.0, metadata={"help": "alpha of the user LoRA"})
     user_lr: float = field(default=1e-4, metadata={"help": "stage-3 learning rate (AdamW)"})
     user_epochs: float = field(default=2.0, metadata={"help": "stage-3 passes per user"})
+    router_lr: float = field(
+        default=5e-2,
+        metadata={
+            "help": "learning rate of the routing parameters: routers and user embeddings "
+            "(stage 2), the user's embedding or gate logits (stage 3; a sparse user takes "
+            "few steps, which must be enough to move them to another group)"
+        },
+    )
 
 
 def settings(run) -> ProperSettings:
@@ -122,14 +139,19 @@ def fit_projection(vectors: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarra
 
 
 # -- the shared training loop ----------------------------------------------------------
-def fit_mixture(backbone, state, pairs, params, lr, epochs, batch_size, seed, user_emb, balance):
-    """AdamW over `params` on (prompt, target, user_row) triples. `user_emb(rows)` gives the
-    batch's (B, d_u) embeddings (None for the user-only router). Returns step losses."""
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+def fit_mixture(backbone, state, pairs, groups, epochs, batch_size, seed, user_emb, losses=None):
+    """AdamW over the param `groups` (dicts with "params" and "lr") on (prompt, target,
+    user_row) triples. `user_emb(rows)` gives the batch's (B, d_u) embeddings (None for the
+    user-only router); `losses` maps a routing term to its weight ("balance": switch
+    load balancing over tokens, "diversity": `group_loss` over the batch's users).
+    Returns the step losses (LM loss plus the weighted terms)."""
+    weights = {k: w for k, w in (losses or {}).items() if w > 0}
+    params = [p for g in groups for p in g["params"]]
+    opt = torch.optim.AdamW(groups, weight_decay=0.0)
     rng = random.Random(seed)
     steps = max(1, math.ceil(len(pairs) * epochs / batch_size))
     order: list[int] = []
-    losses = []
+    history = []
     backbone.model.train()
     for _ in tqdm(range(steps), leave=False, disable=len(pairs) < 200, desc="mixture"):
         if len(order) < batch_size:
@@ -140,17 +162,19 @@ def fit_mixture(backbone, state, pairs, params, lr, epochs, batch_size, seed, us
         del order[: len(batch)]
         rows = torch.tensor([b[2] for b in batch])
         emb = user_emb(rows) if user_emb else None
-        with routing(state, user_emb=emb, user_ids=state.user_ids, record=balance > 0):
+        with routing(state, user_emb=emb, user_ids=state.user_ids, record=bool(weights)):
             loss = backbone.loss(backbone.model, [b[0] for b in batch], [b[1] for b in batch])
-            if balance > 0:
-                loss = loss + balance * balance_loss(state.gates)
+            if "balance" in weights:
+                loss = loss + weights["balance"] * balance_loss(state.gates)
+            if "diversity" in weights:
+                loss = loss + weights["diversity"] * group_loss(state.gates, rows)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
+        history.append(loss.item())
     backbone.model.eval()
-    return losses
+    return history
 
 
 # -- stage 2 ---------------------------------------------------------------------------
@@ -180,8 +204,8 @@ def train_groups(run, backbone=None) -> dict:
         lambda lin: TokenUserRouter(lin.in_features, s.user_dim, s.groups, s.top_k),
     )
     layers = mixture_layers(backbone.model)
-    params = [table] + [p for layer in layers.values() for p in (layer.A, layer.B)]
-    params += [p for layer in layers.values() for p in layer.router.parameters()]
+    experts = [p for layer in layers.values() for p in (layer.A, layer.B)]
+    routers = [table] + [p for layer in layers.values() for p in layer.router.parameters()]
     console.print(
         f"[bold]stage 2[/] {s.groups} group experts (r={s.r}) on {len(layers)} modules, "
         f"{len(pairs)} pairs from {len(users)} train users"
@@ -190,15 +214,14 @@ def train_groups(run, backbone=None) -> dict:
         backbone,
         state,
         pairs,
-        params,
-        s.lr,
+        [{"params": experts, "lr": s.lr}, {"params": routers, "lr": s.router_lr}],
         s.epochs,
         s.batch_size,
         cfg.seed,
         lambda rows: table[rows],
-        s.balance,
+        {"balance": s.balance, "diversity": s.diversity},
     )
-    used = expert_usage(backbone, state, pairs[:: max(1, len(pairs) // 64)], table)
+    used = expert_usage(backbone, state, pairs, table)
     meta = {
         "groups": s.groups,
         "r": s.r,
@@ -212,27 +235,49 @@ def train_groups(run, backbone=None) -> dict:
     }
     save_groups(run, layers, table, mu, proj, meta, base_fp, losses)
     uninstall_mixture(backbone.model)
-    stats = {
-        "pairs": len(pairs),
-        "loss_first": losses[0],
-        "loss_last": losses[-1],
-        "usage": [round(x, 4) for x in used.tolist()],
-    }
-    console.print(f"stage 2 done: loss {losses[0]:.3f} -> {losses[-1]:.3f}, usage {stats['usage']}")
+    stats = {"pairs": len(pairs), "loss_first": losses[0], "loss_last": losses[-1], **used}
+    console.print(
+        f"stage 2 done: loss {losses[0]:.3f} -> {losses[-1]:.3f}; top expert share of "
+        f"tokens {used['tokens']}, of users {used['users']}; users' mean top gate "
+        f"{used['user_top_gate']} (uniform {1 / s.groups:.2f})"
+    )
     return stats
 
 
 @torch.no_grad()
-def expert_usage(backbone, state, pairs, table) -> torch.Tensor:
-    """(G,) fraction of tokens (all layers) whose top expert is g, over `pairs`."""
-    gates = []
-    for i in range(0, len(pairs), 16):
-        batch = pairs[i : i + 16]
+def expert_usage(backbone, state, pairs, table, per_user: int = 4) -> dict:
+    """How stage 2 routes, on up to `per_user` pairs of each train user:
+    "tokens": (G,) fraction of tokens (all layers) whose top expert is g;
+    "users": (G,) fraction of users whose mean gate's top expert is g;
+    "user_top_gate": the users' mean largest gate (1/G: no groups, 1: hard groups)."""
+    by_user: dict[int, list] = {}
+    for p in pairs:
+        if len(by_user.setdefault(p[2], [])) < per_user:
+            by_user[p[2]].append(p)
+    sample = [p for ps in by_user.values() for p in ps]
+    gates, per_user_gates = [], []
+    for i in range(0, len(sample), 16):
+        batch = sample[i : i + 16]
         rows = torch.tensor([b[2] for b in batch])
         with routing(state, user_emb=table[rows], record=True):
             backbone.loss(backbone.model, [b[0] for b in batch], [b[1] for b in batch])
             gates += state.gates
-    return usage(gates)
+            per_user_gates.append((rows, state.gates))
+    # each user's gate averaged over layers and their sequences
+    G = gates[0].shape[-1]
+    sums: dict[int, torch.Tensor] = {}
+    for rows, layer_gates in per_user_gates:
+        uniq = torch.unique(rows)
+        mean = sum(user_gates(g, rows) for g in layer_gates) / len(layer_gates)  # (U_b, G)
+        for u, q in zip(uniq.tolist(), mean, strict=True):
+            sums[u] = sums.get(u, 0) + q
+    q = torch.stack([v / v.sum() for v in sums.values()])  # (U, G)
+    users = torch.bincount(q.argmax(-1), minlength=G).float() / len(q)
+    return {
+        "tokens": [round(x, 4) for x in usage(gates).tolist()],
+        "users": [round(x, 4) for x in users.tolist()],
+        "user_top_gate": round(float(q.max(-1).values.mean()), 4),
+    }
 
 
 def save_groups(run, layers, table, mu, proj, meta, base_fp, losses) -> None:

@@ -83,35 +83,33 @@ def fit_user(run, gm, user, vector: np.ndarray, router: str) -> list[float]:
     torch.manual_seed(seed)
     pairs = user_pairs(run, user)
     e0 = gm.embed(vector)  # (1, d_u)
-    params = []
+    routing_params, shared = [], []  # the user's own routing (router_lr) / the rest (user_lr)
     if router == "user":
         init = mean_gates(gm, e0, pairs)
         for name, layer in gm.layers.items():
             layer.router = UserRouter(1, gm.meta["groups"], gm.meta["top_k"])
             layer.router.logits.data = init[name].clamp_min(1e-4).log()[None]
-            params.append(layer.router.logits)
+            routing_params.append(layer.router.logits)
         emb_fn = None
         gm.state.user_ids = torch.zeros(1, dtype=torch.long)
     else:
         emb = torch.nn.Parameter(e0.clone())
         for layer in gm.layers.values():
-            params += list(layer.router.requires_grad_(True).parameters())
-        params.append(emb)
+            shared += list(layer.router.requires_grad_(True).parameters())
+        routing_params.append(emb)
         emb_fn = lambda rows: emb.expand(len(rows), -1)  # noqa: E731
     for layer in gm.layers.values():
         layer.add_user_lora(s.user_r, s.user_alpha)
-        params += [layer.user_A, layer.user_B]
+        shared += [layer.user_A, layer.user_B]
     losses = fit_mixture(
         gm.backbone,
         gm.state,
         pairs,
-        params,
-        s.user_lr,
+        [{"params": routing_params, "lr": s.router_lr}, {"params": shared, "lr": s.user_lr}],
         s.user_epochs,
         s.batch_size,
         seed,
         emb_fn,
-        0.0,
     )
     if router == "input":
         gm.state.user_emb = emb.detach()

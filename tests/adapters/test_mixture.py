@@ -118,3 +118,37 @@ def test_installs_on_the_minilm_encoder_ffn_only():
     with routing(state, user_emb=torch.randn(1, 4), record=True):
         backbone.loss(backbone.model, ["hello there", "x"], ["a", "b"])
     assert len(state.gates) == 12
+
+
+def test_group_loss_is_minus_one_for_hard_even_groups_and_zero_for_uniform_gates():
+    from ownlm.adapters.mixture import group_loss, user_gates
+
+    users = torch.tensor([0, 0, 1, 2, 3])
+    hard = torch.eye(4)[[0, 0, 1, 2, 3]][:, None, :].expand(5, 3, 4)  # (B, T, G)
+    assert group_loss([hard], users).item() == pytest.approx(-1.0, abs=1e-5)
+    uniform = torch.full((5, 3, 4), 0.25)
+    assert group_loss([uniform], users).item() == pytest.approx(0.0, abs=1e-6)
+    collapsed = torch.eye(4)[[0] * 5][:, None, :].expand(5, 3, 4)  # everyone on expert 0
+    assert group_loss([collapsed], users).item() == pytest.approx(0.0, abs=1e-5)
+    # a user's gate is the mean over their sequences and tokens
+    mixed = torch.stack([torch.eye(4)[0], torch.eye(4)[1]])[:, None, :]  # (2, 1, 4)
+    q = user_gates(mixed, torch.tensor([7, 7]))
+    torch.testing.assert_close(q, torch.tensor([[0.5, 0.5, 0.0, 0.0]]))
+
+
+def test_group_loss_alone_sorts_users_into_distinct_confident_groups():
+    from ownlm.adapters.mixture import group_loss
+
+    torch.manual_seed(0)
+    logits = torch.nn.Parameter(0.01 * torch.randn(8, 4))  # 8 users' gate logits
+    opt = torch.optim.Adam([logits], lr=0.1)
+    users = torch.arange(8)
+    for _ in range(200):
+        loss = group_loss([logits.softmax(-1)[:, None, :]], users)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    gates = logits.softmax(-1).detach()
+    assert gates.max(-1).values.min() > 0.9  # every user sits on one expert
+    counts = torch.bincount(gates.argmax(-1), minlength=4)
+    assert counts.min() >= 1, counts  # and every expert is some users' group

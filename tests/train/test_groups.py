@@ -18,9 +18,10 @@ def test_balance_term_keeps_every_expert_in_use(tiny_cfg):
     run = Run(tiny_cfg)
     train_population(run)
     stats = train_groups(run)
-    assert len(stats["usage"]) == 4
-    assert abs(sum(stats["usage"]) - 1) < 1e-3
-    assert min(stats["usage"]) > 0.05, stats["usage"]  # no expert left unused
+    assert len(stats["tokens"]) == len(stats["users"]) == 4
+    assert abs(sum(stats["tokens"]) - 1) < 1e-3 and abs(sum(stats["users"]) - 1) < 1e-3
+    assert min(stats["tokens"]) > 0.05, stats["tokens"]  # no expert left unused
+    assert 0.25 <= stats["user_top_gate"] <= 1.0
     store = run.store()
     assert store.names("group") == [f"group:{g}" for g in range(4)]
 

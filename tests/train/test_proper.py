@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 from peft import PeftModel
@@ -70,3 +72,39 @@ def test_proper_evaluation_new_users_groups_view_and_study(tiny_cfg, tmp_path):
     table = active_level_study(run, buckets=(2,), out_dir=tmp_path / "eval")
     assert set(table["2"]) == {"pag", "oppu", "proper-input", "proper-user"}
     assert (tmp_path / "eval" / "active_levels.png").exists()
+
+
+@pytest.mark.slow  # ~1 min on 2 CPUs: the packaged all-MiniLM-L6-v2 through PROPER's stages
+def test_proper_on_the_minilm_encoder_trains_evaluates_and_exports(tiny_cfg, tmp_path):
+    from ownlm.evaluate.proper import evaluate_proper
+
+    tiny_cfg.backbone = "minilm"
+    tiny_cfg.max_users, tiny_cfg.max_history, tiny_cfg.max_queries = 4, 4, 1
+    tiny_cfg.population.epochs = 0.5
+    tiny_cfg.proper = small_proper(
+        balance=0.1, user_r=2, user_alpha=4.0, user_lr=1e-3, user_epochs=1.0
+    )
+    run = Run(tiny_cfg)
+    train_population(run)
+    stats = train_groups(run)
+    assert min(stats["tokens"]) > 0.0
+    experts = run.store().verify("group:0", run.base().fingerprint())
+    targets = json.loads((experts / "adapter_config.json").read_text())["target_modules"]
+    assert targets and all("intermediate.dense" in t or "output.dense" in t for t in targets)
+    user = run.split.test[0]
+    train_proper_users(run, "user", users=[user])
+    results = evaluate_proper(run, routers=("user",))
+    assert results[0].method == "proper-user" and "accuracy" in results[0].metrics
+
+    out = export_user(run, user.user_id, tmp_path / "flat")
+    backbone = run.base()
+    ids, mask = backbone._batch(["a movie about a heist"])
+    model = load_user_model(run, backbone, user, "user")
+    with torch.no_grad():
+        mixed = model(input_ids=ids, attention_mask=mask)  # (1, labels)
+    flat = PeftModel.from_pretrained(run.base().model, out).eval()
+    with torch.no_grad():
+        got = flat(input_ids=ids, attention_mask=mask)
+    assert got.shape == mixed.shape == (1, len(run.task.labels))
+    assert (got - mixed).abs().max().item() < 1e-5
+

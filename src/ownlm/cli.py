@@ -289,9 +289,12 @@ def export(
         raise ConfigError(INPUT_ROUTER_MSG)
     else:
         raise ConfigError(f"unknown variant {variant!r}; choose proper-user, oppu or peft")
-    console.print(
-        f"exported user {user} ({variant}) to {path}; base model: {run.base_dir.resolve()}"
-    )
+    from ownlm.adapters.export import vllm_hint
+
+    base = run.base_dir.resolve()
+    console.print(f"exported user {user} ({variant}) to {path}; base model: {base}")
+    kind = "encoder" if run.cfg.backbone == "minilm" else "causal"
+    console.print(vllm_hint(base, Path(path).resolve(), f"user-{user}", kind))
 
 
 @app.command(name="serve")

@@ -57,3 +57,16 @@ def test_input_dependent_router_refuses_to_flatten(tmp_path):
     install_mixture(model, TARGETS, 2, 2, 2, lambda lin: TokenUserRouter(lin.in_features, 4, 2))
     with pytest.raises(ConfigError, match="user-only"):
         export_mixture(model, tmp_path / "x")
+
+
+def test_vllm_hint_rounds_the_rank_up_to_a_max_lora_rank_vllm_accepts(tmp_path):
+    import json
+
+    from ownlm.adapters.export import vllm_hint
+
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 40}))
+    hint = vllm_hint(tmp_path / "base", tmp_path, "user-u1")
+    assert "--max-lora-rank 64" in hint and f"--lora-modules user-u1={tmp_path}" in hint
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 600}))
+    assert "exceeds" in vllm_hint(tmp_path / "base", tmp_path, "u")
+    assert "causal" in vllm_hint(tmp_path / "base", tmp_path, "u", kind="encoder")

@@ -16,6 +16,7 @@ With the input-dependent router, pi varies per token, so no static LoRA equals i
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -104,3 +105,25 @@ def export_user(run, user_id: str, out_dir: Path) -> Path:
     backbone = run.base()
     model = load_user_model(run, backbone, user, "user")
     return export_mixture(model, out_dir, 0, str(run.base_dir.resolve()))
+
+
+# vLLM's LoRAConfig.max_lora_rank accepts these values only (default 16).
+VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def vllm_hint(base_dir: Path, adapter_dir: Path, name: str, kind: str = "causal") -> str:
+    """How to serve an exported LoRA with vLLM; its rank sets `--max-lora-rank`."""
+    if kind != "causal":
+        return (
+            "vLLM serves generative (causal) models only: load this encoder adapter with "
+            "PeftModel.from_pretrained or `ownlm serve`"
+        )
+    cfg = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
+    rank = int(cfg["r"])
+    fits = [r for r in VLLM_MAX_LORA_RANKS if r >= rank]
+    if not fits:
+        return f"rank {rank} exceeds vLLM's largest --max-lora-rank ({VLLM_MAX_LORA_RANKS[-1]})"
+    return (
+        f"vllm serve {base_dir} --enable-lora --max-lora-rank {fits[0]} "
+        f"--lora-modules {name}={adapter_dir}"
+    )

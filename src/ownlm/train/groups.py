@@ -35,11 +35,11 @@ from ownlm.adapters.mixture import (
     balance_loss,
     group_loss,
     install_mixture,
-    user_gates,
     mixture_layers,
     routing,
     uninstall_mixture,
     usage,
+    user_gates,
 )
 from ownlm.personal import training_pairs, user_context
 from ownlm.store import Manifest

@@ -107,4 +107,3 @@ def test_proper_on_the_minilm_encoder_trains_evaluates_and_exports(tiny_cfg, tmp
         got = flat(input_ids=ids, attention_mask=mask)
     assert got.shape == mixed.shape == (1, len(run.task.labels))
     assert (got - mixed).abs().max().item() < 1e-5
-

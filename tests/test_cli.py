@@ -64,3 +64,14 @@ def test_errors_are_one_clear_line(tmp_path):
     assert r.exit_code == 2 and "unknown task" in r.output
     r = runner.invoke(app, ["train", "--set", f"output_dir={tmp_path}", "--stages", "everything"])
     assert r.exit_code == 2 and "unknown stage" in r.output
+
+
+def test_forget_says_what_stage_2_keeps_of_a_group_train_user(tmp_path):
+    router = tmp_path / "run" / "adapters" / "router"
+    router.mkdir(parents=True)
+    (router / "router.json").write_text(json.dumps({"users": ["u7"]}))
+    r = runner.invoke(app, ["forget", "--user", "u7", "--run-dir", str(tmp_path / "run")])
+    assert r.exit_code == 0, r.output
+    assert "stage-2" in r.output and "retrain stage 2" in r.output
+    r = runner.invoke(app, ["forget", "--user", "u8", "--run-dir", str(tmp_path / "run")])
+    assert "stage-2" not in r.output

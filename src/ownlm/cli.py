@@ -253,6 +253,14 @@ def forget(
             tmp.replace(tokens)
             removed.append("tokens")
     console.print(f"user {user}: removed from {', '.join(removed) or 'nothing (no stored state)'}")
+    router = run_dir / "adapters" / "router" / "router.json"
+    if router.exists() and user in json.loads(router.read_text()).get("users", []):
+        console.print(
+            f"[yellow]user {user} was a stage-2 (PROPER group) train user: the group experts "
+            "were trained on their history and the group router keeps a learned embedding "
+            "for them. Remove their data and retrain stage 2 (`ownlm train --stages groups,"
+            "users`) to take those out too.[/]"
+        )
 
 
 @app.command()

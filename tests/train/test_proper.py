@@ -69,6 +69,8 @@ def test_proper_evaluation_new_users_groups_view_and_study(tiny_cfg, tmp_path):
     assert all("accuracy" in r.metrics for r in results)
     view = groups_view(run)
     assert abs(sum(view["share"]) - 1) < 1e-6 and len(view["users"]) == len(run.dataset.users)
+    assert 0.25 <= view["user_top_gate"] <= 1.0
+    assert json.loads((run.dir / "eval" / "groups.json").read_text())["share"] == view["share"]
     table = active_level_study(run, buckets=(2,), out_dir=tmp_path / "eval")
     assert set(table["2"]) == {"pag", "oppu", "proper-input", "proper-user"}
     assert (tmp_path / "eval" / "active_levels.png").exists()

@@ -183,7 +183,7 @@ def _oppu_model(run, backbone, user, contexts):
 def groups_view(run, users=None, console_out: Console | None = None) -> dict:
     """Per user: mean stage-2 gate over their history prompts (all layers) and its argmax
     expert; per expert: share of users and mean gate. Train users use their learned
-    embedding, others their projected history embedding."""
+    embedding, others their projected history embedding. Also written to eval/groups.json."""
     backbone = run.base()
     users = [u for u in (users or run.split.train + run.split.test) if u.history]
     vectors = dict(
@@ -220,4 +220,9 @@ def groups_view(run, users=None, console_out: Console | None = None) -> dict:
         table.add_row(r["user"], r["split"], str(r["top"]), *[f"{x:.3f}" for x in r["gates"]])
     table.add_row("[bold]share[/]", "", "", *[f"{x:.2f}" for x in share])
     (console_out or Console()).print(table)
-    return {"users": rows, "share": share, "mean_gate": mean}
+    top = sum(max(r["gates"]) for r in rows) / max(1, len(rows))
+    out = {"users": rows, "share": share, "mean_gate": mean, "user_top_gate": round(top, 4)}
+    console.print(f"users' mean largest gate {top:.3f} (uniform {1 / G:.3f}, hard groups 1)")
+    (run.dir / "eval").mkdir(parents=True, exist_ok=True)
+    (run.dir / "eval" / "groups.json").write_text(json.dumps(out, indent=2))
+    return out

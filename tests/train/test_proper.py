@@ -72,7 +72,14 @@ def test_proper_evaluation_new_users_groups_view_and_study(tiny_cfg, tmp_path):
     assert 0.25 <= view["user_top_gate"] <= 1.0
     assert json.loads((run.dir / "eval" / "groups.json").read_text())["share"] == view["share"]
     table = active_level_study(run, buckets=(2,), out_dir=tmp_path / "eval")
-    assert set(table["2"]) == {"pag", "oppu", "proper-input", "proper-user"}
+    assert set(table["2"]) == {
+        "user-majority",
+        "pag",
+        "oppu",
+        "proper-input",
+        "proper-user",
+        "proper-new",
+    }
     assert (tmp_path / "eval" / "active_levels.png").exists()
 
 

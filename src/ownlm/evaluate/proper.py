@@ -24,7 +24,7 @@ from ownlm.adapters.mixture import uninstall_mixture
 from ownlm.backbone.base import detach
 from ownlm.data.splits import truncate_history
 from ownlm.evaluate.report import MethodResult, plot_buckets
-from ownlm.evaluate.runner import PRIMARY, _score, test_queries
+from ownlm.evaluate.runner import PRIMARY, _score, references, test_queries
 from ownlm.personal import query_prompt, training_pairs, user_context
 from ownlm.train.groups import groups_fingerprint, history_vectors, load_groups
 from ownlm.train.loop import inject, train_pairs
@@ -118,6 +118,8 @@ def _proper_in_memory(run, backbone, rows, contexts, router: str) -> MethodResul
         gm.reset()
         if not user.history:
             gm.state.active = False
+        elif router == "new":  # no user training: stage-2 routing from the history embedding
+            gm.state.user_emb = gm.embed(vectors[user.user_id])
         else:
             fit_user(run, gm, user, vectors[user.user_id], router)
         return backbone.model
@@ -137,7 +139,10 @@ def active_level_study(
     max_users: int | None = None,
 ) -> dict[str, dict[str, float]]:
     """Test users' histories cut to the last `keep` items, OPPU and PROPER user stages
-    trained on each cut (in memory, nothing stored), scored on the same queries.
+    trained on each cut (in memory, nothing stored), scored on the same queries, next to
+    the user's own majority / mean over the cut history (the trivial reference), PAG and
+    "proper-new" (the group model routed from the cut history's embedding, no
+    user training: how PROPER serves a user it has not trained).
     `max_users` keeps the first N test users (each bucket trains 1 + len(routers) user
     stages per user). Returns {bucket: {method: primary metric}}; writes JSON and a plot."""
     primary = PRIMARY[run.task.kind]
@@ -151,13 +156,15 @@ def active_level_study(
         cut = {u.user_id: truncate_history(u, keep) for u, _ in rows0}
         rows = [(cut[u.user_id], q) for u, q in rows0]
         contexts = {uid: user_context(run.task, u) for uid, u in cut.items()}
-        results = [_predict(run, backbone, rows, contexts, "pag", lambda u: backbone.model)]
+        results = [r for r in references(run, rows) if r.method == "user-majority"]
+        results.append(_predict(run, backbone, rows, contexts, "pag", lambda u: backbone.model))
         oppu = _Unloading(backbone, lambda u, c=contexts: _oppu_model(run, backbone, u, c))
         try:
             results.append(_predict(run, backbone, rows, contexts, "oppu", oppu))
         finally:
             oppu.close()
         results += [_proper_in_memory(run, backbone, rows, contexts, r) for r in routers]
+        results.append(_proper_in_memory(run, backbone, rows, contexts, "new"))
         table[str(keep)] = {r.method: round(r.metrics[primary], 4) for r in results}
         console.print(f"active level {keep}: {table[str(keep)]}")
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -36,3 +36,15 @@ def test_balance_term_keeps_every_expert_in_use(tiny_cfg):
         backbone.loss(backbone.model, ["a b c"], ["x"])
     gates = gm.state.gates[0]
     torch.testing.assert_close(gates.sum(-1), torch.ones(gates.shape[:-1]))
+
+
+def test_proper_without_stage_2_names_the_command_that_trains_it(tiny_cfg):
+    import pytest
+
+    from ownlm.errors import StoreError
+    from ownlm.train.proper import train_proper_users
+
+    run = Run(tiny_cfg)
+    train_population(run)
+    with pytest.raises(StoreError, match="--stages groups,users"):
+        train_proper_users(run, "user", users=run.split.test[:1])

@@ -41,6 +41,7 @@ from ownlm.adapters.mixture import (
     usage,
     user_gates,
 )
+from ownlm.errors import StoreError
 from ownlm.personal import training_pairs, user_context
 from ownlm.store import Manifest
 
@@ -318,10 +319,22 @@ def save_groups(run, layers, table, mu, proj, meta, base_fp, losses) -> None:
     )
 
 
+def require_groups(run):
+    """The run's adapter store, once stage 2 is there; else a StoreError naming the fix."""
+    store = run.store()
+    if not store.exists("router"):
+        raise StoreError(
+            f"run {run.dir} has no PROPER group stage (no {store.path('router')}); train it "
+            f"first: ownlm train -c CONFIG --stages groups,users --variants "
+            "proper-input,proper-user"
+        )
+    return store
+
+
 def groups_fingerprint(run, base_fp: str) -> str:
     """What stage-3 adapters depend on: the merged base and the stored stage-2 weights.
     Stage-3 manifests carry it, so retraining stage 2 invalidates the user adapters."""
-    store = run.store()
+    store = require_groups(run)
     names = ["router", *store.names("group")]
     digest = hashlib.sha256(
         json.dumps([store.manifest(n).sha256 for n in names], sort_keys=True).encode()
@@ -368,7 +381,7 @@ class GroupModel:
 
 def load_groups(run, backbone) -> GroupModel:
     """Install the stored stage-2 experts and routers (frozen) on `backbone.model`."""
-    store = run.store()
+    store = require_groups(run)
     fp = backbone.fingerprint()
     rdir = store.verify("router", fp)
     meta = json.loads((rdir / "router.json").read_text())

@@ -75,3 +75,10 @@ def test_forget_says_what_stage_2_keeps_of_a_group_train_user(tmp_path):
     assert "stage-2" in r.output and "retrain stage 2" in r.output
     r = runner.invoke(app, ["forget", "--user", "u8", "--run-dir", str(tmp_path / "run")])
     assert "stage-2" not in r.output
+
+
+def test_eval_rejects_bad_active_levels_before_any_work(tmp_path):
+    r = runner.invoke(app, ["eval", *_sets(tmp_path), "--active-levels", "2,x"])
+    assert r.exit_code != 0
+    assert "--active-levels takes positive integers" in r.output
+    assert not (tmp_path / "runs" / "cli").exists()  # nothing was built or evaluated

@@ -41,7 +41,7 @@ from ownlm.adapters.mixture import (
     usage,
     user_gates,
 )
-from ownlm.errors import StoreError
+from ownlm.errors import ConfigError, StoreError
 from ownlm.personal import training_pairs, user_context
 from ownlm.store import Manifest
 
@@ -80,6 +80,15 @@ class ProperSettings:
     user_alpha: float = field(default=8.0, metadata={"help": "alpha of the user LoRA"})
     user_lr: float = field(default=1e-4, metadata={"help": "stage-3 learning rate (AdamW)"})
     user_epochs: float = field(default=2.0, metadata={"help": "stage-3 passes per user"})
+    new_user: str = field(
+        default="projection",
+        metadata={
+            "help": "how a user without a stage-2 row gets their embedding: 'projection' (PCA "
+            "of their history embedding, as the table was initialised) or 'neighbours' (mean "
+            "learned embedding of the train users with the most similar histories)"
+        },
+    )
+    neighbours: int = field(default=3, metadata={"help": "train users averaged by 'neighbours'"})
     router_lr: float = field(
         default=5e-2,
         metadata={
@@ -88,6 +97,15 @@ class ProperSettings:
             "few steps, which must be enough to move them to another group)"
         },
     )
+
+
+NEW_USER = ("projection", "neighbours")
+
+
+def check_new_user(mode: str) -> str:
+    if mode not in NEW_USER:
+        raise ConfigError(f"proper.new_user must be one of {list(NEW_USER)}, got {mode!r}")
+    return mode
 
 
 def settings(run) -> ProperSettings:
@@ -182,6 +200,7 @@ def fit_mixture(backbone, state, pairs, groups, epochs, batch_size, seed, user_e
 def train_groups(run, backbone=None) -> dict:
     """Train and store the group experts and the user-aware router. Returns statistics."""
     cfg, s = run.cfg, settings(run)
+    check_new_user(s.new_user)
     backbone = backbone or run.base()
     base_fp = backbone.fingerprint()
     users = [u for u in run.split.train if u.history]
@@ -233,8 +252,10 @@ def train_groups(run, backbone=None) -> dict:
         "layers": list(layers),
         "users": [u.user_id for u in users],
         "base_fingerprint": base_fp,
+        "new_user": check_new_user(s.new_user),
+        "neighbours": s.neighbours,
     }
-    save_groups(run, layers, table, mu, proj, meta, base_fp, losses)
+    save_groups(run, layers, table, mu, proj, meta, base_fp, losses, vectors)
     uninstall_mixture(backbone.model)
     stats = {"pairs": len(pairs), "loss_first": losses[0], "loss_last": losses[-1], **used}
     console.print(
@@ -281,7 +302,7 @@ def expert_usage(backbone, state, pairs, table, per_user: int = 4) -> dict:
     }
 
 
-def save_groups(run, layers, table, mu, proj, meta, base_fp, losses) -> None:
+def save_groups(run, layers, table, mu, proj, meta, base_fp, losses, vectors) -> None:
     store = run.store()
     for g in range(meta["groups"]):
         weights = {name: (layer.A[g], layer.B[g]) for name, layer in layers.items()}
@@ -300,6 +321,8 @@ def save_groups(run, layers, table, mu, proj, meta, base_fp, losses) -> None:
         proj_mean=torch.from_numpy(mu),
         proj_matrix=torch.from_numpy(proj),
     )
+    if meta["new_user"] == "neighbours":  # train users' history vectors, to find neighbours
+        tensors["train_vectors"] = torch.from_numpy(vectors).contiguous()
 
     def write(d):
         d.mkdir(parents=True, exist_ok=True)
@@ -354,14 +377,22 @@ class GroupModel:
     mu: torch.Tensor  # (D,)
     proj: torch.Tensor  # (D, d_u)
     routers: dict  # stage-2 router state per layer, to restore after each user
+    train_vectors: torch.Tensor | None = None  # (U_train, D), stored with new_user='neighbours'
 
     @property
     def layers(self):
         return mixture_layers(self.backbone.model)
 
     def embed(self, vector: np.ndarray) -> torch.Tensor:
-        """(1, d_u) the user embedding of a history vector, as at initialisation."""
-        return ((torch.from_numpy(vector) - self.mu) @ self.proj)[None]
+        """(1, d_u) the embedding of a user stage 2 has no row for, from their history
+        vector: its projection (as the table was initialised), or with
+        new_user='neighbours' the mean learned row of the most cosine-similar train users."""
+        v = torch.from_numpy(vector)
+        if self.meta.get("new_user") != "neighbours" or self.train_vectors is None:
+            return ((v - self.mu) @ self.proj)[None]
+        sims = torch.nn.functional.cosine_similarity(self.train_vectors, v[None], dim=-1)
+        k = max(1, min(int(self.meta.get("neighbours", 3)), len(sims)))
+        return self.user_table[sims.topk(k).indices].mean(0, keepdim=True)
 
     def reset(self) -> None:
         """Back to stage 2: stage-2 routers, no user LoRA, no user, mixture on."""
@@ -420,4 +451,5 @@ def load_groups(run, backbone) -> GroupModel:
         tensors["proj_mean"],
         tensors["proj_matrix"],
         routers,
+        tensors.get("train_vectors"),
     )

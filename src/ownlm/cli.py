@@ -253,7 +253,7 @@ def forget(
             tmp.replace(tokens)
             removed.append("tokens")
     console.print(f"user {user}: removed from {', '.join(removed) or 'nothing (no stored state)'}")
-    router = run_dir / "adapters" / "router" / "router.json"
+    router = AdapterStore(run_dir / "adapters").path("router") / "router.json"
     if router.exists() and user in json.loads(router.read_text()).get("users", []):
         console.print(
             f"[yellow]user {user} was a stage-2 (PROPER group) train user: the group experts "
@@ -301,7 +301,7 @@ def export(
 
     base = run.base_dir.resolve()
     console.print(f"exported user {user} ({variant}) to {path}; base model: {base}")
-    kind = "encoder" if run.cfg.backbone == "minilm" else "causal"
+    kind = json.loads((base / "ownlm_base.json").read_text())["kind"]  # as `load_base` reads it
     console.print(vllm_hint(base, Path(path).resolve(), f"user-{user}", kind))
 
 

@@ -270,6 +270,16 @@ def user_gates(gates: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
     return sums / counts[:, None]
 
 
+def group_summary(q: torch.Tensor) -> dict:
+    """How users sit on experts, from their mean gates q (U, G): "users", each expert's
+    share of the users whose largest gate it has; "user_top_gate", the users' mean largest
+    gate (1/G: no groups, 1: hard groups)."""
+    if len(q) == 0:
+        return {"users": [0.0] * q.shape[-1], "user_top_gate": 0.0}
+    shares = torch.bincount(q.argmax(-1), minlength=q.shape[-1]).float() / len(q)
+    return {"users": shares.tolist(), "user_top_gate": float(q.max(-1).values.mean())}
+
+
 def group_loss(gates: list[torch.Tensor], users: torch.Tensor) -> torch.Tensor:
     """Minus the mutual information between user and expert, over log G, averaged over
     layers: (mean_u H(q_u) - H(mean_u q_u)) / log G, with q_u the user's mean gate.

@@ -17,10 +17,11 @@ import json
 import time
 from pathlib import Path
 
+import torch
 from rich.console import Console
 from rich.table import Table
 
-from ownlm.adapters.mixture import uninstall_mixture
+from ownlm.adapters.mixture import group_summary, uninstall_mixture
 from ownlm.backbone.base import detach
 from ownlm.data.splits import truncate_history
 from ownlm.evaluate.report import MethodResult, plot_buckets
@@ -115,12 +116,10 @@ def _proper_in_memory(run, backbone, rows, contexts, router: str) -> MethodResul
     gm = load_groups(run, backbone)
 
     def setup(user):
-        gm.reset()
-        if not user.history:
-            gm.state.active = False
-        elif router == "new":  # no user training: stage-2 routing from the history embedding
-            gm.state.user_emb = gm.embed(vectors[user.user_id])
+        if router == "new" or not user.history:  # served untrained, as `prepare_user` does
+            prepare_user(gm, None, None, user, router, vectors.get(user.user_id))
         else:
+            gm.reset()
             fit_user(run, gm, user, vectors[user.user_id], router)
         return backbone.model
 
@@ -197,7 +196,7 @@ def groups_view(run, users=None, console_out: Console | None = None) -> dict:
         zip([u.user_id for u in users], history_vectors(run, users, backbone), strict=True)
     )
     gm = load_groups(run, backbone)
-    rows = []
+    rows, means = [], []
     try:
         index = {uid: i for i, uid in enumerate(gm.meta["users"])}
         for u in users:
@@ -205,6 +204,7 @@ def groups_view(run, users=None, console_out: Console | None = None) -> dict:
             emb = gm.user_table[i : i + 1] if i is not None else gm.embed(vectors[u.user_id])
             per_layer = mean_gates(gm, emb, user_pairs(run, u))
             g = sum(per_layer.values()) / len(per_layer)  # (G,)
+            means.append(g)
             split = "train" if i is not None else "test"
             rows.append(
                 {
@@ -218,7 +218,8 @@ def groups_view(run, users=None, console_out: Console | None = None) -> dict:
         gm.reset()
         uninstall_mixture(backbone.model)
     G = gm.meta["groups"]
-    share = [sum(r["top"] == g for r in rows) / max(1, len(rows)) for g in range(G)]
+    summary = group_summary(torch.stack(means) if means else torch.zeros(0, G))
+    share = summary["users"]
     mean = [round(sum(r["gates"][g] for r in rows) / max(1, len(rows)), 4) for g in range(G)]
     table = Table(title=f"{run.task.name}: users per group expert (stage-2 router)")
     for col in ("user", "split", "top expert", *[f"g{g}" for g in range(G)]):
@@ -227,7 +228,7 @@ def groups_view(run, users=None, console_out: Console | None = None) -> dict:
         table.add_row(r["user"], r["split"], str(r["top"]), *[f"{x:.3f}" for x in r["gates"]])
     table.add_row("[bold]share[/]", "", "", *[f"{x:.2f}" for x in share])
     (console_out or Console()).print(table)
-    top = sum(max(r["gates"]) for r in rows) / max(1, len(rows))
+    top = summary["user_top_gate"]
     out = {"users": rows, "share": share, "mean_gate": mean, "user_top_gate": round(top, 4)}
     console.print(f"users' mean largest gate {top:.3f} (uniform {1 / G:.3f}, hard groups 1)")
     (run.dir / "eval").mkdir(parents=True, exist_ok=True)

@@ -34,6 +34,7 @@ from ownlm.adapters.mixture import (
     TokenUserRouter,
     balance_loss,
     group_loss,
+    group_summary,
     install_mixture,
     mixture_layers,
     routing,
@@ -252,7 +253,7 @@ def train_groups(run, backbone=None) -> dict:
         "layers": list(layers),
         "users": [u.user_id for u in users],
         "base_fingerprint": base_fp,
-        "new_user": check_new_user(s.new_user),
+        "new_user": s.new_user,
         "neighbours": s.neighbours,
     }
     save_groups(run, layers, table, mu, proj, meta, base_fp, losses, vectors)
@@ -286,19 +287,17 @@ def expert_usage(backbone, state, pairs, table, per_user: int = 4) -> dict:
             gates += state.gates
             per_user_gates.append((rows, state.gates))
     # each user's gate averaged over layers and their sequences
-    G = gates[0].shape[-1]
     sums: dict[int, torch.Tensor] = {}
     for rows, layer_gates in per_user_gates:
         uniq = torch.unique(rows)
         mean = sum(user_gates(g, rows) for g in layer_gates) / len(layer_gates)  # (U_b, G)
         for u, q in zip(uniq.tolist(), mean, strict=True):
             sums[u] = sums.get(u, 0) + q
-    q = torch.stack([v / v.sum() for v in sums.values()])  # (U, G)
-    users = torch.bincount(q.argmax(-1), minlength=G).float() / len(q)
+    summary = group_summary(torch.stack([v / v.sum() for v in sums.values()]))  # q: (U, G)
     return {
         "tokens": [round(x, 4) for x in usage(gates).tolist()],
-        "users": [round(x, 4) for x in users.tolist()],
-        "user_top_gate": round(float(q.max(-1).values.mean()), 4),
+        "users": [round(x, 4) for x in summary["users"]],
+        "user_top_gate": round(summary["user_top_gate"], 4),
     }
 
 

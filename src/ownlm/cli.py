@@ -1,4 +1,4 @@
-"""`ownlm` command line: demo | prepare | train | eval | export | forget | serve | token.
+"""The `ownlm` command line: demo | prepare | train | eval | export | forget | serve | token.
 
 Every experiment command takes `--config FILE.yaml` (see configs/) and any number of
 `--set key=value` overrides (dotted for nested keys, e.g. `--set user.lr=1e-3`).
@@ -7,20 +7,18 @@ Every experiment command takes `--config FILE.yaml` (see configs/) and any numbe
 from __future__ import annotations
 
 import functools
-import json
 import os
 import time
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
-from ownlm.config import describe_fields, load_config
+from ownlm.config import ServeSettings, describe_fields, load_config
 from ownlm.errors import ConfigError, OwnlmError
+from ownlm.log import console
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub at run time
 
-console = Console(width=max(Console().width, 120))  # tables in full, even in logs
 CONFIG_HELP = "Config keys (--set key=value):\n\n" + "\n\n".join(
     f"{key} = {default}: {help_}" for key, default, help_ in describe_fields()
 )
@@ -52,29 +50,27 @@ def _run(config, overrides):
     return Run(load_config(config, overrides))
 
 
+def _list(text: str) -> list[str]:
+    return [s.strip() for s in text.split(",") if s.strip()]
+
+
+def _int_list(text: str, option: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(b) for b in _list(text))
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise ConfigError(f"{option} takes positive integers separated by commas, e.g. 2,5,10")
+    return values
+
+
 @app.command(epilog=CONFIG_HELP)
 @friendly
 def prepare(config: Path = ConfigOpt, set_: list[str] = SetOpt):
     """Load and split the data, build the backbone (pre-training the tiny one if needed)."""
-    run = _run(config, set_)
-    ds, split = run.dataset, run.split
-    summary = {
-        "task": run.task.name,
-        "users": len(ds.users),
-        "train_users": len(split.train),
-        "dev_users": len(split.dev),
-        "test_users": len(split.test),
-        "history_items": sum(len(u.history) for u in ds.users),
-        "queries": sum(len(u.queries) for u in ds.users),
-    }
-    backbone = run.initial_backbone()
-    summary["backbone"] = {
-        "name": backbone.name,
-        "kind": backbone.kind,
-        "fingerprint": backbone.fingerprint(),
-    }
-    (run.dir / "data_summary.json").write_text(json.dumps(summary, indent=2))
-    console.print_json(data=summary)
+    from ownlm.train.stages import prepare as prepare_run
+
+    console.print_json(data=prepare_run(_run(config, set_)))
 
 
 @app.command(epilog=CONFIG_HELP)
@@ -91,52 +87,10 @@ def train(
     ),
 ):
     """Train the stages; a stopped run resumes, skipping users already trained."""
-    run = _run(config, set_)
-    train_stages(
-        run,
-        [s.strip() for s in stages.split(",") if s.strip()],
-        [v.strip() for v in variants.split(",") if v.strip()],
-    )
+    from ownlm.train.stages import check_plan, train_stages
 
-
-def train_stages(run, stages: list[str], variants: list[str]) -> None:
-    from ownlm.errors import ConfigError
-    from ownlm.train.population import train_population
-    from ownlm.train.users import VARIANTS, train_users
-
-    known = {"population", "groups", "users"}
-    if set(stages) - known:
-        raise ConfigError(
-            f"unknown stage(s) {sorted(set(stages) - known)}; choose from population, groups, users"
-        )
-    if "population" in stages:
-        train_population(run)
-    if "groups" in stages:
-        from ownlm.train.groups import train_groups
-
-        train_groups(run)
-    if "users" in stages:
-        for variant in variants:
-            if variant in VARIANTS:
-                train_users(run, variant)
-            elif variant.startswith("proper-"):
-                from ownlm.train.proper import train_proper_users
-
-                train_proper_users(run, router=variant.removeprefix("proper-"))
-            else:
-                raise ConfigError(
-                    f"unknown variant {variant!r}; choose from {sorted(VARIANTS)} or proper-input, proper-user"
-                )
-
-
-def _int_list(text: str, option: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(b) for b in text.split(",") if b.strip())
-    except ValueError:
-        values = ()
-    if not values or min(values) < 1:
-        raise ConfigError(f"{option} takes positive integers separated by commas, e.g. 2,5,10")
-    return values
+    check_plan(_list(stages), _list(variants))  # before any work
+    train_stages(_run(config, set_), _list(stages), _list(variants))
 
 
 @app.command(name="eval", epilog=CONFIG_HELP)
@@ -162,11 +116,11 @@ def eval_(
     run = _run(config, set_)
     evaluate_run(run)
     if groups_view:
-        from ownlm.evaluate.proper import groups_view as show_groups
+        from ownlm.evaluate.groups import groups_view as show_groups
 
         show_groups(run)
     if buckets:
-        from ownlm.evaluate.proper import active_level_study
+        from ownlm.studies.active_levels import active_level_study
 
         active_level_study(run, buckets=buckets, max_users=study_users or None)
     console.print(f"eval wall time: {time.perf_counter() - start:.0f} s")
@@ -181,42 +135,10 @@ def demo(
     ),
 ):
     """The whole pipeline on built-in data: pre-train, population LoRA, one LoRA per user, eval."""
-    from rich.table import Table
-
-    from ownlm.evaluate.runner import PRIMARY, evaluate_run
+    from ownlm.studies.demo import run_demo
 
     start = time.perf_counter()
-    summary = Table(title="demo: does each user's own LoRA learn the user?")
-    for col in (
-        "task",
-        "backbone",
-        "metric",
-        "user-majority",
-        "base",
-        "RAG",
-        "OPPU",
-        "OPPU - base",
-    ):
-        summary.add_column(col)
-    for path in [p for p in configs.split(",") if p]:
-        if not Path(path).exists():
-            raise FileNotFoundError(
-                f"demo config {path} not found; run `ownlm demo` from the repository root"
-            )
-        run = _run(Path(path), [f"output_dir={output_dir}"])
-        console.rule(f"[bold]{run.cfg.name}[/]: {run.task.description}")
-        train_stages(run, ["population", "users"], ["oppu", "peft"])
-        results = {r.method: r.metrics for r in evaluate_run(run)}
-        metric = PRIMARY[run.task.kind]
-        row = [results[m][metric] for m in ("user-majority", "base", "rag", "oppu")]
-        summary.add_row(
-            run.task.name,
-            run.cfg.backbone,
-            metric,
-            *(f"{v:.3f}" for v in row),
-            f"{row[3] - row[1]:+.3f}",
-        )
-    console.print(summary)
+    console.print(run_demo(_list(configs), output_dir))
     console.print(f"demo wall time: {time.perf_counter() - start:.0f} s")
 
 
@@ -229,32 +151,13 @@ def forget(
     run_dir: Path = typer.Option(..., help="run directory (e.g. runs/demo-tags)"),
 ):
     """Delete everything ownlm stored for a user: their adapters in every store, their tokens."""
-    from ownlm.store import AdapterStore
+    from ownlm.methods.forget import forget_user
 
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"run directory {run_dir} does not exist")
-    removed = []
-    for store_dir in sorted(
-        p for p in run_dir.iterdir() if p.is_dir() and p.name.startswith("adapters")
-    ):
-        if AdapterStore(store_dir).delete(f"user:{user}"):
-            removed.append(store_dir.name)
-    tokens = run_dir / "tokens.json"
-    if tokens.exists():
-        data = json.loads(tokens.read_text())
-        kept = {
-            k: v
-            for k, v in data.items()
-            if not (isinstance(v, dict) and str(v.get("user")) == user)
-        }
-        if len(kept) != len(data):
-            tmp = tokens.with_suffix(".tmp")
-            tmp.write_text(json.dumps(kept, indent=2))
-            tmp.replace(tokens)
-            removed.append("tokens")
-    console.print(f"user {user}: removed from {', '.join(removed) or 'nothing (no stored state)'}")
-    router = AdapterStore(run_dir / "adapters").path("router") / "router.json"
-    if router.exists() and user in json.loads(router.read_text()).get("users", []):
+    done = forget_user(run_dir, user)
+    console.print(
+        f"user {user}: removed from {', '.join(done.removed) or 'nothing (no stored state)'}"
+    )
+    if done.stage2_train_user:
         console.print(
             f"[yellow]user {user} was a stage-2 (PROPER group) train user: the group experts "
             "were trained on their history and the group router keeps a learned embedding "
@@ -276,33 +179,12 @@ def export(
     ),
 ):
     """Export a user's model as one vanilla PEFT LoRA directory (PEFT, vLLM --lora-modules)."""
-    import shutil
-
-    from ownlm.errors import ConfigError
+    from ownlm.methods.export import export_user
 
     run = _run(config, set_)
-    if variant in ("oppu", "peft"):
-        src = run.store(variant).verify(f"user:{user}", run.base().fingerprint())
-        if out.exists():
-            raise ConfigError(f"{out} already exists; choose a new output directory")
-        shutil.copytree(src, out)
-        path = out
-    elif variant == "proper-user":
-        from ownlm.adapters.export import export_user
-
-        path = export_user(run, user, out)
-    elif variant == "proper-input":
-        from ownlm.adapters.export import INPUT_ROUTER_MSG
-
-        raise ConfigError(INPUT_ROUTER_MSG)
-    else:
-        raise ConfigError(f"unknown variant {variant!r}; choose proper-user, oppu or peft")
-    from ownlm.adapters.export import vllm_hint
-
-    base = run.base_dir.resolve()
-    console.print(f"exported user {user} ({variant}) to {path}; base model: {base}")
-    kind = json.loads((base / "ownlm_base.json").read_text())["kind"]  # as `load_base` reads it
-    console.print(vllm_hint(base, Path(path).resolve(), f"user-{user}", kind))
+    path, hint = export_user(run, user, out, variant)
+    console.print(f"exported user {user} ({variant}) to {path}; base model: {run.base_dir.resolve()}")
+    console.print(hint)
 
 
 @app.command(name="serve")
@@ -316,9 +198,9 @@ def serve_cmd(
     max_wait_ms: float = typer.Option(10, help="how long the batcher waits to fill a batch"),
 ):
     """OpenAI-compatible server: one base, every user's adapter, mixed-user batches."""
-    from ownlm.serve.cli import serve
+    from ownlm.serve.launch import serve
 
-    serve(run_dir, host, port, cache_size, max_batch_size, max_wait_ms)
+    serve(run_dir, host, port, ServeSettings(cache_size, max_batch_size, max_wait_ms))
 
 
 @token_app.command("create")
@@ -329,12 +211,13 @@ def token_create(
     admin: bool = typer.Option(False, help="create an admin token (manages adapters and tokens)"),
 ):
     """Create an API token; it is printed once and only its hash is stored."""
-    from ownlm.errors import ConfigError
-    from ownlm.serve.cli import create_token
+    from ownlm.store.tokens import TokenStore
 
     if not admin and not user:
         raise ConfigError("give --user U for a user token, or --admin for an admin token")
-    create_token(run_dir, user, admin)
+    token = TokenStore(run_dir).create(user, admin)
+    who = "admin" if admin else f"user {user}"
+    console.print(f"token for {who} (shown once, keep it secret):\n{token}", soft_wrap=True)
 
 
 def main():  # pragma: no cover

@@ -1,6 +1,9 @@
-"""Typed experiment configuration. One YAML per experiment in `configs/` mirrors these
-dataclasses; every field carries its help text, which `ownlm <command> --help` lists.
-Command-line overrides use dotted keys: `--set user.lr=1e-3 --set retrieval_k=2`.
+"""Typed experiment configuration: every settings dataclass of ownlm lives here.
+
+One YAML per experiment in `configs/` mirrors these dataclasses; every field carries its
+help text, which `ownlm <command> --help` lists. Command-line overrides use dotted keys:
+`--set user.lr=1e-3 --set retrieval_k=2`. This module imports no torch, so that the CLI
+answers `--help` at once.
 """
 
 from __future__ import annotations
@@ -12,9 +15,77 @@ from pathlib import Path
 
 import yaml
 
-from ownlm.backbone.tiny import TinyConfig
 from ownlm.errors import ConfigError
-from ownlm.train.groups import ProperSettings
+
+
+@dataclass
+class TinyConfig:
+    """Size and pre-training schedule of the embedded tiny Llama."""
+
+    vocab_size: int = field(default=4096, metadata={"help": "BPE vocabulary size"})
+    hidden_size: int = field(default=256, metadata={"help": "model width d"})
+    layers: int = field(default=4, metadata={"help": "transformer blocks"})
+    heads: int = field(default=4, metadata={"help": "attention heads"})
+    intermediate_size: int = field(default=688, metadata={"help": "FFN width"})
+    max_len: int = field(default=384, metadata={"help": "context length in tokens"})
+    epochs: float = field(default=3.0, metadata={"help": "pre-training epochs over the corpus"})
+    lr: float = field(default=2e-3, metadata={"help": "peak learning rate (cosine decay)"})
+    batch_size: int = field(default=16, metadata={"help": "sequences per step"})
+    min_steps: int = field(
+        default=150, metadata={"help": "at least this many steps, for small corpora"}
+    )
+    seed: int = field(default=0, metadata={"help": "initialisation and shuffling seed"})
+
+
+@dataclass
+class ProperSettings:
+    """PROPER's group and user stages (Zhang et al. 2025). Defaults sized for the demo."""
+
+    groups: int = field(default=4, metadata={"help": "number of group LoRA experts G"})
+    r: int = field(default=8, metadata={"help": "rank of each group expert"})
+    alpha: float = field(default=8.0, metadata={"help": "group experts' LoRA alpha"})
+    targets: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "modules carrying the experts; empty = FFN (gate/up/down_proj for Llama, intermediate/output dense for MiniLM)"
+        },
+    )
+    user_dim: int = field(default=16, metadata={"help": "size of the learned user embedding"})
+    top_k: int = field(default=0, metadata={"help": "experts per token (0 = dense gating)"})
+    balance: float = field(
+        default=0.1, metadata={"help": "weight of the switch load-balancing term (stage 2)"}
+    )
+    diversity: float = field(
+        default=0.5,
+        metadata={
+            "help": "weight of the user-group term (stage 2): minus the user/expert mutual "
+            "information, so each user picks a group and the groups stay diverse"
+        },
+    )
+    lr: float = field(default=5e-4, metadata={"help": "stage-2 learning rate (AdamW)"})
+    epochs: float = field(default=2.0, metadata={"help": "stage-2 passes over all train pairs"})
+    batch_size: int = field(default=16, metadata={"help": "pairs per optimiser step"})
+    user_r: int = field(default=8, metadata={"help": "rank r_u of each user's residual LoRA"})
+    user_alpha: float = field(default=8.0, metadata={"help": "alpha of the user LoRA"})
+    user_lr: float = field(default=1e-4, metadata={"help": "stage-3 learning rate (AdamW)"})
+    user_epochs: float = field(default=2.0, metadata={"help": "stage-3 passes per user"})
+    new_user: str = field(
+        default="projection",
+        metadata={
+            "help": "how a user without a stage-2 row gets their embedding: 'projection' (PCA "
+            "of their history embedding, as the table was initialised) or 'neighbours' (mean "
+            "learned embedding of the train users with the most similar histories)"
+        },
+    )
+    neighbours: int = field(default=3, metadata={"help": "train users averaged by 'neighbours'"})
+    router_lr: float = field(
+        default=5e-2,
+        metadata={
+            "help": "learning rate of the routing parameters: routers and user embeddings "
+            "(stage 2), the user's embedding or gate logits (stage 3; a sparse user takes "
+            "few steps, which must be enough to move them to another group)"
+        },
+    )
 
 
 @dataclass
@@ -33,6 +104,22 @@ class LoraSettings:
     lr: float = field(default=1e-4, metadata={"help": "learning rate (AdamW)"})
     epochs: float = field(default=2.0, metadata={"help": "passes over the training pairs"})
     batch_size: int = field(default=16, metadata={"help": "pairs per optimiser step"})
+
+
+@dataclass
+class ServeSettings:
+    """`ownlm serve`: how many adapters stay loaded and how requests are batched."""
+
+    cache_size: int = field(
+        default=64, metadata={"help": "user adapters held in memory (LRU); also the LoRA slots"}
+    )
+    max_batch_size: int = field(default=16, metadata={"help": "rows per forward pass"})
+    max_wait_ms: float = field(
+        default=10, metadata={"help": "how long a batch's first request waits for company"}
+    )
+    default_max_tokens: int = field(
+        default=16, metadata={"help": "when a request names no max_tokens (OpenAI's default)"}
+    )
 
 
 @dataclass

@@ -1,4 +1,9 @@
-"""Errors ownlm raises on bad input. Each message names the bad value and the fix."""
+"""Errors ownlm raises on bad input. Each message names the bad value and the fix.
+
+The type says what went wrong, so callers branch on it, never on a message's text:
+the CLI prints any `OwnlmError` as one line, the server picks the HTTP status by type
+(`ownlm.serve.errors`).
+"""
 
 
 class OwnlmError(Exception):
@@ -10,8 +15,16 @@ class DataError(OwnlmError):
 
 
 class ConfigError(OwnlmError):
-    """A config value or command-line option is invalid."""
+    """A config value, command-line option or API argument is invalid."""
 
 
 class StoreError(OwnlmError):
-    """An adapter in the store is missing, corrupt, or was trained for another base model."""
+    """An adapter in the store is corrupt, or was trained for another base model."""
+
+
+class NotFoundError(StoreError):
+    """Nothing is stored under the name asked for (no adapter, no stage result)."""
+
+
+class RequestError(OwnlmError):
+    """A generation request the model cannot run as given (e.g. longer than its context)."""

@@ -14,7 +14,7 @@ from functools import cached_property
 from pathlib import Path
 
 from ownlm.backbone.base import ANSWER_SEP
-from ownlm.backbone.load import initial_backbone, load_base
+from ownlm.backbone.load import load_base
 from ownlm.config import ExperimentConfig, load_config, save_config
 from ownlm.data.demo import make_demo_headlines, make_demo_tags
 from ownlm.data.loaders import load_dataset
@@ -81,8 +81,10 @@ class Run:
                 texts.append(f"{prompt}{ANSWER_SEP}{answer}")
         return texts
 
-    def initial_backbone(self):
-        return initial_backbone(self.cfg.backbone, self.task, self.corpus, CACHE_DIR, self.cfg.tiny)
+    @property
+    def cache_dir(self) -> Path:
+        """Where built backbones are cached across runs (the tiny model, by corpus)."""
+        return CACHE_DIR
 
     @property
     def base_dir(self) -> Path:

@@ -8,7 +8,8 @@ import pytest
 import torch
 from peft import PeftModel
 
-from ownlm.adapters.batched import install_batched_lora, read_peft_adapter
+from ownlm.adapters.batched import install_batched_lora
+from ownlm.adapters.peft_io import read_peft_adapter
 from ownlm.errors import StoreError
 from ownlm.serve.engine import Engine, Request
 from ownlm.serve.toy import toy_run

@@ -3,11 +3,11 @@ from peft import PeftModel, get_peft_model
 
 from ownlm.backbone.base import CausalBackbone, EncoderBackbone
 from ownlm.backbone.encoder import EncoderClassifier, load_minilm_classifier
-from ownlm.backbone.load import initial_backbone
-from ownlm.backbone.tiny import TinyConfig, build_or_load_tiny
-from ownlm.config import LoraSettings
+from ownlm.adapters.lora import lora_config
+from ownlm.backbone.load import load_backbone
+from ownlm.config import LoraSettings, TinyConfig
 from ownlm.data.tasks import get_task
-from ownlm.train.loop import lora_config
+from ownlm.train.pretrain import build_or_load_tiny
 
 SMALL = TinyConfig(
     vocab_size=300,
@@ -48,7 +48,7 @@ def test_causal_label_scoring_and_generation(tmp_path):
 def test_hf_directory_loads_like_the_tiny_default(tmp_path):
     """A locally saved Hugging Face model directory is a backbone spec like a hub id."""
     path = build_or_load_tiny(TEXTS, tmp_path, SMALL)
-    backbone = initial_backbone(str(path), get_task("demo-tags"), lambda: [], tmp_path)
+    backbone = load_backbone(str(path), get_task("demo-tags"))
     assert backbone.kind == "causal" and backbone.name == path.name
 
 
@@ -104,7 +104,7 @@ def test_first_token_scoring_matches_the_full_pass_ranking(tmp_path):
 def test_detach_gives_the_encoder_its_own_head_back(tmp_path):
     """PEFT's unload() leaves the adapter's trained head in place; detach restores the
     base's, so one user's head never reaches the next user's model."""
-    from ownlm.backbone.base import detach
+    from ownlm.adapters.lora import detach
 
     model, tok = load_minilm_classifier(("a", "b"))
     backbone = EncoderBackbone(model, tok)

@@ -1,7 +1,9 @@
 import torch
 
 from ownlm.run import Run
-from ownlm.train.groups import ProperSettings, load_groups, train_groups
+from ownlm.config import ProperSettings
+from ownlm.methods.proper import load_groups
+from ownlm.train.groups import train_groups
 from ownlm.train.population import train_population
 
 
@@ -42,7 +44,7 @@ def test_proper_without_stage_2_names_the_command_that_trains_it(tiny_cfg):
     import pytest
 
     from ownlm.errors import StoreError
-    from ownlm.train.proper import train_proper_users
+    from ownlm.train.proper_users import train_proper_users
 
     run = Run(tiny_cfg)
     train_population(run)
@@ -53,7 +55,7 @@ def test_proper_without_stage_2_names_the_command_that_trains_it(tiny_cfg):
 def test_new_user_embedding_by_projection_or_by_nearest_train_users():
     import numpy as np
 
-    from ownlm.train.groups import GroupModel
+    from ownlm.methods.proper import GroupModel
 
     table = torch.tensor([[1.0, 0.0], [0.0, 1.0], [5.0, 5.0]])  # learned rows of 3 train users
     train_vectors = torch.tensor([[1.0, 0.0, 0.0], [0.9, 0.1, 0.0], [0.0, 0.0, 1.0]])

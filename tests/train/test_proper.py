@@ -4,12 +4,12 @@ import pytest
 import torch
 from peft import PeftModel
 
-from ownlm.adapters.export import export_user
 from ownlm.errors import ConfigError
+from ownlm.methods.proper import export_user, load_user_model
 from ownlm.run import Run
 from ownlm.train.groups import train_groups
 from ownlm.train.population import train_population
-from ownlm.train.proper import load_user_model, train_proper_users
+from ownlm.train.proper_users import train_proper_users
 from tests.train.test_groups import small_proper
 
 
@@ -45,9 +45,10 @@ def test_proper_users_train_store_and_export(tiny_cfg, tmp_path):
 @pytest.mark.slow  # ~2 min on 2 CPUs: trains OPPU and PROPER users in the study
 def test_proper_evaluation_new_users_groups_view_and_study(tiny_cfg, tmp_path):
     from ownlm.data.splits import truncate_history
-    from ownlm.evaluate.proper import active_level_study, evaluate_proper, groups_view
-    from ownlm.train.groups import groups_fingerprint, load_groups
-    from ownlm.train.proper import prepare_user
+    from ownlm.evaluate.groups import groups_view
+    from ownlm.evaluate.proper import evaluate_proper
+    from ownlm.methods.proper import groups_fingerprint, load_groups, prepare_user
+    from ownlm.studies.active_levels import active_level_study
 
     tiny_cfg.proper = small_proper(user_r=2, user_alpha=4.0, user_lr=1e-3, user_epochs=1.0)
     run = Run(tiny_cfg)

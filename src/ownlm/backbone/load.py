@@ -1,30 +1,23 @@
-"""Resolve a backbone spec (`tiny`, `minilm`, a local directory, a hub id) to a backbone."""
+"""Resolve a backbone spec (`minilm`, a local directory, a hub id) to a backbone, and load
+a run's merged base. The `tiny` spec is built, not loaded: `ownlm.train.pretrain`."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 from ownlm.backbone.base import CausalBackbone, EncoderBackbone
 from ownlm.backbone.encoder import load_minilm_classifier
-from ownlm.backbone.tiny import TinyConfig, build_or_load_tiny
 from ownlm.errors import ConfigError
 
 
-def initial_backbone(
-    spec: str,
-    task,
-    corpus: Callable[[], list[str]],
-    cache_dir: Path,
-    tiny: TinyConfig | None = None,
-):
-    """The backbone before any ownlm stage. `corpus` is called only when the tiny
-    model must be pre-trained (it is cached by corpus and config)."""
+def load_backbone(spec: str, task, max_len: int = 384):
+    """The backbone `spec` names, before any ownlm stage: `minilm` (the packaged encoder,
+    label tasks), or a Hugging Face causal LM directory / hub id in the local cache."""
     if spec == "tiny":
-        path = build_or_load_tiny(corpus(), Path(cache_dir), tiny)
-        return CausalBackbone.from_pretrained(
-            path, name="tiny", max_len=(tiny or TinyConfig()).max_len
+        raise ConfigError(
+            "the tiny backbone is pre-trained on the run's corpus: build it with "
+            "ownlm.train.pretrain.initial_backbone(run) (the train and prepare commands do)"
         )
     if spec == "minilm":
         if not task.labels:
@@ -39,7 +32,9 @@ def initial_backbone(
             f"backbone directory {path} has no config.json; point to a saved Hugging Face model directory"
         )
     try:
-        return CausalBackbone.from_pretrained(spec, name=path.name if path.exists() else spec)
+        return CausalBackbone.from_pretrained(
+            spec, name=path.name if path.exists() else spec, max_len=max_len
+        )
     except OSError as e:
         raise ConfigError(
             f"cannot load backbone {spec!r} ({e}); give 'tiny', 'minilm', a local Hugging Face model "

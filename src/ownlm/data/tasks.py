@@ -32,7 +32,14 @@ from ownlm.errors import ConfigError
 # Character budgets: tiny backbones have short contexts, so every long field is cut.
 MAX_ITEM_CHARS = 600  # per field of a retrieved item in `render_item` / `build_prompt`
 MAX_INPUT_CHARS = 2000  # per field of the task input in `query_prompt` / `item_pair`
-MAX_PROFILE_CHARS = 600  # the profile line in `build_prompt`
+MAX_PROFILE_CHARS = 200  # a profile: built to fit (`retrieval.profiles`), cut in `build_prompt`
+KINDS = ("classification", "rating", "generation")  # what a task's `kind` may be
+
+
+def check_kind(kind: str, what: str = "task kind") -> str:
+    if kind not in KINDS:
+        raise ConfigError(f"{what} must be one of {KINDS} but the value passed is {kind!r}")
+    return kind
 
 _FIELD = re.compile(r"{(\w+)}")
 

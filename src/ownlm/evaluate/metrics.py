@@ -20,9 +20,9 @@ import numpy as np
 from rouge_score import rouge_scorer
 from sklearn.metrics import f1_score
 
-from ownlm.errors import ConfigError, DataError
+from ownlm.data.tasks import check_kind
+from ownlm.errors import DataError
 
-KINDS = ("classification", "rating", "generation")
 LOWER_IS_BETTER = frozenset({"mae", "rmse", "user_mae"})
 
 
@@ -116,13 +116,11 @@ def compute_metrics(
     hi: float | None = None,
 ) -> dict[str, float]:
     """Dispatch on the task kind. `lo`/`hi` bound a rating scale (default LaMP-3's 1..5)."""
-    if kind == "classification":
+    if check_kind(kind) == "classification":
         return classification_metrics(preds, golds, labels)
     if kind == "rating":
         return rating_metrics(preds, golds, 1.0 if lo is None else lo, 5.0 if hi is None else hi)
-    if kind == "generation":
-        return generation_metrics(preds, golds)
-    raise ConfigError(f"task kind must be one of {KINDS} but the value passed is {kind!r}")
+    return generation_metrics(preds, golds)
 
 
 def per_user_metrics(

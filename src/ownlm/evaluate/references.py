@@ -24,15 +24,10 @@ from statistics import median
 
 from rouge_score.tokenizers import DefaultTokenizer
 
-from ownlm.errors import ConfigError, DataError
+from ownlm.data.tasks import check_kind
+from ownlm.errors import DataError
 
-KINDS = ("classification", "rating", "generation")
 MAX_CENTRAL = 200  # most recent outputs compared for the user's central output: O(n^2)
-
-
-def _check_kind(kind: str) -> None:
-    if kind not in KINDS:
-        raise ConfigError(f"task kind must be one of {KINDS} but the value passed is {kind!r}")
 
 
 def _majority(outputs: Sequence[str], labels: Sequence[str]) -> str:
@@ -99,7 +94,7 @@ def _central_output(outputs: Sequence[str]) -> str:
 
 def population_majority(train_outputs: Sequence[str], kind: str, labels: Sequence[str] = ()) -> str:
     """The one prediction for every query, from all training users' outputs."""
-    _check_kind(kind)
+    check_kind(kind)
     outputs = [o.strip() for o in train_outputs if o and o.strip()]
     if not outputs:
         raise DataError(
@@ -116,7 +111,7 @@ def user_majority(
     history_outputs: Sequence[str], kind: str, labels: Sequence[str] = (), fallback: str = ""
 ) -> str:
     """One user's prediction from their own history outputs; `fallback` when they have none."""
-    _check_kind(kind)
+    check_kind(kind)
     outputs = [o.strip() for o in history_outputs if o and o.strip()]
     if not outputs:
         return fallback

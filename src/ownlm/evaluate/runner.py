@@ -1,4 +1,5 @@
-"""Side-by-side evaluation of the methods on the same test users and queries.
+"""Side-by-side evaluation of the methods on the same test users and queries. It loads
+what training stored and scores it; it never trains.
 
 | method | model                      | prompt                          |
 |--------|----------------------------|---------------------------------|
@@ -7,6 +8,7 @@
 | pag    | population-merged base     | profile + retrieved + input     |
 | peft   | base + user LoRA (bare)    | task input                      |
 | oppu   | base + user LoRA           | profile + retrieved + input     |
+| proper-input / proper-user: see `ownlm.evaluate.proper`                   |
 
 Every table also carries the trivial references (population majority / mean, each
 user's own majority / mean), so a model that learned nothing of the user shows it.
@@ -14,18 +16,11 @@ user's own majority / mean), so a model that learned nothing of the user shows i
 
 from __future__ import annotations
 
-import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-from peft import PeftModel
-from rich.console import Console
-from tqdm.auto import tqdm
-
-from ownlm.backbone.base import detach
 from ownlm.errors import ConfigError
-from ownlm.evaluate.metrics import per_user_metrics
-from ownlm.evaluate.references import reference_predictions
 from ownlm.evaluate.report import (
     MethodResult,
     plot_methods,
@@ -33,9 +28,13 @@ from ownlm.evaluate.report import (
     write_json,
     write_lamp_predictions,
 )
-from ownlm.personal import query_prompt, user_context
+from ownlm.evaluate.scoring import PRIMARY, predict_by_user, references, test_queries
+from ownlm.log import console, get_logger
+from ownlm.methods.oppu import user_model
+from ownlm.methods.proper.users import METHODS as PROPER_METHODS
+from ownlm.retrieval.prompts import user_context
 
-console = Console(stderr=True)
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -55,97 +54,21 @@ METHODS = {
     "oppu": Method("oppu", "oppu", True, True, "OPPU: PEFT + retrieval + profile"),
 }
 
-PRIMARY = {"classification": "accuracy", "rating": "mae", "generation": "rouge-1"}
-
-
-def scale(task) -> tuple[float | None, float | None]:
-    if task.kind != "rating":
-        return None, None
-    values = [float(x) for x in task.labels]
-    return min(values), max(values)
-
-
-def test_queries(run):
-    """(user, query) pairs evaluated, the same for every method."""
-    rows = []
-    for user in run.split.test:
-        queries = [q for q in user.queries if q.gold is not None]
-        rows += [(user, q) for q in queries[: run.cfg.max_queries or None]]
-    return rows
-
-
-def _score(run, name, rows, preds, seconds, reference=False) -> MethodResult:
-    lo, hi = scale(run.task)
-    metrics = per_user_metrics(
-        run.task.kind,
-        [(u.user_id, p, q.gold) for (u, q), p in zip(rows, preds, strict=True)],
-        run.task.labels,
-        lo,
-        hi,
-    )
-    return MethodResult(
-        name,
-        metrics,
-        [(q.id, u.user_id, p, q.gold) for (u, q), p in zip(rows, preds, strict=True)],
-        seconds,
-        reference,
-    )
-
-
-def references(run, rows) -> list[MethodResult]:
-    task = run.task
-    train_outputs = [
-        it.fields.get(task.output_field, "") for u in run.split.train for it in u.history
-    ]
-    per_user, order = {}, []
-    for u, _ in rows:
-        if u.user_id not in per_user:
-            per_user[u.user_id] = [it.fields.get(task.output_field, "") for it in u.history]
-            order.append(u.user_id)
-    counts = [sum(1 for u, _ in rows if u.user_id == uid) for uid in order]
-    refs = reference_predictions(
-        task.kind,
-        train_outputs,
-        [(per_user[uid], n) for uid, n in zip(order, counts, strict=True)],
-        task.labels,
-    )
-    # reference_predictions repeats per user in `order`; rows are grouped by user already
-    return [
-        _score(run, "population-majority", rows, refs["population"], 0.0, reference=True),
-        _score(run, "user-majority", rows, refs["user"], 0.0, reference=True),
-    ]
-
 
 def run_method(run, backbone, method: Method, rows, contexts) -> MethodResult:
-    cfg, task = run.cfg, run.task
-    k = cfg.retrieval_k if method.retrieval else 0
-    use_profile = method.profile and cfg.profile
-    start = time.perf_counter()
-    preds: list[str] = []
-    by_user: dict[str, list[int]] = {}
-    for i, (u, _) in enumerate(rows):
-        by_user.setdefault(u.user_id, []).append(i)
-    out = [""] * len(rows)
+    """One method of the table above: each user's stored LoRA (or the base, where the
+    method has none, or the user has none: no history, or not trained)."""
     store = run.store(method.adapters) if method.adapters else None
     fp = backbone.fingerprint() if store else None
-    for uid, idx in tqdm(by_user.items(), desc=f"eval {method.name}", unit="user", leave=False):
-        user = rows[idx[0]][0]
-        prompts = [query_prompt(task, contexts[uid], rows[i][1], k, use_profile) for i in idx]
-        if store is not None and store.exists(user.name):
-            path = store.verify(user.name, fp)
-            model = PeftModel.from_pretrained(backbone.model, path)
-            try:
-                preds = backbone.predict(model, task, prompts)
-            finally:
-                detach(backbone, model)
-        else:  # no adapter (no history, or not trained): the population model answers
-            preds = backbone.predict(backbone.model, task, prompts)
-        for i, p in zip(idx, preds, strict=True):
-            out[i] = p
-    return _score(run, method.name, rows, out, time.perf_counter() - start)
 
+    def answer_with(user):
+        if store is None:
+            return nullcontext(backbone.model)
+        return user_model(backbone, store, user, fp)
 
-PROPER_METHODS = {"proper-input": "input", "proper-user": "user"}
+    k = run.cfg.retrieval_k if method.retrieval else 0
+    use_profile = method.profile and run.cfg.profile
+    return predict_by_user(run, backbone, rows, contexts, method.name, answer_with, k, use_profile)
 
 
 def evaluate_run(
@@ -180,11 +103,11 @@ def report(run, results, out_dir: Path) -> None:
         f"{run.task.name} · {run.cfg.backbone} · {len({p[1] for p in results[0].predictions})} test users",
         results,
         primary,
-        console=Console(width=max(Console().width, 120)),  # method names in full, even in logs
+        console=console,
     )
     write_json(out_dir / "results.json", run.task.name, results)
     for r in results:
         if not r.is_reference:
             write_lamp_predictions(out_dir / f"predictions_{r.method}.json", run.task.name, r)
     plot_methods(out_dir / "methods.png", run.task.name, results, primary)
-    console.print(f"results: {out_dir / 'results.json'}, chart: {out_dir / 'methods.png'}")
+    log.info(f"results: {out_dir / 'results.json'}, chart: {out_dir / 'methods.png'}")

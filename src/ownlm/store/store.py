@@ -24,10 +24,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ownlm import __version__
-from ownlm.errors import StoreError
+from ownlm.errors import NotFoundError, StoreError
 
 MANIFEST = "ownlm.json"
-KINDS = {"user": "users", "group": "groups"}
+FOLDERS = {"user": "users", "group": "groups"}  # name kind -> folder
 
 
 @dataclass
@@ -67,16 +67,16 @@ class AdapterStore:
                     f"adapter name {name!r} is invalid; use 'population', 'user:<id>' or 'group:<id>'"
                 )
             return self.root / name
-        if kind not in KINDS or not key or "/" in key or key.startswith(".") or "\\" in key:
+        if kind not in FOLDERS or not key or "/" in key or key.startswith(".") or "\\" in key:
             raise StoreError(
                 f"adapter name {name!r} is invalid; use 'user:<id>' or 'group:<id>' with an id free of '/'"
             )
-        return self.root / KINDS[kind] / key
+        return self.root / FOLDERS[kind] / key
 
     def names(self, kind: str | None = None) -> list[str]:
         """Stored adapter names, e.g. ['user:1', 'user:2'] for kind='user'."""
         out = []
-        for k, folder in KINDS.items():
+        for k, folder in FOLDERS.items():
             if kind not in (None, k) or not (self.root / folder).is_dir():
                 continue
             out += [
@@ -140,7 +140,7 @@ class AdapterStore:
     def manifest(self, name: str) -> Manifest:
         path = self.path(name)
         if not (path / MANIFEST).exists():
-            raise StoreError(
+            raise NotFoundError(
                 f"no adapter {name!r} in store {self.root} (looked for {path / MANIFEST}); train it first or check the name"
             )
         try:

@@ -7,28 +7,29 @@ from __future__ import annotations
 import random
 import shutil
 
-from rich.console import Console
-
+from ownlm.adapters.lora import inject
 from ownlm.backbone.base import write_base_meta
-from ownlm.personal import mixed_population_pairs, user_context
+from ownlm.log import get_logger
+from ownlm.retrieval.prompts import population_pairs, user_context
 from ownlm.store import Manifest
-from ownlm.train.loop import inject, train_pairs
+from ownlm.train.loop import train_pairs
+from ownlm.train.pretrain import initial_backbone
 
-console = Console(stderr=True)
+log = get_logger(__name__)
 
 
 def train_population(run) -> dict:
     cfg = run.cfg
-    backbone = run.initial_backbone()
+    backbone = initial_backbone(run)
     base_fp = backbone.fingerprint()
     rng = random.Random(cfg.seed)
     pairs = []
     for user in run.split.train:
         if user.history:
-            pairs += mixed_population_pairs(
+            pairs += population_pairs(
                 run.task, user_context(run.task, user), cfg.retrieval_k, cfg.profile, rng
             )
-    console.print(
+    log.info(
         f"[bold]stage 1[/] population LoRA on {len(pairs)} pairs from {len(run.split.train)} train users ({backbone.name})"
     )
     model = inject(backbone, cfg.population, cfg.seed)

@@ -8,31 +8,36 @@ adapter is already stored for this base are skipped, so a stopped run resumes.
 
 from __future__ import annotations
 
-import zlib
-
-from rich.console import Console
 from tqdm.auto import tqdm
 
-from ownlm.backbone.base import detach
-from ownlm.personal import training_pairs, user_context
+from ownlm.adapters.lora import detach, inject
+from ownlm.log import get_logger
+from ownlm.methods.oppu import VARIANTS, check_variant, user_pairs, user_seed
 from ownlm.store import Manifest
-from ownlm.train.loop import inject, train_pairs
+from ownlm.train.loop import train_pairs
 
-console = Console(stderr=True)
-VARIANTS = {"oppu": "PEFT + retrieval + profile", "peft": "PEFT only (bare prompts)"}
+log = get_logger(__name__)
 
 
-def user_seed(seed: int, user_id: str) -> int:
-    return (seed * 1_000_003 + zlib.crc32(user_id.encode())) % (2**31)
+def fit_user(run, backbone, user, variant: str = "oppu", ctx=None):
+    """Inject a fresh LoRA and train it on `user`'s history: (PEFT model, step losses).
+    The caller saves it and gives the base back with `detach(backbone, model)`."""
+    seed = user_seed(run.cfg.seed, user.user_id)
+    pairs = user_pairs(run, user, variant, ctx)
+    model = inject(backbone, run.cfg.user, seed)
+    try:
+        return model, train_pairs(backbone, model, pairs, run.cfg.user, seed)
+    except BaseException:
+        detach(backbone, model)
+        raise
 
 
 def train_users(run, variant: str = "oppu", users=None, backbone=None) -> dict:
-    cfg = run.cfg
+    check_variant(variant)
     users = run.split.test if users is None else users
     backbone = backbone or run.base()
     base_fp = backbone.fingerprint()
     store = run.store(variant)
-    k, use_profile = (cfg.retrieval_k, cfg.profile) if variant == "oppu" else (0, False)
     done = skipped = empty = 0
     for user in tqdm(users, desc=f"user LoRAs ({variant})", unit="user"):
         if store.exists(user.name) and store.manifest(user.name).base_fingerprint == base_fp:
@@ -41,12 +46,8 @@ def train_users(run, variant: str = "oppu", users=None, backbone=None) -> dict:
         if not user.history:
             empty += 1  # no history: this user is served by the population model
             continue
-        pairs = training_pairs(run.task, user_context(run.task, user), k, use_profile)
-        model = inject(backbone, cfg.user, user_seed(cfg.seed, user.user_id))
+        model, losses = fit_user(run, backbone, user, variant)
         try:
-            losses = train_pairs(
-                backbone, model, pairs, cfg.user, user_seed(cfg.seed, user.user_id)
-            )
             store.save(
                 user.name,
                 model.save_pretrained,
@@ -55,13 +56,17 @@ def train_users(run, variant: str = "oppu", users=None, backbone=None) -> dict:
                     stage=f"user/{variant}",
                     task=run.task.name,
                     base_fingerprint=base_fp,
-                    extra={"items": len(pairs), "loss_first": losses[0], "loss_last": losses[-1]},
+                    extra={
+                        "items": len(user.history),
+                        "loss_first": losses[0],
+                        "loss_last": losses[-1],
+                    },
                 ),
             )
         finally:
             detach(backbone, model)
         done += 1
-    console.print(
+    log.info(
         f"[bold]stage 3[/] {VARIANTS[variant]}: trained {done}, resumed {skipped}, no history {empty}"
     )
     return {"trained": done, "resumed": skipped, "empty": empty}

@@ -1,4 +1,4 @@
-"""API tokens: one per user (reaches that user's adapter only) and admin tokens.
+"""API tokens of a run: one per user (reaches that user's adapter only) and admin tokens.
 
 A token reads `ownlm-<id>-<secret>`. `<run>/tokens.json` keeps, per id, the user (or
 admin), a random salt and scrypt(secret, salt); never the secret. Lookup is by id, the
@@ -16,6 +16,8 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from ownlm.errors import ConfigError
 
 TOKENS_FILE = "tokens.json"
 
@@ -54,7 +56,7 @@ class TokenStore:
 
     def create(self, user: str | None = None, admin: bool = False) -> str:
         if admin == bool(user):
-            raise ValueError(
+            raise ConfigError(
                 f"a token is for exactly one of a user or an admin, got user={user!r} admin={admin}; "
                 "pass user='42' or admin=True"
             )
@@ -76,10 +78,12 @@ class TokenStore:
         return any(e.get("admin") for e in self._read().values())
 
     def revoke_user(self, user: str) -> int:
+        """Remove every token of `user` (kept mode 600, under the lock); returns how many."""
         with self._lock:
             data = self._read()
             keep = {k: v for k, v in data.items() if v.get("user") != user}
-            self._write(keep)
+            if len(keep) != len(data):
+                self._write(keep)
             self._verified = {t: p for t, p in self._verified.items() if p.user != user}
             return len(data) - len(keep)
 

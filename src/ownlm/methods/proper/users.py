@@ -1,5 +1,5 @@
-"""Stage 3 (PROPER's user level): per user, a residual LoRA (B_u A_u, rank r_u) and a
-LoRA-aware router that mixes the frozen group experts of stage 2 for them.
+"""PROPER's user level as a loadable model: per user, a residual LoRA (B_u A_u, rank r_u)
+and a LoRA-aware router that mixes the frozen group experts of stage 2 for them.
 
 Two router variants (`ROUTERS`):
 * "input": the paper's input-dependent router. The stage-2 user-aware router (per layer,
@@ -7,7 +7,7 @@ Two router variants (`ROUTERS`):
   starts from the user's projected history embedding.
 * "user": gates depend on the user alone, one logit vector per layer, initialised at
   log of the mean stage-2 gates over the user's history prompts. The user's whole delta
-  is then one LoRA of rank G*r + r_u (`ownlm.adapters.export`).
+  is then one LoRA of rank G*r + r_u (`ownlm.adapters.export`, `export_user` below).
 
 Stored per user in run.store("proper-input" | "proper-user") as `user:<id>`: the residual
 LoRA as a PEFT directory (alone it is only the residual: it needs the group experts) plus
@@ -21,29 +21,21 @@ no training; a user with no history gets the population model (mixture off).
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import torch
-from rich.console import Console
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
-from ownlm.adapters.export import write_peft_lora
-from ownlm.adapters.mixture import UserRouter, routing, uninstall_mixture
+from ownlm.adapters.export import INPUT_ROUTER_MSG, export_mixture
+from ownlm.adapters.mixture import UserRouter, routing
+from ownlm.adapters.peft_io import CONFIG_FILE, read_lora, write_peft_lora
 from ownlm.errors import ConfigError
-from ownlm.personal import training_pairs, user_context
-from ownlm.store import Manifest
-from ownlm.train.groups import (
-    fit_mixture,
-    groups_fingerprint,
-    history_vectors,
-    load_groups,
-    settings,
-)
-from ownlm.train.users import user_seed
+from ownlm.methods.proper.groups import groups_fingerprint, load_groups, settings
+from ownlm.retrieval.prompts import training_pairs, user_context
 
-console = Console(stderr=True)
 ROUTERS = {"input": "input-dependent router", "user": "user-only router"}
+METHODS = {f"proper-{r}": r for r in ROUTERS}  # evaluation / variant name -> router
 ROUTER_FILE = "proper_router.safetensors"
 
 
@@ -54,6 +46,7 @@ def check_router(router: str) -> str:
 
 
 def user_pairs(run, user) -> list[tuple[str, str, int]]:
+    """(prompt, target, row 0) per history item: OPPU's prompts, one user per model."""
     ctx = user_context(run.task, user)
     return [
         (p, t, 0) for p, t in training_pairs(run.task, ctx, run.cfg.retrieval_k, run.cfg.profile)
@@ -76,53 +69,49 @@ def mean_gates(gm, emb: torch.Tensor, pairs) -> dict[str, torch.Tensor]:
     return {n: sums[n] / counts[n] for n in sums}
 
 
-def fit_user(run, gm, user, vector: np.ndarray, router: str) -> list[float]:
-    """Train one user's residual LoRA and router on the frozen group model. Leaves the
-    model set up for this user (call `gm.reset()` before the next one)."""
-    s, seed = settings(run), user_seed(run.cfg.seed, user.user_id)
-    torch.manual_seed(seed)
-    pairs = user_pairs(run, user)
+def new_user_params(gm, run, pairs, vector: np.ndarray, router: str):
+    """Give the group model a fresh, trainable residual LoRA and router for one user.
+
+    Returns (routing parameters, the other parameters, user_emb function for the loop):
+    the user's own routing (their embedding, or their gate logits) learns at
+    `proper.router_lr`, the residual LoRA (and the copied input router) at `user_lr`."""
+    s = settings(run)
     e0 = gm.embed(vector)  # (1, d_u)
-    routing_params, shared = [], []  # the user's own routing (router_lr) / the rest (user_lr)
+    routing_params, shared = [], []
     if router == "user":
         init = mean_gates(gm, e0, pairs)
         for name, layer in gm.layers.items():
-            layer.router = UserRouter(1, gm.meta["groups"], gm.meta["top_k"])
+            layer.router = UserRouter(1, gm.meta["groups"], gm.meta["top_k"]).to(e0.device)
             layer.router.logits.data = init[name].clamp_min(1e-4).log()[None]
             routing_params.append(layer.router.logits)
         emb_fn = None
-        gm.state.user_ids = torch.zeros(1, dtype=torch.long)
+        gm.state.user_ids = torch.zeros(1, dtype=torch.long, device=e0.device)
     else:
         emb = torch.nn.Parameter(e0.clone())
         for layer in gm.layers.values():
             shared += list(layer.router.requires_grad_(True).parameters())
         routing_params.append(emb)
         emb_fn = lambda rows: emb.expand(len(rows), -1)  # noqa: E731
+        gm.state.user_emb = emb
     for layer in gm.layers.values():
         layer.add_user_lora(s.user_r, s.user_alpha)
         shared += [layer.user_A, layer.user_B]
-    losses = fit_mixture(
-        gm.backbone,
-        gm.state,
-        pairs,
-        [{"params": routing_params, "lr": s.router_lr}, {"params": shared, "lr": s.user_lr}],
-        s.user_epochs,
-        s.batch_size,
-        seed,
-        emb_fn,
-    )
+    return routing_params, shared, emb_fn
+
+
+def finish_user(gm, router: str) -> None:
+    """After training: the model answers for the user trained (input router: their e_u)."""
     if router == "input":
-        gm.state.user_emb = emb.detach()
-    return losses
+        gm.state.user_emb = gm.state.user_emb.detach()
 
 
 def user_tensors(gm, router: str) -> dict[str, torch.Tensor]:
     out = {}
     for name, layer in gm.layers.items():
         for k, v in layer.router.state_dict().items():
-            out[f"{name}.{k}"] = v.detach().contiguous()
+            out[f"{name}.{k}"] = v.detach().cpu().contiguous()
     if router == "input":
-        out["user_emb"] = gm.state.user_emb.detach().contiguous()
+        out["user_emb"] = gm.state.user_emb.detach().cpu().contiguous()
     return out
 
 
@@ -135,23 +124,25 @@ def write_user(directory, gm, router: str, alpha_u: float) -> None:
 
 def apply_user(gm, path, router: str) -> None:
     """Load a stored PROPER user onto the group model (after `gm.reset()`)."""
-    lora = load_file(str(path / "adapter_model.safetensors"))
+    lora = read_lora(path)
     tensors = load_file(str(path / ROUTER_FILE))
-    cfg = json.loads((path / "adapter_config.json").read_text())
+    alpha = json.loads((path / CONFIG_FILE).read_text())["lora_alpha"]
     with torch.no_grad():
         for name, layer in gm.layers.items():
-            a = lora[f"base_model.model.{name}.lora_A.weight"]
-            layer.add_user_lora(a.shape[0], cfg["lora_alpha"])
+            a, b = lora[name]
+            layer.add_user_lora(a.shape[0], alpha)
             layer.user_A.copy_(a)
-            layer.user_B.copy_(lora[f"base_model.model.{name}.lora_B.weight"])
+            layer.user_B.copy_(b)
             if router == "user":
                 layer.router = UserRouter(1, gm.meta["groups"], gm.meta["top_k"])
+                layer.router.to(layer.base.weight.device)
             sd = {k: tensors[f"{name}.{k}"] for k in layer.router.state_dict()}
             layer.router.load_state_dict(sd)
+    device = next(iter(gm.layers.values())).base.weight.device
     if router == "user":
-        gm.state.user_ids = torch.zeros(1, dtype=torch.long)
+        gm.state.user_ids = torch.zeros(1, dtype=torch.long, device=device)
     else:
-        gm.state.user_emb = tensors["user_emb"]
+        gm.state.user_emb = tensors["user_emb"].to(device)
 
 
 def prepare_user(gm, store, fp, user, router: str, vector: np.ndarray | None) -> str:
@@ -167,57 +158,26 @@ def prepare_user(gm, store, fp, user, router: str, vector: np.ndarray | None) ->
     return "population"
 
 
-def train_proper_users(run, router: str = "input", users=None, backbone=None) -> dict:
-    """Stage 3 for `users` (default: the test users); resumable like OPPU's stage."""
-    check_router(router)
-    s = settings(run)
-    users = run.split.test if users is None else users
-    backbone = backbone or run.base()
-    fp = groups_fingerprint(run, backbone.fingerprint())  # base + stage-2 weights
-    store = run.store(f"proper-{router}")
-    todo = [
-        u
-        for u in users
-        if u.history
-        and not (store.exists(u.name) and store.manifest(u.name).base_fingerprint == fp)
-    ]
-    vectors = history_vectors(run, todo, backbone) if todo else []
-    gm = load_groups(run, backbone)
-    try:
-        for user, vec in tqdm(
-            list(zip(todo, vectors, strict=True)), desc=f"PROPER users ({router})", unit="user"
-        ):
-            gm.reset()
-            losses = fit_user(run, gm, user, vec, router)
-            store.save(
-                user.name,
-                lambda d: write_user(d, gm, router, s.user_alpha),
-                Manifest(
-                    name=user.name,
-                    stage=f"user/proper-{router}",
-                    task=run.task.name,
-                    base_fingerprint=fp,
-                    extra={
-                        "items": len(user.history),
-                        "loss_first": losses[0],
-                        "loss_last": losses[-1],
-                    },
-                ),
-            )
-    finally:
-        gm.reset()
-        uninstall_mixture(backbone.model)
-    empty = sum(1 for u in users if not u.history)
-    console.print(
-        f"[bold]stage 3[/] PROPER ({ROUTERS[router]}): trained {len(todo)}, "
-        f"resumed {len(users) - len(todo) - empty}, no history {empty}"
-    )
-    return {"trained": len(todo), "resumed": len(users) - len(todo) - empty, "empty": empty}
-
-
 def load_user_model(run, backbone, user, router: str):
     """`backbone.model` with the group mixture and this user's stored PROPER adapter."""
     fp = groups_fingerprint(run, backbone.fingerprint())
     gm = load_groups(run, backbone)
     apply_user(gm, run.store(f"proper-{check_router(router)}").verify(user.name, fp), router)
     return backbone.model
+
+
+def export_user(run, user_id: str, out_dir: Path) -> Path:
+    """Write user `user_id`'s effective PROPER model (user-only router) as one PEFT LoRA
+    over the run's merged base (`run.base_dir`)."""
+    user = next((u for u in run.dataset.users if u.user_id == user_id), None)
+    if user is None:
+        raise ConfigError(f"no user {user_id!r} in {run.cfg.data}; check the id")
+    if not run.store("proper-user").exists(user.name):
+        if run.store("proper-input").exists(user.name):
+            raise ConfigError(f"user {user_id!r}: " + INPUT_ROUTER_MSG)
+        raise ConfigError(
+            f"user {user_id!r} has no PROPER adapter; train it with "
+            "`ownlm train --stages users --variants proper-user`"
+        )
+    model = load_user_model(run, run.base(), user, "user")
+    return export_mixture(model, out_dir, 0, str(run.base_dir.resolve()))

@@ -1,5 +1,5 @@
 """Non-parametric personal knowledge: each user's retrieval index and profile, and the
-prompts built from them, identical at training and inference (OPPU, Sec. 3.2).
+prompts built from them, identical at training, evaluation and serving (OPPU, Sec. 3.2).
 """
 
 from __future__ import annotations
@@ -22,12 +22,10 @@ class UserContext:
 def user_context(task, user: User) -> UserContext:
     """BM25 over the user's own history and a statistical profile of it."""
     items = list(user.history)
-    index = UserIndex(items, [task.item_text(it) for it in items])
+    texts = [task.item_text(it) for it in items]
     outputs = [it.fields.get(task.output_field, "") for it in items]
-    profile = build_profile(
-        task.kind, outputs, [task.item_text(it) for it in items], labels=task.labels
-    )
-    return UserContext(user, index, profile)
+    profile = build_profile(task.kind, outputs, texts, labels=task.labels)
+    return UserContext(user, UserIndex(items, texts), profile)
 
 
 def training_pairs(task, ctx: UserContext, k: int, use_profile: bool) -> list[tuple[str, str]]:
@@ -43,7 +41,7 @@ def training_pairs(task, ctx: UserContext, k: int, use_profile: bool) -> list[tu
     return pairs
 
 
-def mixed_population_pairs(task, ctx: UserContext, k: int, use_profile: bool, rng: random.Random):
+def population_pairs(task, ctx: UserContext, k: int, use_profile: bool, rng: random.Random):
     """Stage-1 pairs with each prompt drawn from the three formats (bare, retrieval,
     retrieval + profile), so the merged base reads every format the methods use."""
     pairs = []
@@ -56,7 +54,19 @@ def mixed_population_pairs(task, ctx: UserContext, k: int, use_profile: bool, rn
     return pairs
 
 
+def personal_prompt(
+    task, ctx: UserContext, task_input: str, k: int, use_profile: bool, search: str | None = None,
+    exclude_ids: frozenset[str] = frozenset(),
+) -> str:
+    """The prompt for one input: the history items BM25 finds for `search` (default: the
+    input itself), the profile, then the input. Evaluation and serving both build it."""
+    query = task_input if search is None else search
+    retrieved = ctx.index.top_k(query, k, exclude_ids=exclude_ids) if k else []
+    return task.build_prompt(task_input, retrieved, ctx.profile if use_profile else None)
+
+
 def query_prompt(task, ctx: UserContext, query: Query, k: int, use_profile: bool) -> str:
-    """The prompt for one query: its retrieved history items and profile, then the input."""
-    retrieved = ctx.index.top_k(task.query_text(query), k, exclude_ids={query.id}) if k else []
-    return task.build_prompt(query.input, retrieved, ctx.profile if use_profile else None)
+    """The prompt for one test query (its own id never retrieved)."""
+    return personal_prompt(
+        task, ctx, query.input, k, use_profile, task.query_text(query), frozenset({query.id})
+    )

@@ -1,0 +1,49 @@
+"""A fresh PEFT LoRA on a backbone, and taking it off again exactly.
+
+Every stage that trains a plain LoRA (the population stage, OPPU's user stage, the
+studies) injects it with `inject` and removes it with `detach`.
+"""
+
+from __future__ import annotations
+
+import torch
+from peft import LoraConfig, get_peft_model
+
+from ownlm.config import LoraSettings
+from ownlm.errors import ConfigError
+
+
+def lora_config(backbone, s: LoraSettings) -> LoraConfig:
+    if s.r <= 0:
+        raise ConfigError(f"LoRA rank r must be a positive integer, got {s.r}")
+    return LoraConfig(
+        r=s.r,
+        lora_alpha=s.alpha,
+        lora_dropout=s.dropout,
+        # PEFT's shorthand "all-linear": every linear layer but the output head
+        target_modules="all-linear"
+        if s.targets == ["all-linear"]
+        else list(s.targets or backbone.default_targets),
+        modules_to_save=list(getattr(backbone, "modules_to_save", ())) or None,
+        bias="none",
+    )
+
+
+def inject(backbone, s: LoraSettings, seed: int):
+    """Wrap the backbone's model with a fresh LoRA (deterministic init per seed)."""
+    torch.manual_seed(seed)
+    return get_peft_model(backbone.model, lora_config(backbone, s))
+
+
+def detach(backbone, peft_model):
+    """Remove a PEFT adapter and give the backbone its own base model back, exactly.
+
+    LoRA layers are unloaded; modules_to_save (the encoder's label head) are restored
+    from the base's copy, since PEFT's unload() leaves the adapter's trained copy in
+    place, which would carry one user's head into the next user's model.
+    """
+    model = peft_model.unload()
+    for name, state in getattr(backbone, "_saved", {}).items():
+        model.get_submodule(name).load_state_dict(state)
+    backbone.model = model.eval()
+    return backbone.model

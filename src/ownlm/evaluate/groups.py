@@ -1,0 +1,60 @@
+"""The groups view: which users PROPER's stage-2 router puts on which group expert."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from rich.table import Table
+
+from ownlm.adapters.mixture import group_summary
+from ownlm.log import console, get_logger
+from ownlm.methods.proper import group_model, history_vectors
+from ownlm.methods.proper.users import mean_gates, user_pairs
+
+log = get_logger(__name__)
+
+
+def groups_view(run, users=None) -> dict:
+    """Per user: mean stage-2 gate over their history prompts (all layers) and its argmax
+    expert; per expert: share of users and mean gate. Train users use their learned
+    embedding, others their projected history embedding. Also written to eval/groups.json."""
+    backbone = run.base()
+    users = [u for u in (users or run.split.train + run.split.test) if u.history]
+    vectors = dict(
+        zip([u.user_id for u in users], history_vectors(run, users, backbone), strict=True)
+    )
+    rows, means = [], []
+    with group_model(run, backbone) as gm:
+        index = {uid: i for i, uid in enumerate(gm.meta["users"])}
+        for u in users:
+            i = index.get(u.user_id)
+            emb = gm.user_table[i : i + 1] if i is not None else gm.embed(vectors[u.user_id])
+            per_layer = mean_gates(gm, emb, user_pairs(run, u))
+            g = sum(per_layer.values()) / len(per_layer)  # (G,)
+            means.append(g)
+            rows.append(
+                {
+                    "user": u.user_id,
+                    "split": "train" if i is not None else "test",
+                    "top": int(g.argmax()),
+                    "gates": [round(float(x), 4) for x in g],
+                }
+            )
+    G = gm.meta["groups"]
+    summary = group_summary(torch.stack(means) if means else torch.zeros(0, G))
+    share = summary["users"]
+    mean = [round(sum(r["gates"][g] for r in rows) / max(1, len(rows)), 4) for g in range(G)]
+    table = Table(title=f"{run.task.name}: users per group expert (stage-2 router)")
+    for col in ("user", "split", "top expert", *[f"g{g}" for g in range(G)]):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["user"], r["split"], str(r["top"]), *[f"{x:.3f}" for x in r["gates"]])
+    table.add_row("[bold]share[/]", "", "", *[f"{x:.2f}" for x in share])
+    console.print(table)
+    top = summary["user_top_gate"]
+    out = {"users": rows, "share": share, "mean_gate": mean, "user_top_gate": round(top, 4)}
+    log.info(f"users' mean largest gate {top:.3f} (uniform {1 / G:.3f}, hard groups 1)")
+    (run.dir / "eval").mkdir(parents=True, exist_ok=True)
+    (run.dir / "eval" / "groups.json").write_text(json.dumps(out, indent=2))
+    return out

@@ -1,0 +1,112 @@
+"""What every evaluation shares: the queries scored, how a method's predictions become a
+`MethodResult`, the trivial references, and the per-user prediction loop."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from tqdm.auto import tqdm
+
+from ownlm.evaluate.metrics import per_user_metrics
+from ownlm.evaluate.references import reference_predictions
+from ownlm.evaluate.report import MethodResult
+from ownlm.retrieval.prompts import query_prompt
+
+PRIMARY = {"classification": "accuracy", "rating": "mae", "generation": "rouge-1"}
+
+
+def scale(task) -> tuple[float | None, float | None]:
+    if task.kind != "rating":
+        return None, None
+    values = [float(x) for x in task.labels]
+    return min(values), max(values)
+
+
+def test_queries(run):
+    """(user, query) pairs evaluated, the same for every method."""
+    rows = []
+    for user in run.split.test:
+        queries = [q for q in user.queries if q.gold is not None]
+        rows += [(user, q) for q in queries[: run.cfg.max_queries or None]]
+    return rows
+
+
+def score(run, name, rows, preds, seconds, reference=False) -> MethodResult:
+    """Metrics (micro and per-user macro) of `preds`, one per row of `rows`."""
+    lo, hi = scale(run.task)
+    metrics = per_user_metrics(
+        run.task.kind,
+        [(u.user_id, p, q.gold) for (u, q), p in zip(rows, preds, strict=True)],
+        run.task.labels,
+        lo,
+        hi,
+    )
+    return MethodResult(
+        name,
+        metrics,
+        [(q.id, u.user_id, p, q.gold) for (u, q), p in zip(rows, preds, strict=True)],
+        seconds,
+        reference,
+    )
+
+
+def references(run, rows) -> list[MethodResult]:
+    """The population's majority / mean and each user's own, on `rows`."""
+    task = run.task
+    train_outputs = [
+        it.fields.get(task.output_field, "") for u in run.split.train for it in u.history
+    ]
+    per_user, order = {}, []
+    for u, _ in rows:
+        if u.user_id not in per_user:
+            per_user[u.user_id] = [it.fields.get(task.output_field, "") for it in u.history]
+            order.append(u.user_id)
+    counts = [sum(1 for u, _ in rows if u.user_id == uid) for uid in order]
+    refs = reference_predictions(
+        task.kind,
+        train_outputs,
+        [(per_user[uid], n) for uid, n in zip(order, counts, strict=True)],
+        task.labels,
+    )
+    # reference_predictions repeats per user in `order`; rows are grouped by user already
+    return [
+        score(run, "population-majority", rows, refs["population"], 0.0, reference=True),
+        score(run, "user-majority", rows, refs["user"], 0.0, reference=True),
+    ]
+
+
+def by_user(rows) -> dict[str, list[int]]:
+    """{user id: indices of that user's rows}, users in first-seen order."""
+    out: dict[str, list[int]] = {}
+    for i, (u, _) in enumerate(rows):
+        out.setdefault(u.user_id, []).append(i)
+    return out
+
+
+def predict_by_user(
+    run,
+    backbone,
+    rows,
+    contexts,
+    name: str,
+    answer_with: Callable,
+    k: int | None = None,
+    use_profile: bool | None = None,
+) -> MethodResult:
+    """Score method `name`: for each user, `answer_with(user)` is a context manager that
+    yields the model answering for them; prompts carry `k` retrieved items and the
+    profile (default: the run's, as OPPU's prompts)."""
+    cfg, task = run.cfg, run.task
+    k = cfg.retrieval_k if k is None else k
+    use_profile = cfg.profile if use_profile is None else use_profile
+    start = time.perf_counter()
+    out = [""] * len(rows)
+    for uid, idx in tqdm(by_user(rows).items(), desc=f"eval {name}", unit="user", leave=False):
+        user = rows[idx[0]][0]
+        prompts = [query_prompt(task, contexts[uid], rows[i][1], k, use_profile) for i in idx]
+        with answer_with(user) as model:
+            preds = backbone.predict(model, task, prompts)
+        for i, p in zip(idx, preds, strict=True):
+            out[i] = p
+    return score(run, name, rows, out, time.perf_counter() - start)

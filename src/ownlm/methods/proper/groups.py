@@ -1,0 +1,272 @@
+"""PROPER's group level as a loadable model: G LoRA experts on the FFN layers of the
+population-merged base and a user-aware router, how they are stored, and how a user is
+placed on them.
+
+"Merge and freeze" (PROPER Sec. 3): a mixture whose gates depend on the input cannot be
+folded into static weights, so here it means *freeze*: stage 3 loads the experts and the
+router as a fixed part of its base and learns only residuals. The experts are stored as
+standard PEFT LoRA directories `group:<g>` (each one alone is a valid LoRA of the base),
+the routers, user embeddings and the projection as `router` (safetensors + json).
+
+User vectors: the mean all-MiniLM-L6-v2 embedding of a user's history items (the
+backbone's mean hidden state if the encoder cannot load), projected to `user_dim` by a
+standardised PCA of the train users; stage 2 starts its learned user table there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from ownlm.adapters.mixture import (
+    FFN_TARGETS,
+    TokenUserRouter,
+    install_mixture,
+    mixture_layers,
+    uninstall_mixture,
+)
+from ownlm.adapters.peft_io import read_lora, write_peft_lora
+from ownlm.config import ProperSettings
+from ownlm.errors import ConfigError, NotFoundError
+from ownlm.log import get_logger
+from ownlm.store import Manifest
+
+log = get_logger(__name__)
+NEW_USER = ("projection", "neighbours")
+ROUTER = "router"  # the store name of the routers, user table and projection
+
+
+def check_new_user(mode: str) -> str:
+    if mode not in NEW_USER:
+        raise ConfigError(f"proper.new_user must be one of {list(NEW_USER)}, got {mode!r}")
+    return mode
+
+
+def settings(run) -> ProperSettings:
+    return getattr(run.cfg, "proper", None) or ProperSettings()
+
+
+def targets_for(backbone, s: ProperSettings) -> list[str]:
+    return list(s.targets or FFN_TARGETS[backbone.kind])
+
+
+def router_factory(user_dim: int, groups: int, top_k: int):
+    """Builds each wrapped Linear's stage-2 router: softmax(W [x ; e_u])."""
+    return lambda lin: TokenUserRouter(lin.in_features, user_dim, groups, top_k)
+
+
+# -- user vectors --------------------------------------------------------------------
+def history_vectors(run, users, backbone=None) -> np.ndarray:
+    """(N, D) one vector per user: the mean all-MiniLM-L6-v2 embedding of their history
+    items, or, if that encoder cannot be loaded, the backbone's mean hidden state."""
+    texts = [[run.task.item_text(it) for it in u.history] or [""] for u in users]
+    flat = [t for ts in texts for t in ts]
+    try:
+        from ownlm.retrieval.dense import embed_texts
+
+        emb = embed_texts(flat)
+    except (ImportError, OSError) as e:
+        log.warning(f"[yellow]MiniLM unavailable ({e}); using backbone hidden states[/]")
+        emb = _backbone_embed(backbone or run.base(), flat)
+    out, i = [], 0
+    for ts in texts:
+        out.append(emb[i : i + len(ts)].mean(0))
+        i += len(ts)
+    return np.stack(out).astype(np.float32)
+
+
+@torch.no_grad()
+def _backbone_embed(backbone, texts: list[str]) -> np.ndarray:
+    enc = backbone.tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    hidden = backbone.model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    h = hidden.hidden_states[-1]  # (N, T, d)
+    m = mask[..., None].float()
+    return ((h * m).sum(1) / m.sum(1).clamp_min(1)).float().cpu().numpy()
+
+
+def fit_projection(vectors: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """(mean (D,), P (D, dim)): standardised PCA, so projected users are ~N(0, 1)."""
+    mu = vectors.mean(0)
+    _, sv, vt = np.linalg.svd(vectors - mu, full_matrices=False)
+    k = min(dim, vt.shape[0])
+    std = sv[:k] / math.sqrt(max(1, len(vectors) - 1))
+    p = np.zeros((vectors.shape[1], dim), dtype=np.float32)
+    p[:, :k] = vt[:k].T / np.maximum(std, 1e-6)
+    return mu.astype(np.float32), p
+
+
+# -- storage -----------------------------------------------------------------------------
+def save_groups(run, layers, table, mu, proj, meta, base_fp, losses, vectors) -> None:
+    """Write the experts (`group:<g>`, PEFT) and the routing state (`router`) to the store."""
+    store = run.store()
+    for g in range(meta["groups"]):
+        weights = {name: (layer.A[g], layer.B[g]) for name, layer in layers.items()}
+        store.save(
+            f"group:{g}",
+            lambda d, w=weights: write_peft_lora(d, w, meta["alpha"], str(run.base_dir)),
+            Manifest(name="", stage="group", task=run.task.name, base_fingerprint=base_fp),
+        )
+    tensors = {
+        f"{n}.{k}": v.detach().cpu().contiguous()
+        for n, layer in layers.items()
+        for k, v in layer.router.state_dict().items()
+    }
+    tensors.update(
+        user_table=table.detach().cpu().contiguous(),
+        proj_mean=torch.from_numpy(mu),
+        proj_matrix=torch.from_numpy(proj),
+    )
+    if meta["new_user"] == "neighbours":  # train users' history vectors, to find neighbours
+        tensors["train_vectors"] = torch.from_numpy(vectors).contiguous()
+
+    def write(d):
+        d.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(d / "router.safetensors"))
+        (d / "router.json").write_text(json.dumps(meta, indent=2))
+
+    store.save(
+        ROUTER,
+        write,
+        Manifest(
+            name="",
+            stage="group-router",
+            task=run.task.name,
+            base_fingerprint=base_fp,
+            extra={"loss_first": losses[0], "loss_last": losses[-1]},
+        ),
+    )
+
+
+def require_groups(run):
+    """The run's adapter store, once stage 2 is there; else a NotFoundError naming the fix."""
+    store = run.store()
+    if not store.exists(ROUTER):
+        raise NotFoundError(
+            f"run {run.dir} has no PROPER group stage (no {store.path(ROUTER)}); train it "
+            f"first: ownlm train -c CONFIG --stages groups,users --variants "
+            "proper-input,proper-user"
+        )
+    return store
+
+
+def stage2_users(store) -> list[str]:
+    """The train users stage 2 learned an embedding for ([] without stage 2)."""
+    meta = store.path(ROUTER) / "router.json"
+    return json.loads(meta.read_text()).get("users", []) if meta.exists() else []
+
+
+def groups_fingerprint(run, base_fp: str) -> str:
+    """What stage-3 adapters depend on: the merged base and the stored stage-2 weights.
+    Stage-3 manifests carry it, so retraining stage 2 invalidates the user adapters."""
+    store = require_groups(run)
+    names = [ROUTER, *store.names("group")]
+    digest = hashlib.sha256(
+        json.dumps([store.manifest(n).sha256 for n in names], sort_keys=True).encode()
+    )
+    return f"{base_fp}+{digest.hexdigest()[:8]}"
+
+
+# -- the loaded model ----------------------------------------------------------------------
+@dataclass
+class GroupModel:
+    """The frozen stage-2 mixture installed on a backbone, plus what routes users to it."""
+
+    backbone: object
+    state: object
+    meta: dict
+    user_table: torch.Tensor  # (U_train, d_u)
+    mu: torch.Tensor  # (D,)
+    proj: torch.Tensor  # (D, d_u)
+    routers: dict  # stage-2 router state per layer, to restore after each user
+    train_vectors: torch.Tensor | None = None  # (U_train, D), stored with new_user='neighbours'
+
+    @property
+    def layers(self):
+        return mixture_layers(self.backbone.model)
+
+    def embed(self, vector: np.ndarray) -> torch.Tensor:
+        """(1, d_u) the embedding of a user stage 2 has no row for, from their history
+        vector: its projection (as the table was initialised), or with
+        new_user='neighbours' the mean learned row of the most cosine-similar train users."""
+        v = torch.from_numpy(vector).to(self.mu.device)
+        if self.meta.get("new_user") != "neighbours" or self.train_vectors is None:
+            return ((v - self.mu) @ self.proj)[None]
+        sims = torch.nn.functional.cosine_similarity(self.train_vectors, v[None], dim=-1)
+        k = max(1, min(int(self.meta.get("neighbours", 3)), len(sims)))
+        return self.user_table[sims.topk(k).indices].mean(0, keepdim=True)
+
+    def reset(self) -> None:
+        """Back to stage 2: stage-2 routers, no user LoRA, no user, mixture on."""
+        m = self.meta
+        for name, layer in self.layers.items():
+            if not isinstance(layer.router, TokenUserRouter):
+                layer.router = router_factory(m["user_dim"], m["groups"], m["top_k"])(layer.base)
+            layer.router.load_state_dict(self.routers[name])
+            layer.router.requires_grad_(False)
+            layer.drop_user_lora()
+        self.state.user_emb = self.state.user_ids = None
+        self.state.active = True
+
+    def close(self) -> None:
+        """Take the mixture off: the backbone is the bare merged base again."""
+        self.reset()
+        uninstall_mixture(self.backbone.model)
+
+
+def load_groups(run, backbone) -> GroupModel:
+    """Install the stored stage-2 experts and routers (frozen) on `backbone.model`."""
+    store = require_groups(run)
+    fp = backbone.fingerprint()
+    rdir = store.verify(ROUTER, fp)
+    meta = json.loads((rdir / "router.json").read_text())
+    tensors = load_file(str(rdir / "router.safetensors"))
+    backbone.model.requires_grad_(False)
+    state = install_mixture(
+        backbone.model,
+        meta["targets"],
+        meta["groups"],
+        meta["r"],
+        meta["alpha"],
+        router_factory(meta["user_dim"], meta["groups"], meta["top_k"]),
+    )
+    layers = mixture_layers(backbone.model)
+    experts = [read_lora(store.verify(f"group:{g}", fp)) for g in range(meta["groups"])]
+    routers = {}
+    with torch.no_grad():
+        for name, layer in layers.items():
+            for g, w in enumerate(experts):
+                layer.A[g].copy_(w[name][0])
+                layer.B[g].copy_(w[name][1])
+            sd = {k: tensors[f"{name}.{k}"] for k in layer.router.state_dict()}
+            layer.router.load_state_dict(sd)
+            routers[name] = {k: v.clone() for k, v in sd.items()}
+    backbone.model.requires_grad_(False)
+    return GroupModel(
+        backbone,
+        state,
+        meta,
+        tensors["user_table"],
+        tensors["proj_mean"],
+        tensors["proj_matrix"],
+        routers,
+        tensors.get("train_vectors"),
+    )
+
+
+@contextmanager
+def group_model(run, backbone):
+    """`load_groups` for the length of a block; the backbone is bare again after it."""
+    gm = load_groups(run, backbone)
+    try:
+        yield gm
+    finally:
+        gm.close()
+

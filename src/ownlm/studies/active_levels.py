@@ -1,0 +1,95 @@
+"""PROPER's active-level study (Zhang et al. 2025; OPPU Sec. 5 "various active levels"):
+how each method does as a user's history shrinks.
+
+Test users' histories are cut to their last `keep` items; OPPU's and PROPER's user
+stages are trained on each cut in memory (nothing stored) and scored on the same queries,
+next to the user's own majority / mean over the cut history (the trivial reference), PAG,
+and "proper-new" (the group model routed from the cut history's embedding, no user
+training: how PROPER serves a user it has not trained).
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+
+from ownlm.adapters.lora import detach
+from ownlm.data.splits import truncate_history
+from ownlm.evaluate.proper import user_vectors
+from ownlm.evaluate.report import MethodResult, plot_buckets
+from ownlm.evaluate.scoring import PRIMARY, predict_by_user, references, test_queries
+from ownlm.log import get_logger
+from ownlm.methods.proper import group_model, prepare_user
+from ownlm.retrieval.prompts import user_context
+from ownlm.train.proper_users import fit_user as fit_proper_user
+from ownlm.train.users import fit_user as fit_oppu_user
+
+log = get_logger(__name__)
+
+
+def _oppu(run, backbone, rows, contexts) -> MethodResult:
+    @contextmanager
+    def answer_with(user):
+        if not user.history:
+            yield backbone.model
+            return
+        model, _ = fit_oppu_user(run, backbone, user, "oppu", contexts[user.user_id])
+        try:
+            yield model
+        finally:
+            detach(backbone, model)
+
+    return predict_by_user(run, backbone, rows, contexts, "oppu", answer_with)
+
+
+def _proper(run, backbone, rows, contexts, router: str) -> MethodResult:
+    """`router` "input" / "user": trained on the cut history; "new": untrained routing."""
+    vectors = user_vectors(run, rows, backbone)
+    with group_model(run, backbone) as gm:
+
+        def answer_with(user):
+            if router == "new" or not user.history:  # served untrained, as `prepare_user` does
+                prepare_user(gm, None, None, user, router, vectors.get(user.user_id))
+            else:
+                gm.reset()
+                fit_proper_user(run, gm, user, vectors[user.user_id], router)
+            return nullcontext(backbone.model)
+
+        return predict_by_user(run, backbone, rows, contexts, f"proper-{router}", answer_with)
+
+
+def active_level_study(
+    run,
+    buckets=(2, 5, 10, 50),
+    routers=("input", "user"),
+    out_dir: Path | None = None,
+    max_users: int | None = None,
+) -> dict[str, dict[str, float]]:
+    """Scores at each history size in `buckets`. `max_users` keeps the first N test users
+    (each bucket trains 1 + len(routers) user stages per user). Returns
+    {bucket: {method: primary metric}}; writes active_levels.json and a plot."""
+    primary = PRIMARY[run.task.kind]
+    out_dir = out_dir or run.dir / "eval"
+    rows0 = test_queries(run)
+    keep_ids = list(dict.fromkeys(u.user_id for u, _ in rows0))[:max_users]
+    rows0 = [(u, q) for u, q in rows0 if u.user_id in keep_ids]
+    backbone = run.base()
+    table: dict[str, dict[str, float]] = {}
+    for keep in buckets:
+        cut = {u.user_id: truncate_history(u, keep) for u, _ in rows0}
+        rows = [(cut[u.user_id], q) for u, q in rows0]
+        contexts = {uid: user_context(run.task, u) for uid, u in cut.items()}
+        results = [r for r in references(run, rows) if r.method == "user-majority"]
+        pag = lambda user: nullcontext(backbone.model)  # noqa: E731
+        results.append(predict_by_user(run, backbone, rows, contexts, "pag", pag))
+        results.append(_oppu(run, backbone, rows, contexts))
+        results += [_proper(run, backbone, rows, contexts, r) for r in (*routers, "new")]
+        table[str(keep)] = {r.method: round(r.metrics[primary], 4) for r in results}
+        log.info(f"active level {keep}: {table[str(keep)]}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "active_levels.json").write_text(
+        json.dumps({"task": run.task.name, "metric": primary, "table": table}, indent=2)
+    )
+    plot_buckets(out_dir / "active_levels.png", table, primary, f"{run.task.name}: {primary}")
+    return table

@@ -1,0 +1,89 @@
+"""Stage 3 (PROPER's user level): per test user, a residual LoRA and a router trained on
+the frozen group model of stage 2 (`ownlm.methods.proper.users` says what they are and
+how they are stored); resumable like OPPU's stage."""
+
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from ownlm.log import get_logger
+from ownlm.methods.oppu import user_seed
+from ownlm.methods.proper.groups import group_model, groups_fingerprint, history_vectors, settings
+from ownlm.methods.proper.users import (
+    ROUTERS,
+    check_router,
+    finish_user,
+    new_user_params,
+    user_pairs,
+    write_user,
+)
+from ownlm.store import Manifest
+from ownlm.train.loop import fit_mixture
+
+log = get_logger(__name__)
+
+
+def fit_user(run, gm, user, vector, router: str) -> list[float]:
+    """Train one user's residual LoRA and router on the frozen group model. Leaves the
+    model set up for this user (call `gm.reset()` before the next one)."""
+    s, seed = settings(run), user_seed(run.cfg.seed, user.user_id)
+    torch.manual_seed(seed)
+    pairs = user_pairs(run, user)
+    routing_params, shared, emb_fn = new_user_params(gm, run, pairs, vector, router)
+    losses = fit_mixture(
+        gm.backbone,
+        gm.state,
+        pairs,
+        [{"params": routing_params, "lr": s.router_lr}, {"params": shared, "lr": s.user_lr}],
+        s.user_epochs,
+        s.batch_size,
+        seed,
+        emb_fn,
+    )
+    finish_user(gm, router)
+    return losses
+
+
+def train_proper_users(run, router: str = "input", users=None, backbone=None) -> dict:
+    """Stage 3 for `users` (default: the test users); resumable like OPPU's stage."""
+    check_router(router)
+    s = settings(run)
+    users = run.split.test if users is None else users
+    backbone = backbone or run.base()
+    fp = groups_fingerprint(run, backbone.fingerprint())  # base + stage-2 weights
+    store = run.store(f"proper-{router}")
+    todo = [
+        u
+        for u in users
+        if u.history
+        and not (store.exists(u.name) and store.manifest(u.name).base_fingerprint == fp)
+    ]
+    vectors = history_vectors(run, todo, backbone) if todo else []
+    with group_model(run, backbone) as gm:
+        for user, vec in tqdm(
+            list(zip(todo, vectors, strict=True)), desc=f"PROPER users ({router})", unit="user"
+        ):
+            gm.reset()
+            losses = fit_user(run, gm, user, vec, router)
+            store.save(
+                user.name,
+                lambda d: write_user(d, gm, router, s.user_alpha),
+                Manifest(
+                    name=user.name,
+                    stage=f"user/proper-{router}",
+                    task=run.task.name,
+                    base_fingerprint=fp,
+                    extra={
+                        "items": len(user.history),
+                        "loss_first": losses[0],
+                        "loss_last": losses[-1],
+                    },
+                ),
+            )
+    empty = sum(1 for u in users if not u.history)
+    log.info(
+        f"[bold]stage 3[/] PROPER ({ROUTERS[router]}): trained {len(todo)}, "
+        f"resumed {len(users) - len(todo) - empty}, no history {empty}"
+    )
+    return {"trained": len(todo), "resumed": len(users) - len(todo) - empty, "empty": empty}

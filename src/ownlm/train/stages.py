@@ -1,0 +1,70 @@
+"""Run the stages a command asks for, in pipeline order: what `ownlm prepare` and
+`ownlm train` do, as library calls."""
+
+from __future__ import annotations
+
+from ownlm.errors import ConfigError
+from ownlm.methods.oppu import VARIANTS
+from ownlm.methods.proper.users import METHODS as PROPER_VARIANTS
+
+STAGES = ("population", "groups", "users")
+
+
+def check_plan(stages: list[str], variants: list[str]) -> None:
+    """Refuse unknown stages and variants before any work starts."""
+    unknown = sorted(set(stages) - set(STAGES))
+    if unknown:
+        raise ConfigError(f"unknown stage(s) {unknown}; choose from {', '.join(STAGES)}")
+    for variant in variants:
+        if variant not in VARIANTS and variant not in PROPER_VARIANTS:
+            raise ConfigError(
+                f"unknown variant {variant!r}; choose from {sorted(VARIANTS)} or "
+                f"{', '.join(PROPER_VARIANTS)}"
+            )
+
+
+def train_stages(run, stages: list[str], variants: list[str]) -> None:
+    """Train `stages` of `run`; the user stage once per variant (oppu, peft, proper-*)."""
+    from ownlm.train.groups import train_groups
+    from ownlm.train.population import train_population
+    from ownlm.train.proper_users import train_proper_users
+    from ownlm.train.users import train_users
+
+    check_plan(stages, variants)
+    if "population" in stages:
+        train_population(run)
+    if "groups" in stages:
+        train_groups(run)
+    if "users" in stages:
+        for variant in variants:
+            if variant in VARIANTS:
+                train_users(run, variant)
+            else:
+                train_proper_users(run, router=PROPER_VARIANTS[variant])
+
+
+def prepare(run) -> dict:
+    """Load and split the data, build the initial backbone; returns (and writes to
+    <run>/data_summary.json) what was found."""
+    import json
+
+    from ownlm.train.pretrain import initial_backbone
+
+    ds, split = run.dataset, run.split
+    summary = {
+        "task": run.task.name,
+        "users": len(ds.users),
+        "train_users": len(split.train),
+        "dev_users": len(split.dev),
+        "test_users": len(split.test),
+        "history_items": sum(len(u.history) for u in ds.users),
+        "queries": sum(len(u.queries) for u in ds.users),
+    }
+    backbone = initial_backbone(run)
+    summary["backbone"] = {
+        "name": backbone.name,
+        "kind": backbone.kind,
+        "fingerprint": backbone.fingerprint(),
+    }
+    (run.dir / "data_summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

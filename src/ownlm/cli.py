@@ -183,7 +183,9 @@ def export(
 
     run = _run(config, set_)
     path, hint = export_user(run, user, out, variant)
-    console.print(f"exported user {user} ({variant}) to {path}; base model: {run.base_dir.resolve()}")
+    console.print(
+        f"exported user {user} ({variant}) to {path}; base model: {run.base_dir.resolve()}"
+    )
     console.print(hint)
 
 

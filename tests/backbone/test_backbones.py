@@ -1,9 +1,9 @@
 import torch
 from peft import PeftModel, get_peft_model
 
+from ownlm.adapters.lora import lora_config
 from ownlm.backbone.base import CausalBackbone, EncoderBackbone
 from ownlm.backbone.encoder import EncoderClassifier, load_minilm_classifier
-from ownlm.adapters.lora import lora_config
 from ownlm.backbone.load import load_backbone
 from ownlm.config import LoraSettings, TinyConfig
 from ownlm.data.tasks import get_task

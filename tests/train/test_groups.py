@@ -1,8 +1,8 @@
 import torch
 
-from ownlm.run import Run
 from ownlm.config import ProperSettings
 from ownlm.methods.proper import load_groups
+from ownlm.run import Run
 from ownlm.train.groups import train_groups
 from ownlm.train.population import train_population
 
@@ -50,22 +50,6 @@ def test_proper_without_stage_2_names_the_command_that_trains_it(tiny_cfg):
     train_population(run)
     with pytest.raises(StoreError, match="--stages groups,users"):
         train_proper_users(run, "user", users=run.split.test[:1])
-
-
-def test_new_user_embedding_by_projection_or_by_nearest_train_users():
-    import numpy as np
-
-    from ownlm.methods.proper import GroupModel
-
-    table = torch.tensor([[1.0, 0.0], [0.0, 1.0], [5.0, 5.0]])  # learned rows of 3 train users
-    train_vectors = torch.tensor([[1.0, 0.0, 0.0], [0.9, 0.1, 0.0], [0.0, 0.0, 1.0]])
-    mu, proj = torch.zeros(3), torch.eye(3)[:, :2]
-    meta = {"new_user": "neighbours", "neighbours": 2}
-    gm = GroupModel(None, None, meta, table, mu, proj, {}, train_vectors)
-    new = np.array([1.0, 0.05, 0.0], dtype=np.float32)  # closest to train users 0 and 1
-    torch.testing.assert_close(gm.embed(new), torch.tensor([[0.5, 0.5]]))
-    gm.meta = {"new_user": "projection"}
-    torch.testing.assert_close(gm.embed(new), torch.tensor([[1.0, 0.05]]))
 
 
 def test_unknown_new_user_mode_is_refused_before_training(tiny_cfg):

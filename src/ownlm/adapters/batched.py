@@ -31,6 +31,7 @@ from torch import nn
 from ownlm.adapters.peft_io import LoadedAdapter, read_peft_adapter
 from ownlm.errors import ConfigError, StoreError
 
+
 class SlotState:
     """The per-row slot indices of the batch being run, shared by every wrapped layer."""
 

@@ -60,7 +60,7 @@ def fingerprint_model(model: nn.Module) -> str:
         h.update(str(tuple(p.shape)).encode())
         flat = p.detach().reshape(-1)
         step = max(1, flat.numel() // 64)
-        h.update(flat[::step][:64].float().numpy().tobytes())
+        h.update(flat[::step][:64].float().cpu().numpy().tobytes())
     return h.hexdigest()[:20]
 
 

@@ -41,6 +41,7 @@ def check_kind(kind: str, what: str = "task kind") -> str:
         raise ConfigError(f"{what} must be one of {KINDS} but the value passed is {kind!r}")
     return kind
 
+
 _FIELD = re.compile(r"{(\w+)}")
 
 

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ownlm.evaluate.metrics import LOWER_IS_BETTER
+from ownlm.log import console as default_console
 
 # (query_id, user_id, prediction, gold)
 Prediction = tuple[str, str, str, str]
@@ -81,7 +82,7 @@ def print_table(
             cells.append(f"[bold]{text}[/bold]" if r.metrics[m] == best[m] else text)
         cells.append(f"{r.seconds:.1f}")
         table.add_row(*cells)
-    (console or Console()).print(table)
+    (console or default_console).print(table)
     return table
 
 

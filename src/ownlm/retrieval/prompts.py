@@ -55,7 +55,12 @@ def population_pairs(task, ctx: UserContext, k: int, use_profile: bool, rng: ran
 
 
 def personal_prompt(
-    task, ctx: UserContext, task_input: str, k: int, use_profile: bool, search: str | None = None,
+    task,
+    ctx: UserContext,
+    task_input: str,
+    k: int,
+    use_profile: bool,
+    search: str | None = None,
     exclude_ids: frozenset[str] = frozenset(),
 ) -> str:
     """The prompt for one input: the history items BM25 finds for `search` (default: the

@@ -47,12 +47,13 @@ def train_groups(run, backbone=None) -> dict:
     vectors = history_vectors(run, users, backbone)
     mu, proj = fit_projection(vectors, s.user_dim)
     table = torch.nn.Parameter(torch.from_numpy((vectors - mu) @ proj))  # (U, d_u)
-    pairs = []
-    for row, u in enumerate(users):
-        ctx = user_context(run.task, u)
-        pairs += [
-            (p, t, row) for p, t in training_pairs(run.task, ctx, cfg.retrieval_k, cfg.profile)
-        ]
+    pairs = [
+        (p, t, row)
+        for row, u in enumerate(users)
+        for p, t in training_pairs(
+            run.task, user_context(run.task, u), cfg.retrieval_k, cfg.profile
+        )
+    ]  # (prompt, target, the user's row in the table)
     backbone.model.requires_grad_(False)
     torch.manual_seed(cfg.seed)
     state = install_mixture(
@@ -84,17 +85,12 @@ def train_groups(run, backbone=None) -> dict:
         )
         used = expert_usage(backbone, state, pairs, table)
         meta = {
-            "groups": s.groups,
-            "r": s.r,
-            "alpha": s.alpha,
-            "user_dim": s.user_dim,
-            "top_k": s.top_k,
+            **{k: getattr(s, k) for k in ("groups", "r", "alpha", "user_dim", "top_k")},
+            **{k: getattr(s, k) for k in ("new_user", "neighbours")},
             "targets": targets_for(backbone, s),
             "layers": list(layers),
             "users": [u.user_id for u in users],
             "base_fingerprint": base_fp,
-            "new_user": s.new_user,
-            "neighbours": s.neighbours,
         }
         save_groups(run, layers, table, mu, proj, meta, base_fp, losses, vectors)
     finally:

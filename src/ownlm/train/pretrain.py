@@ -61,7 +61,12 @@ def build_or_load_tiny(texts: list[str], cache_dir: Path, cfg: TinyConfig | None
     tmp = target.with_name(target.name + ".tmp")
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    meta = {"config": asdict(cfg), "texts": len(texts), "loss_first": losses[0], "loss_last": losses[-1]}
+    meta = {
+        "config": asdict(cfg),
+        "texts": len(texts),
+        "loss_first": losses[0],
+        "loss_last": losses[-1],
+    }
     (tmp / "ownlm_pretrain.json").write_text(json.dumps(meta, indent=2))
     tmp.replace(target)
     return target

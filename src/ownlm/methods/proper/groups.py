@@ -269,4 +269,3 @@ def group_model(run, backbone):
         yield gm
     finally:
         gm.close()
-

@@ -42,48 +42,6 @@ def test_proper_users_train_store_and_export(tiny_cfg, tmp_path):
     assert (got - mixed).abs().max().item() < 1e-5
 
 
-@pytest.mark.slow  # ~2 min on 2 CPUs: trains OPPU and PROPER users in the study
-def test_proper_evaluation_new_users_groups_view_and_study(tiny_cfg, tmp_path):
-    from ownlm.data.splits import truncate_history
-    from ownlm.evaluate.groups import groups_view
-    from ownlm.evaluate.proper import evaluate_proper
-    from ownlm.methods.proper import groups_fingerprint, load_groups, prepare_user
-    from ownlm.studies.active_levels import active_level_study
-
-    tiny_cfg.proper = small_proper(user_r=2, user_alpha=4.0, user_lr=1e-3, user_epochs=1.0)
-    run = Run(tiny_cfg)
-    train_population(run)
-    train_groups(run)
-    trained, new = run.split.test[0], run.split.test[1]
-    train_proper_users(run, "user", users=[trained])
-
-    backbone = run.base()
-    fp = groups_fingerprint(run, backbone.fingerprint())
-    gm = load_groups(run, backbone)
-    store = run.store("proper-user")
-    assert prepare_user(gm, store, fp, trained, "user", None) == "adapter"
-    assert prepare_user(gm, store, fp, new, "user", torch.zeros(384).numpy()) == "new"
-    assert prepare_user(gm, store, fp, truncate_history(new, 0), "user", None) == "population"
-
-    results = evaluate_proper(run)
-    assert [r.method for r in results] == ["proper-input", "proper-user"]
-    assert all("accuracy" in r.metrics for r in results)
-    view = groups_view(run)
-    assert abs(sum(view["share"]) - 1) < 1e-6 and len(view["users"]) == len(run.dataset.users)
-    assert 0.25 <= view["user_top_gate"] <= 1.0
-    assert json.loads((run.dir / "eval" / "groups.json").read_text())["share"] == view["share"]
-    table = active_level_study(run, buckets=(2,), out_dir=tmp_path / "eval")
-    assert set(table["2"]) == {
-        "user-majority",
-        "pag",
-        "oppu",
-        "proper-input",
-        "proper-user",
-        "proper-new",
-    }
-    assert (tmp_path / "eval" / "active_levels.png").exists()
-
-
 @pytest.mark.slow  # ~1 min on 2 CPUs: the packaged all-MiniLM-L6-v2 through PROPER's stages
 def test_proper_on_the_minilm_encoder_trains_evaluates_and_exports(tiny_cfg, tmp_path):
     from ownlm.evaluate.proper import evaluate_proper

@@ -12,7 +12,7 @@ from ownlm.adapters.batched import install_batched_lora
 from ownlm.adapters.peft_io import read_peft_adapter
 from ownlm.errors import StoreError
 from ownlm.serve.engine import Engine, Request
-from ownlm.serve.toy import toy_run
+from ownlm.testing import toy_run
 from ownlm.store import AdapterStore
 
 USERS = ["u0", "u1", "u2", "u3"]

@@ -254,11 +254,6 @@ def _entropy(p: torch.Tensor) -> torch.Tensor:
     return -(p * p.clamp_min(1e-9).log()).sum(-1)
 
 
-def mean_gate_entropy(gates: list[torch.Tensor]) -> torch.Tensor:
-    """Entropy of the batch's mean gate, averaged over layers (max log G)."""
-    return torch.stack([_entropy(g.reshape(-1, g.shape[-1]).mean(0)) for g in gates]).mean()
-
-
 def user_gates(gates: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
     """(U_batch, G): each distinct user's mean gate over their sequences' tokens.
     gates: (B, T, G) or (B, G); users: (B,) any ids (rows of the user table)."""

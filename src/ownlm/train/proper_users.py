@@ -18,8 +18,8 @@ from ownlm.methods.proper.users import (
     user_pairs,
     write_user,
 )
-from ownlm.store import Manifest
 from ownlm.train.loop import fit_mixture
+from ownlm.train.users import user_manifest
 
 log = get_logger(__name__)
 
@@ -69,17 +69,7 @@ def train_proper_users(run, router: str = "input", users=None, backbone=None) ->
             store.save(
                 user.name,
                 lambda d: write_user(d, gm, router, s.user_alpha),
-                Manifest(
-                    name=user.name,
-                    stage=f"user/proper-{router}",
-                    task=run.task.name,
-                    base_fingerprint=fp,
-                    extra={
-                        "items": len(user.history),
-                        "loss_first": losses[0],
-                        "loss_last": losses[-1],
-                    },
-                ),
+                user_manifest(run, user, f"user/proper-{router}", fp, losses),
             )
     empty = sum(1 for u in users if not u.history)
     log.info(

@@ -19,6 +19,17 @@ from ownlm.train.loop import train_pairs
 log = get_logger(__name__)
 
 
+def user_manifest(run, user, stage: str, fingerprint: str, losses: list[float]) -> Manifest:
+    """What a user stage records next to the weights: what it was trained on and how."""
+    return Manifest(
+        name=user.name,
+        stage=stage,
+        task=run.task.name,
+        base_fingerprint=fingerprint,
+        extra={"items": len(user.history), "loss_first": losses[0], "loss_last": losses[-1]},
+    )
+
+
 def fit_user(run, backbone, user, variant: str = "oppu", ctx=None):
     """Inject a fresh LoRA and train it on `user`'s history: (PEFT model, step losses).
     The caller saves it and gives the base back with `detach(backbone, model)`."""
@@ -51,17 +62,7 @@ def train_users(run, variant: str = "oppu", users=None, backbone=None) -> dict:
             store.save(
                 user.name,
                 model.save_pretrained,
-                Manifest(
-                    name=user.name,
-                    stage=f"user/{variant}",
-                    task=run.task.name,
-                    base_fingerprint=base_fp,
-                    extra={
-                        "items": len(user.history),
-                        "loss_first": losses[0],
-                        "loss_last": losses[-1],
-                    },
-                ),
+                user_manifest(run, user, f"user/{variant}", base_fp, losses),
             )
         finally:
             detach(backbone, model)

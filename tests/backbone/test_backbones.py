@@ -2,7 +2,7 @@ import torch
 from peft import PeftModel, get_peft_model
 
 from ownlm.adapters.lora import lora_config
-from ownlm.backbone.base import CausalBackbone, EncoderBackbone
+from ownlm.backbone.base import Backbone, CausalBackbone, EncoderBackbone
 from ownlm.backbone.encoder import EncoderClassifier, load_minilm_classifier
 from ownlm.backbone.load import load_backbone
 from ownlm.config import LoraSettings, TinyConfig
@@ -50,12 +50,14 @@ def test_hf_directory_loads_like_the_tiny_default(tmp_path):
     path = build_or_load_tiny(TEXTS, tmp_path, SMALL)
     backbone = load_backbone(str(path), get_task("demo-tags"))
     assert backbone.kind == "causal" and backbone.name == path.name
+    assert isinstance(backbone, Backbone)  # the protocol every stage relies on
 
 
 def test_minilm_classifier_zero_shot_save_and_peft(tmp_path):
     labels = ("comedy", "horror", "romance")
     model, tok = load_minilm_classifier(labels)
     backbone = EncoderBackbone(model, tok)
+    assert isinstance(backbone, Backbone)
     prompts = [
         "a hilarious comedy full of jokes and laughs",
         "a terrifying horror film with ghosts",

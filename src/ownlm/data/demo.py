@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from ownlm.data.records import Dataset, Item, Query, User
 from ownlm.data.tasks import DEMO_TAGS, get_task
+from ownlm.errors import ConfigError
 
 HABIT_NOISE = 0.1  # fraction of demo-tags items whose tag is replaced by a random other tag
 
@@ -205,7 +206,7 @@ def style_headline(style: str, facts: dict[str, str]) -> str:
         return core.lower()
     if style == "exclaim":
         return f"{core}!"
-    raise ValueError(f"unknown headline style {style!r}; use one of {HEADLINE_STYLES}")
+    raise ConfigError(f"unknown headline style {style!r}; use one of {HEADLINE_STYLES}")
 
 
 def _article(rng: random.Random) -> tuple[str, dict[str, str]]:

@@ -31,6 +31,29 @@ def warmup_cosine(step: int, steps: int) -> float:
     return min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps))
 
 
+def batch_plan(
+    n: int, epochs: float, batch_size: int, seed: int, min_steps: int = 1
+) -> list[list[int]]:
+    """The item indices of every step: max(min_steps, ceil(n * epochs / batch_size)) steps,
+    each the next `batch_size` indices (all n when there are fewer) of a seeded shuffle,
+    topped up with the next shuffle when it runs short. Every trainer that batches one
+    user's (or the population's) items follows this plan, so they see the same batches."""
+    if n == 0:
+        return []
+    steps = max(min_steps, math.ceil(n * epochs / batch_size))
+    rng = random.Random(seed)
+    order: list[int] = []
+    plan = []
+    for _ in range(steps):
+        if len(order) < batch_size:
+            fresh = list(range(n))
+            rng.shuffle(fresh)
+            order.extend(fresh)
+        plan.append(order[: min(batch_size, n)])
+        del order[: len(plan[-1])]
+    return plan
+
+
 def fit(
     step_loss: Callable[[list], torch.Tensor],
     items: Sequence,
@@ -54,24 +77,17 @@ def fit(
         return []
     params = [p for g in param_groups for p in g["params"]]
     opt = torch.optim.AdamW(param_groups, weight_decay=weight_decay)
-    steps = max(min_steps, math.ceil(len(items) * epochs / batch_size))
+    plan = batch_plan(len(items), epochs, batch_size, seed, min_steps)
+    steps = len(plan)
     sched = (
         torch.optim.lr_scheduler.LambdaLR(opt, lambda s: schedule(s, steps)) if schedule else None
     )
-    rng = random.Random(seed)
-    order: list[int] = []
     losses: list[float] = []
     if module is not None:
         module.train()
-    bar = tqdm(range(steps), desc=desc, unit="step", leave=False, disable=desc is None)
-    for _ in bar:
-        if len(order) < batch_size:
-            fresh = list(range(len(items)))
-            rng.shuffle(fresh)
-            order.extend(fresh)
-        batch = [items[i] for i in order[: min(batch_size, len(items))]]
-        del order[: len(batch)]
-        loss = step_loss(batch)
+    bar = tqdm(plan, desc=desc, unit="step", leave=False, disable=desc is None)
+    for indices in bar:
+        loss = step_loss([items[i] for i in indices])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, clip)
         opt.step()

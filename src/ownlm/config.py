@@ -107,6 +107,20 @@ class LoraSettings:
 
 
 @dataclass
+class UserSettings(LoraSettings):
+    """The user stage: OPPU's per-user LoRA (Tan et al. 2024, Sec. 4 defaults), and how
+    many users train together in one batch."""
+
+    users_per_batch: int = field(
+        default=1,
+        metadata={
+            "help": "users trained together, each row applying its own user's LoRA "
+            "(mLoRA's idea); 1 = one user after another"
+        },
+    )
+
+
+@dataclass
 class ServeSettings:
     """`ownlm serve`: how many adapters stay loaded and how requests are batched."""
 
@@ -179,8 +193,8 @@ class ExperimentConfig:
         default_factory=lambda: LoraSettings(lr=5e-4, epochs=2.0),
         metadata={"help": "stage 1: task-level LoRA on all train users, merged into the base"},
     )
-    user: LoraSettings = field(
-        default_factory=LoraSettings,
+    user: UserSettings = field(
+        default_factory=UserSettings,
         metadata={"help": "stage 3: one fresh LoRA per test user (OPPU)"},
     )
     proper: ProperSettings = field(

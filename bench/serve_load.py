@@ -28,12 +28,12 @@ import httpx
 import torch
 
 from ownlm.backbone.load import load_base
-from ownlm.serve.app import ServeSettings, build_server
-from ownlm.serve.auth import TokenStore
-from ownlm.serve.cli import serve_in_thread
+from ownlm.config import ServeSettings
 from ownlm.serve.engine import Engine, Request
-from ownlm.serve.toy import add_user_adapter, toy_run
-from ownlm.store import AdapterStore, Manifest
+from ownlm.serve.launch import serve_in_thread
+from ownlm.serve.server import build_server
+from ownlm.store import AdapterStore, Manifest, TokenStore
+from ownlm.testing import add_user_adapter, toy_run
 
 PROMPT, MAX_TOKENS = "the user likes", 8
 
@@ -115,6 +115,28 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
 
 
+def report(args, n_users, batch, distinct, log, stats, health, wall) -> None:
+    """The run's settings, then what happened: batches, errors, mismatches, latency."""
+    lat = stats["latency"]
+    print(
+        f"clients={args.clients} seconds={args.seconds:.0f} users={n_users} cache_size={args.cache_size} max_batch={batch} torch_threads={torch.get_num_threads()}"
+    )
+    print(f"distinct expected answers: {distinct} of {n_users} users")
+    print(
+        f"admin actions: {len(log)} ({sum('removed' in x for x in log)} removals, {sum('added' in x for x in log)} adds)"
+    )
+    print(
+        f"batches={health['batches']} rows={health['rows']} mean rows/batch={health['rows'] / max(1, health['batches']):.1f}"
+    )
+    for e in stats["errors"][:5]:
+        print("error:", e)
+    print(
+        f"requests ok={len(lat)} refused_while_removed={stats['refused']} errors={len(stats['errors'])} "
+        f"mismatches={stats['mismatch']} p50={pct(lat, 0.5) * 1000:.0f}ms p99={pct(lat, 0.99) * 1000:.0f}ms "
+        f"throughput={len(lat) / wall:.1f} req/s {stats['tokens'] / wall:.0f} tok/s"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--clients", type=int, default=16, help="concurrent clients")
@@ -177,24 +199,7 @@ def main() -> None:
         health = httpx.get(f"{url}/health").json()
         uv.should_exit = True
         thread.join(timeout=10)
-    lat = stats["latency"]
-    print(
-        f"clients={args.clients} seconds={args.seconds:.0f} users={len(all_users)} cache_size={args.cache_size} max_batch={batch} torch_threads={torch.get_num_threads()}"
-    )
-    print(f"distinct expected answers: {distinct} of {len(all_users)} users")
-    print(
-        f"admin actions: {len(log)} ({sum('removed' in x for x in log)} removals, {sum('added' in x for x in log)} adds)"
-    )
-    print(
-        f"batches={health['batches']} rows={health['rows']} mean rows/batch={health['rows'] / max(1, health['batches']):.1f}"
-    )
-    for e in stats["errors"][:5]:
-        print("error:", e)
-    print(
-        f"requests ok={len(lat)} refused_while_removed={stats['refused']} errors={len(stats['errors'])} "
-        f"mismatches={stats['mismatch']} p50={pct(lat, 0.5) * 1000:.0f}ms p99={pct(lat, 0.99) * 1000:.0f}ms "
-        f"throughput={len(lat) / wall:.1f} req/s {stats['tokens'] / wall:.0f} tok/s"
-    )
+    report(args, len(all_users), batch, distinct, log, stats, health, wall)
 
 
 if __name__ == "__main__":

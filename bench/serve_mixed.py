@@ -30,8 +30,8 @@ from peft import PeftModel
 from transformers import DynamicCache
 
 from ownlm.serve.engine import Engine, Request
-from ownlm.serve.toy import add_user_adapter, toy_backbone
 from ownlm.store import AdapterStore
+from ownlm.testing import add_user_adapter, toy_backbone
 
 N_USERS, NEW, PROMPT_LEN = 16, 32, 24
 

@@ -162,6 +162,23 @@ class ExperimentConfig:
         },
     )
     output_dir: str = field(default="runs", metadata={"help": "parent folder of run directories"})
+    device: str = field(
+        default="auto",
+        metadata={
+            "help": "where models run: auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N, mps"
+        },
+    )
+    dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "precision of the frozen base: auto (bfloat16 on a GPU that has it, float32 "
+            "on CPU), float32, bfloat16, float16; adapters train and are saved in float32"
+        },
+    )
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={"help": "recompute activations in the backward pass (less GPU memory, slower)"},
+    )
     seed: int = field(default=0, metadata={"help": "seed for splits, sampling and initialisation"})
     test_frac: float = field(
         default=0.3,

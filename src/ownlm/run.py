@@ -90,9 +90,24 @@ class Run:
     def base_dir(self) -> Path:
         return self.dir / "base"
 
+    @cached_property
+    def device(self):
+        """The resolved `device` setting (a ConfigError if this machine lacks it)."""
+        from ownlm.backbone.device import resolve_device
+
+        return resolve_device(self.cfg.device)
+
+    @cached_property
+    def dtype(self):
+        """The resolved `dtype` setting of the frozen base, for `device`."""
+        from ownlm.backbone.device import resolve_dtype
+
+        return resolve_dtype(self.cfg.dtype, self.device)
+
     def base(self):
-        """The backbone with the population LoRA merged in (after stage 1)."""
-        return load_base(self.base_dir)
+        """The backbone with the population LoRA merged in (after stage 1), on the run's
+        device in the run's precision."""
+        return load_base(self.base_dir, self.device, self.dtype)
 
     def store(self, variant: str = "oppu") -> AdapterStore:
         return AdapterStore(self.dir / ("adapters" if variant == "oppu" else f"adapters-{variant}"))

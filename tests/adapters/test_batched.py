@@ -12,8 +12,8 @@ from ownlm.adapters.batched import install_batched_lora
 from ownlm.adapters.peft_io import read_peft_adapter
 from ownlm.errors import StoreError
 from ownlm.serve.engine import Engine, Request
-from ownlm.testing import toy_run
 from ownlm.store import AdapterStore
+from ownlm.testing import toy_run
 
 USERS = ["u0", "u1", "u2", "u3"]
 RANKS = [8, 4, 8, 2]  # different ranks: zero-padded to the largest

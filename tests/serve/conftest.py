@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from ownlm.serve.app import ServeSettings, build_server
-from ownlm.serve.auth import TokenStore
-from ownlm.serve.cli import serve_in_thread
-from ownlm.serve.toy import toy_run
+from ownlm.config import ServeSettings
+from ownlm.serve.launch import serve_in_thread
+from ownlm.serve.server import build_server
+from ownlm.store.tokens import TokenStore
+from ownlm.testing import toy_run
 
 USERS = ["alice", "bob", "carol"]
 

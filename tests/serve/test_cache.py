@@ -11,8 +11,8 @@ import torch
 from ownlm.errors import StoreError
 from ownlm.serve.cache import AdapterCache, AdapterRemoved
 from ownlm.serve.engine import Engine, Request
-from ownlm.serve.toy import add_user_adapter, toy_backbone
 from ownlm.store import AdapterStore
+from ownlm.testing import add_user_adapter, toy_backbone
 
 
 @pytest.fixture(scope="module")

@@ -29,10 +29,23 @@ def lora_config(backbone, s: LoraSettings) -> LoraConfig:
     )
 
 
-def inject(backbone, s: LoraSettings, seed: int):
-    """Wrap the backbone's model with a fresh LoRA (deterministic init per seed)."""
+def inject(backbone, s: LoraSettings, seed: int, gradient_checkpointing: bool = False):
+    """Wrap the backbone's model with a fresh LoRA (deterministic init per seed). The
+    LoRA weights are float32 whatever the base's precision (PEFT's adapter autocast), so
+    they train and are saved exactly. With `gradient_checkpointing` the base recomputes
+    its activations in the backward pass (Hugging Face models only)."""
     torch.manual_seed(seed)
-    return get_peft_model(backbone.model, lora_config(backbone, s))
+    model = get_peft_model(backbone.model, lora_config(backbone, s))
+    if gradient_checkpointing:
+        if not hasattr(backbone.model, "gradient_checkpointing_enable"):
+            raise ConfigError(
+                f"gradient_checkpointing needs a Hugging Face model; the {backbone.kind} "
+                f"backbone {backbone.name!r} has none: set gradient_checkpointing=false"
+            )
+        backbone.model.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
+    return model
 
 
 def detach(backbone, peft_model):
@@ -43,6 +56,8 @@ def detach(backbone, peft_model):
     place, which would carry one user's head into the next user's model.
     """
     model = peft_model.unload()
+    if getattr(model, "is_gradient_checkpointing", False):
+        model.gradient_checkpointing_disable()
     for name, state in getattr(backbone, "_saved", {}).items():
         model.get_submodule(name).load_state_dict(state)
     backbone.model = model.eval()

@@ -74,9 +74,10 @@ class TokenUserRouter(nn.Module):
                     "the user-aware router needs the batch's user embeddings; wrap the "
                     "forward in `routing(state, user_emb=...)`"
                 )
-            e = x.new_zeros(1, 0)
-        e = e.to(x.dtype)[:, None, :].expand(b, t, -1)  # (B, T, d_u)
-        logits = self.proj(torch.cat([x, e], dim=-1))  # (B, T, G)
+            e = x.new_zeros(1, 0)  # a router that ignores users (user_dim 0)
+        w = self.proj.weight
+        e = e.to(device=w.device, dtype=w.dtype)[:, None, :].expand(b, t, -1)  # (B, T, d_u)
+        logits = self.proj(torch.cat([x.to(w.dtype), e], dim=-1))  # (B, T, G)
         return top_k_softmax(logits, self.top_k)
 
 
@@ -89,8 +90,10 @@ class UserRouter(nn.Module):
         self.top_k = top_k
 
     def forward(self, x: torch.Tensor, state: MixtureState) -> torch.Tensor:
-        ids = state.user_ids if state.user_ids is not None else torch.zeros(1, dtype=torch.long)
-        return top_k_softmax(self.logits[ids], self.top_k).to(x.dtype)  # (B or 1, G)
+        ids = state.user_ids
+        if ids is None:
+            ids = torch.zeros(1, dtype=torch.long, device=self.logits.device)
+        return top_k_softmax(self.logits[ids.to(self.logits.device)], self.top_k).to(x.dtype)
 
 
 def top_k_softmax(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -116,12 +119,14 @@ class MixtureLoRALinear(nn.Module):
             raise ConfigError(f"groups and rank must be positive integers, got {groups}, {r}")
         self.base = base
         self.groups, self.r, self.scaling = groups, r, alpha / r
-        w = base.weight
-        a = torch.empty(groups, r, base.in_features, dtype=w.dtype)
+        # Experts live beside the base weight but in float32 whatever the base's precision
+        # (as PEFT keeps adapters of a bf16/fp16 base): they train and are saved exactly.
+        dev = base.weight.device
+        a = torch.empty(groups, r, base.in_features, dtype=torch.float32, device=dev)
         for g in range(groups):  # PEFT's LoRA init: kaiming A, zero B (delta starts at 0)
             nn.init.kaiming_uniform_(a[g], a=math.sqrt(5))
         self.A = nn.Parameter(a)  # (G, r, in)
-        self.B = nn.Parameter(torch.zeros(groups, base.out_features, r, dtype=w.dtype))
+        self.B = nn.Parameter(torch.zeros(groups, base.out_features, r, device=dev))
         self.router = router
         self.state = state  # shared, not a submodule
         self.name = ""  # the wrapped Linear's name in the bare model, set by install
@@ -131,11 +136,13 @@ class MixtureLoRALinear(nn.Module):
 
     def add_user_lora(self, r_u: int, alpha_u: float) -> None:
         """A fresh residual LoRA (PEFT init) for one user's stage-3 training."""
-        w = self.base.weight
-        a = torch.empty(r_u, self.base.in_features, dtype=w.dtype)
+        dev = self.A.device
+        a = torch.empty(r_u, self.base.in_features, dtype=self.A.dtype, device=dev)
         nn.init.kaiming_uniform_(a, a=math.sqrt(5))
         self.user_A = nn.Parameter(a)
-        self.user_B = nn.Parameter(torch.zeros(self.base.out_features, r_u, dtype=w.dtype))
+        self.user_B = nn.Parameter(
+            torch.zeros(self.base.out_features, r_u, dtype=self.A.dtype, device=dev)
+        )
         self.user_scaling = alpha_u / r_u
 
     def drop_user_lora(self) -> None:
@@ -147,7 +154,7 @@ class MixtureLoRALinear(nn.Module):
         if not self.state.active:
             return y
         flat = x.dim() == 2
-        h = x[:, None, :] if flat else x  # (B, T, in)
+        h = (x[:, None, :] if flat else x).to(self.A.dtype)  # (B, T, in), the experts' dtype
         gates = self.router(h, self.state)  # (B, T, G) or (B|1, G)
         if self.state.record:
             self.state.gates.append(gates)
@@ -163,7 +170,7 @@ class MixtureLoRALinear(nn.Module):
         delta = (xa @ b_cat.T) * self.scaling  # (B, T, out)
         if self.user_A is not None:
             delta = delta + (h @ self.user_A.T @ self.user_B.T) * self.user_scaling
-        return y + (delta[:, 0] if flat else delta)
+        return y + (delta[:, 0] if flat else delta).to(y.dtype)
 
 
 def _matches(name: str, targets) -> bool:
@@ -199,7 +206,8 @@ def install_mixture(
     for name, lin in hits:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        layer = MixtureLoRALinear(lin, groups, r, alpha, make_router(lin), state)
+        router = make_router(lin).to(lin.weight.device)
+        layer = MixtureLoRALinear(lin, groups, r, alpha, router, state)
         layer.name = name
         setattr(parent, child, layer)
     return state

@@ -137,7 +137,14 @@ def max_rank(paths, floor: int = 8) -> int:
 
 def target_names(paths) -> set[str]:
     """The last name part of every module the PEFT directories adapt (e.g. {"q_proj"})."""
+    from safetensors import safe_open
+
     names: set[str] = set()
     for path in paths:
-        names |= {module.split(".")[-1] for module in read_lora(path)}
+        read_config(path)
+        with safe_open(str(Path(path) / WEIGHTS_FILE), framework="pt") as f:  # keys only
+            for key in f.keys():  # noqa: SIM118 - safe_open has no __iter__
+                m = _KEY.match(key)
+                if m is not None:
+                    names.add(m["module"].split(".")[-1])
     return names

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from ownlm.backbone.device import model_device
 from ownlm.backbone.encoder import EncoderClassifier
 
 ANSWER_SEP = "\nAnswer: "  # between the prompt and the target, at training and inference
@@ -78,8 +79,18 @@ class CausalBackbone:
         self._label_ids: dict[tuple[str, ...], list[list[int]]] = {}
 
     @classmethod
-    def from_pretrained(cls, path_or_id: str | Path, name: str | None = None, max_len: int = 384):
-        model = AutoModelForCausalLM.from_pretrained(path_or_id)
+    def from_pretrained(
+        cls,
+        path_or_id: str | Path,
+        name: str | None = None,
+        max_len: int = 384,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ):
+        """Load a Hugging Face causal LM in `dtype` (default: as saved) onto `device`."""
+        model = AutoModelForCausalLM.from_pretrained(path_or_id, **dtype_kwargs(dtype))
+        if device is not None:
+            model = model.to(device)
         tokenizer = AutoTokenizer.from_pretrained(path_or_id)
         return cls(model, tokenizer, name or Path(str(path_or_id)).name, max_len)
 
@@ -117,7 +128,7 @@ class CausalBackbone:
 
     # -- training -------------------------------------------------------------------
     def loss(self, model, prompts: list[str], targets: list[str]) -> torch.Tensor:
-        ids, mask, labels = self.encode_pairs(prompts, targets)
+        ids, mask, labels = _to(model_device(model), *self.encode_pairs(prompts, targets))
         return model(input_ids=ids, attention_mask=mask, labels=labels).loss
 
     # -- inference ------------------------------------------------------------------
@@ -130,19 +141,21 @@ class CausalBackbone:
         i.e. the greedy decoder's first step restricted to the label set. Otherwise each
         label's tokens (and the closing </s>) are scored in full, one pass per label.
         """
+        device = model_device(model)
         firsts = [ids[0] if ids else None for ids in self._ids(list(labels))]
         if None not in firsts and len(set(firsts)) == len(firsts):
-            ids, mask, lab = self.encode_pairs(prompts, [labels[0]] * len(prompts))
+            ids, mask, lab = _to(device, *self.encode_pairs(prompts, [labels[0]] * len(prompts)))
             last = (lab != -100).float().argmax(
                 -1
             ) - 1  # position predicting the label's first token
             logits = model(input_ids=ids, attention_mask=mask).logits  # (N, T, V)
-            logp = logits[torch.arange(len(prompts)), last].log_softmax(-1)  # (N, V)
-            return logp[:, firsts]
-        scores = torch.empty(len(prompts), len(labels))
+            logp = logits[torch.arange(len(prompts), device=device), last].float().log_softmax(-1)
+            return logp[:, firsts]  # (N, L)
+        scores = torch.empty(len(prompts), len(labels), device=device)
         for j, label in enumerate(labels):
-            ids, mask, lab = self.encode_pairs(prompts, [label] * len(prompts))
-            logp = model(input_ids=ids, attention_mask=mask).logits[:, :-1].log_softmax(-1)
+            ids, mask, lab = _to(device, *self.encode_pairs(prompts, [label] * len(prompts)))
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+            logp = logits.float().log_softmax(-1)
             tgt = lab[:, 1:]
             tok = logp.gather(-1, tgt.clamp(min=0).unsqueeze(-1)).squeeze(-1)
             scores[:, j] = (tok * (tgt != -100)).sum(-1)
@@ -156,8 +169,11 @@ class CausalBackbone:
             for p in self._ids([p + ANSWER_SEP for p in prompts])
         ]
         width = max(len(r) for r in rows)
-        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
-        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+        ids, mask = _to(
+            model_device(model),
+            torch.tensor([[pad] * (width - len(r)) + r for r in rows]),
+            torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows]),
+        )
         out = model.generate(
             input_ids=ids,
             attention_mask=mask,
@@ -202,9 +218,15 @@ class EncoderBackbone:
         }
 
     @classmethod
-    def from_pretrained(cls, path: Path, name: str = "minilm"):
+    def from_pretrained(
+        cls,
+        path: Path,
+        name: str = "minilm",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ):
         model, tok = EncoderClassifier.from_dir(path)
-        return cls(model, tok, name)
+        return cls(model.to(device=device, dtype=dtype), tok, name)
 
     def save(self, path: Path) -> None:
         self.model.save(path, self.tokenizer)
@@ -220,14 +242,16 @@ class EncoderBackbone:
 
     def loss(self, model, prompts: list[str], targets: list[str]) -> torch.Tensor:
         index = {label: i for i, label in enumerate(self.model.labels)}
-        ids, mask = self._batch(prompts)
-        y = torch.tensor([index[t] for t in targets])
-        return nn.functional.cross_entropy(model(input_ids=ids, attention_mask=mask), y)
+        device = model_device(model)
+        ids, mask = _to(device, *self._batch(prompts))
+        y = torch.tensor([index[t] for t in targets], device=device)
+        logits = model(input_ids=ids, attention_mask=mask).float()
+        return nn.functional.cross_entropy(logits, y)
 
     @torch.no_grad()
     def score_labels(self, model, prompts: list[str], labels: tuple[str, ...]) -> torch.Tensor:
-        ids, mask = self._batch(prompts)
-        return model(input_ids=ids, attention_mask=mask).log_softmax(-1)
+        ids, mask = _to(model_device(model), *self._batch(prompts))
+        return model(input_ids=ids, attention_mask=mask).float().log_softmax(-1)
 
     def predict(self, model, task, prompts: list[str], batch_size: int = 32) -> list[str]:
         out: list[str] = []
@@ -235,6 +259,22 @@ class EncoderBackbone:
             best = self.score_labels(model, prompts[i : i + batch_size], task.labels).argmax(-1)
             out.extend(self.model.labels[j] for j in best.tolist())
         return out
+
+
+def _to(device, *tensors):
+    """The batch's tensors on the model's device (batches are built on the CPU)."""
+    return tuple(t.to(device) for t in tensors)
+
+
+def dtype_kwargs(dtype: torch.dtype | None) -> dict:
+    """`from_pretrained`'s precision argument: `dtype` since transformers 4.56, before it
+    `torch_dtype`. Empty when None (the saved precision)."""
+    if dtype is None:
+        return {}
+    import transformers
+
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    return {"dtype" if (major, minor) >= (4, 56) else "torch_dtype": dtype}
 
 
 def describe(backbone) -> dict:

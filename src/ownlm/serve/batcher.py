@@ -9,14 +9,14 @@ its text pieces and its final Output (or error) on its own asyncio queue.
 from __future__ import annotations
 
 import asyncio
-import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from ownlm.log import get_logger
 from ownlm.serve.cache import AdapterCache
 from ownlm.serve.engine import Engine, Output, Request
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 @dataclass

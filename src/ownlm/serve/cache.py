@@ -10,13 +10,15 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
-from ownlm.adapters.batched import BatchedLora, LoadedAdapter, read_peft_adapter
-from ownlm.errors import StoreError
+from ownlm.adapters.batched import BatchedLora
+from ownlm.adapters.peft_io import LoadedAdapter, read_peft_adapter
+from ownlm.errors import NotFoundError, StoreError
 from ownlm.store import AdapterStore
 
 
-class AdapterRemoved(StoreError):
-    """The adapter was removed by an admin between a request's admission and its batch."""
+class AdapterRemoved(NotFoundError):
+    """The adapter was removed by an admin between a request's admission and its batch
+    (served as 404: for the client the model no longer exists)."""
 
 
 class AdapterCache:

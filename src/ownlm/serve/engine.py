@@ -15,6 +15,8 @@ import torch
 from transformers import DynamicCache
 
 from ownlm.adapters.batched import BatchedLora, install_batched_lora
+from ownlm.backbone.base import CausalBackbone
+from ownlm.errors import RequestError
 
 
 @dataclass
@@ -105,7 +107,11 @@ def _pick(logits: torch.Tensor, rows: list[_Row], eos: int) -> list[int]:
 
 
 class Engine:
-    """An HF causal LM with batched LoRA slots installed, and the decode loop over it."""
+    """An HF causal LM with batched LoRA slots installed, and the decode loop over it.
+
+    `targets` names the Linear modules (last name part, e.g. "o_proj") that get slots:
+    exactly those the served adapters adapt (`serve.server.stored_targets`).
+    """
 
     def __init__(
         self,
@@ -114,7 +120,7 @@ class Engine:
         n_slots: int,
         max_rank: int = 8,
         max_len: int = 384,
-        targets: tuple[str, ...] = ("q_proj", "v_proj"),
+        targets: tuple[str, ...] = CausalBackbone.default_targets,
     ):
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -125,7 +131,7 @@ class Engine:
 
     def check(self, req: Request) -> None:
         if len(req.ids) + req.max_tokens > self.max_len:
-            raise ValueError(
+            raise RequestError(
                 f"prompt has {len(req.ids)} tokens and max_tokens is {req.max_tokens}: together "
                 f"over the model's context of {self.max_len}; shorten the prompt or lower max_tokens"
             )

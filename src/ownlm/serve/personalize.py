@@ -2,24 +2,25 @@
 
 A run that has user data (its config.yaml names a dataset) gives each of its users a
 BM25 index over their history and a profile; the request text becomes the task input
-of `task.build_prompt`, followed by the answer separator the model was trained with.
+of `ownlm.retrieval.prompts.personal_prompt` (the prompt evaluation builds), followed by
+the answer separator the model was trained with.
 """
 
 from __future__ import annotations
 
-import logging
 import threading
 from pathlib import Path
 
 from ownlm.backbone.base import ANSWER_SEP
+from ownlm.log import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 class Personalizer:
     def __init__(self, task, users: dict, k: int, use_profile: bool):
         self.task, self.users, self.k, self.use_profile = task, users, k, use_profile
-        self._contexts: dict = {}
+        self._contexts: dict = {}  # user id -> UserContext, built on the user's first request
         self._lock = threading.Lock()
 
     @classmethod
@@ -36,7 +37,10 @@ class Personalizer:
             return cls(run.task, users, run.cfg.retrieval_k, run.cfg.profile)
         except Exception as e:  # the server still serves, without personal context
             log.warning(
-                "run %s: user data not loaded (%s); serving without retrieval/profile", run_dir, e
+                "run %s: user data not loaded (%s); serving without retrieval/profile",
+                run_dir,
+                e,
+                extra={"markup": False},  # the error's text may hold brackets
             )
             return None
 
@@ -44,14 +48,10 @@ class Personalizer:
         return user is not None and user in self.users
 
     def prompt(self, user: str, text: str) -> str:
-        from ownlm.personal import user_context
+        from ownlm.retrieval.prompts import personal_prompt, user_context
 
         with self._lock:
             if user not in self._contexts:
                 self._contexts[user] = user_context(self.task, self.users[user])
             ctx = self._contexts[user]
-        retrieved = ctx.index.top_k(text, self.k) if self.k else []
-        return (
-            self.task.build_prompt(text, retrieved, ctx.profile if self.use_profile else None)
-            + ANSWER_SEP
-        )
+        return personal_prompt(self.task, ctx, text, self.k, self.use_profile) + ANSWER_SEP

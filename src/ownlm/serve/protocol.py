@@ -1,4 +1,4 @@
-"""The OpenAI wire format: request bodies, response objects, errors."""
+"""The OpenAI wire format: request bodies and response objects (errors: `serve.errors`)."""
 
 from __future__ import annotations
 
@@ -6,54 +6,14 @@ import json
 import time
 import uuid
 
-from fastapi import Request as HttpRequest
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
-
-class ApiError(Exception):
-    """An HTTP error with OpenAI's body: {"error": {"message", "type", "param", "code"}}."""
-
-    def __init__(
-        self, status: int, message: str, param: str | None = None, code: str | None = None
-    ):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code = status, message, param, code
-
-    @property
-    def type(self) -> str:
-        return {401: "authentication_error", 403: "permission_error", 404: "not_found_error"}.get(
-            self.status, "invalid_request_error" if self.status < 500 else "server_error"
-        )
+from ownlm.serve.errors import ApiError
 
 
-def error_response(status: int, message: str, type_: str, param=None, code=None) -> JSONResponse:
-    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
-    return JSONResponse(body, status_code=status)
+class SamplingBody(BaseModel):
+    """Fields common to completions and chat: the model (user) and how to sample."""
 
-
-async def api_error_handler(_: HttpRequest, e: ApiError) -> JSONResponse:
-    return error_response(e.status, e.message, e.type, e.param, e.code)
-
-
-async def validation_error_handler(_: HttpRequest, e: RequestValidationError) -> JSONResponse:
-    err = e.errors()[0] if e.errors() else {}
-    if err.get("type") == "json_invalid":
-        return error_response(
-            400, f"request body is not valid JSON: {err.get('msg')}", "invalid_request_error"
-        )
-    loc = [str(x) for x in err.get("loc", ()) if x != "body"]
-    param = ".".join(loc) or None
-    return error_response(
-        422,
-        f"invalid value for '{param}': {err.get('msg', 'invalid request')}",
-        "invalid_request_error",
-        param,
-    )
-
-
-class _Sampling(BaseModel):
     model_config = ConfigDict(extra="allow")  # unknown OpenAI fields are accepted and ignored
 
     model: str
@@ -82,7 +42,7 @@ class _Sampling(BaseModel):
             raise ApiError(400, f"n={self.n} is not supported; ownlm returns one choice (n=1)", "n")
 
 
-class CompletionBody(_Sampling):
+class CompletionBody(SamplingBody):
     prompt: str | list[str]
 
     def text(self) -> str:
@@ -101,7 +61,7 @@ class Message(BaseModel):
     content: str | None = ""
 
 
-class ChatBody(_Sampling):
+class ChatBody(SamplingBody):
     messages: list[Message]
     max_completion_tokens: int | None = None
 

@@ -21,6 +21,7 @@ from ownlm.adapters.mixture import (
     usage,
     user_gates,
 )
+from ownlm.backbone.device import model_device
 from ownlm.log import get_logger
 from ownlm.methods.proper.groups import (
     check_new_user,
@@ -46,7 +47,8 @@ def train_groups(run, backbone=None) -> dict:
     users = [u for u in run.split.train if u.history]
     vectors = history_vectors(run, users, backbone)
     mu, proj = fit_projection(vectors, s.user_dim)
-    table = torch.nn.Parameter(torch.from_numpy((vectors - mu) @ proj))  # (U, d_u)
+    device = model_device(backbone.model)
+    table = torch.nn.Parameter(torch.from_numpy((vectors - mu) @ proj).to(device))  # (U, d_u)
     pairs = [
         (p, t, row)
         for row, u in enumerate(users)

@@ -32,7 +32,7 @@ def train_population(run) -> dict:
     log.info(
         f"[bold]stage 1[/] population LoRA on {len(pairs)} pairs from {len(run.split.train)} train users ({backbone.name})"
     )
-    model = inject(backbone, cfg.population, cfg.seed)
+    model = inject(backbone, cfg.population, cfg.seed, cfg.gradient_checkpointing)
     losses = train_pairs(backbone, model, pairs, cfg.population, cfg.seed, desc="population LoRA")
     run.store().save(
         "population",

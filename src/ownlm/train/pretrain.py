@@ -44,9 +44,12 @@ def pretrain(model, tokenizer, texts: list[str], cfg: TinyConfig) -> list[float]
     )
 
 
-def build_or_load_tiny(texts: list[str], cache_dir: Path, cfg: TinyConfig | None = None) -> Path:
+def build_or_load_tiny(
+    texts: list[str], cache_dir: Path, cfg: TinyConfig | None = None, device=None
+) -> Path:
     """Return a directory holding the pre-trained tiny Llama and its tokenizer, built once
-    per (corpus, config)."""
+    per (corpus, config). Pre-training runs on `device` in float32 (a model trained from
+    scratch needs full-precision weights; it is cast to the run's dtype when loaded)."""
     cfg = cfg or TinyConfig()
     if not texts:
         raise DataError(
@@ -56,7 +59,7 @@ def build_or_load_tiny(texts: list[str], cache_dir: Path, cfg: TinyConfig | None
     if (target / "config.json").exists() and (target / "ownlm_pretrain.json").exists():
         return target
     tokenizer = train_tokenizer(texts, cfg.vocab_size)
-    model = build_model(cfg, len(tokenizer))
+    model = build_model(cfg, len(tokenizer)).to(device or "cpu")
     losses = pretrain(model, tokenizer, texts, cfg)
     tmp = target.with_name(target.name + ".tmp")
     model.save_pretrained(tmp)
@@ -76,6 +79,6 @@ def initial_backbone(run):
     """The run's backbone before any ownlm stage (the tiny one pre-trained if needed)."""
     cfg = run.cfg
     if cfg.backbone == "tiny":
-        path = build_or_load_tiny(run.corpus(), run.cache_dir, cfg.tiny)
-        return CausalBackbone.from_pretrained(path, name="tiny", max_len=cfg.tiny.max_len)
-    return load_backbone(cfg.backbone, run.task)
+        path = build_or_load_tiny(run.corpus(), run.cache_dir, cfg.tiny, run.device)
+        return CausalBackbone.from_pretrained(path, "tiny", cfg.tiny.max_len, run.device, run.dtype)
+    return load_backbone(cfg.backbone, run.task, device=run.device, dtype=run.dtype)

@@ -35,7 +35,7 @@ def fit_user(run, backbone, user, variant: str = "oppu", ctx=None):
     The caller saves it and gives the base back with `detach(backbone, model)`."""
     seed = user_seed(run.cfg.seed, user.user_id)
     pairs = user_pairs(run, user, variant, ctx)
-    model = inject(backbone, run.cfg.user, seed)
+    model = inject(backbone, run.cfg.user, seed, run.cfg.gradient_checkpointing)
     try:
         return model, train_pairs(backbone, model, pairs, run.cfg.user, seed)
     except BaseException:

@@ -33,6 +33,7 @@ from ownlm.adapters.mixture import (
     uninstall_mixture,
 )
 from ownlm.adapters.peft_io import read_lora, write_peft_lora
+from ownlm.backbone.device import model_device
 from ownlm.config import ProperSettings
 from ownlm.errors import ConfigError, NotFoundError
 from ownlm.log import get_logger
@@ -71,7 +72,7 @@ def history_vectors(run, users, backbone=None) -> np.ndarray:
     try:
         from ownlm.retrieval.dense import embed_texts
 
-        emb = embed_texts(flat)
+        emb = embed_texts(flat, device=str(getattr(run, "device", "cpu")))
     except (ImportError, OSError) as e:
         log.warning(f"[yellow]MiniLM unavailable ({e}); using backbone hidden states[/]")
         emb = _backbone_embed(backbone or run.base(), flat)
@@ -85,7 +86,8 @@ def history_vectors(run, users, backbone=None) -> np.ndarray:
 @torch.no_grad()
 def _backbone_embed(backbone, texts: list[str]) -> np.ndarray:
     enc = backbone.tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
-    ids, mask = enc["input_ids"], enc["attention_mask"]
+    device = model_device(backbone.model)
+    ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
     hidden = backbone.model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
     h = hidden.hidden_states[-1]  # (N, T, d)
     m = mask[..., None].float()
@@ -227,7 +229,7 @@ def load_groups(run, backbone) -> GroupModel:
     fp = backbone.fingerprint()
     rdir = store.verify(ROUTER, fp)
     meta = json.loads((rdir / "router.json").read_text())
-    tensors = load_file(str(rdir / "router.safetensors"))
+    tensors = load_file(str(rdir / "router.safetensors"), device=str(model_device(backbone.model)))
     backbone.model.requires_grad_(False)
     state = install_mixture(
         backbone.model,

@@ -1,19 +1,28 @@
-"""A random-weight run to serve: a small Llama, a trained BPE tokenizer and N user LoRAs.
+"""Helpers for smoke tests and benchmarks: a servable run without training one.
 
-For tests, benchmarks and the load test, which need a servable run without training one.
+    toy_backbone()                 a small random-weight Llama with a trained BPE tokenizer
+    add_user_adapter(bb, store, u) a random LoRA for user `u`, saved as ownlm saves one
+    toy_run(run_dir, users)        <run>/base and <run>/adapters/users/<id>, ready to serve
+
+ownlm's own tests (tests/serve, tests/adapters) and bench/serve_*.py use them; a user can
+check an install the same way, e.g. `build_server(toy_run_dir)` then a completion.
 Users' lora_B are random (PEFT initialises B to zero), so every user answers differently.
+Nothing here is used by training, evaluation or serving themselves.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from peft import LoraConfig, get_peft_model
 
+from ownlm.adapters.lora import detach
 from ownlm.backbone.base import CausalBackbone, write_base_meta
-from ownlm.backbone.tiny import TinyConfig, build_model
+from ownlm.backbone.tiny import build_model
 from ownlm.backbone.tokenizer import train_tokenizer
+from ownlm.config import TinyConfig
 from ownlm.store import AdapterStore, Manifest
 
 WORDS = (
@@ -22,6 +31,7 @@ WORDS = (
 
 
 def toy_texts(n: int = 400) -> list[str]:
+    """`n` seeded sentences of 12 words from WORDS: the tokenizer's training corpus."""
     g = torch.Generator().manual_seed(0)
     idx = torch.randint(len(WORDS), (n, 12), generator=g).tolist()
     return [" ".join(WORDS[i] for i in row) for row in idx]
@@ -36,6 +46,7 @@ def toy_backbone(
     max_len: int = 256,
     seed: int = 0,
 ) -> CausalBackbone:
+    """A random-weight Llama of the given size named "toy" (deterministic per seed)."""
     tok = train_tokenizer(toy_texts(), vocab_size=vocab)
     cfg = TinyConfig(
         hidden_size=hidden,
@@ -56,11 +67,13 @@ def add_user_adapter(
     seed: int,
     r: int = 8,
     std: float = 0.5,
+    targets: Sequence[str] = CausalBackbone.default_targets,
 ) -> Path:
-    """Save a LoRA (q/v, rank r) with random A and B for `user_id` into the store."""
+    """Save a LoRA of rank r on `targets` with random A and B for `user_id` into the
+    store, with a manifest for this base (so the server accepts it)."""
     fingerprint = backbone.fingerprint()  # of the bare base, before PEFT wraps it in place
     torch.manual_seed(seed)
-    cfg = LoraConfig(r=r, lora_alpha=2 * r, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
+    cfg = LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(targets), lora_dropout=0.0)
     peft_model = get_peft_model(backbone.model, cfg)
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
@@ -71,19 +84,25 @@ def add_user_adapter(
         lambda d: peft_model.save_pretrained(d),
         Manifest(name="", stage="user", task="toy", base_fingerprint=fingerprint),
     )
-    backbone.model = peft_model.unload()  # the bare base back, unchanged
+    detach(backbone, peft_model)  # the bare base back, unchanged
     return path
 
 
 def toy_run(
-    run_dir: Path, users: list[str], ranks: list[int] | None = None, **size
+    run_dir: Path,
+    users: list[str],
+    ranks: list[int] | None = None,
+    targets: Sequence[str] = CausalBackbone.default_targets,
+    **size,
 ) -> CausalBackbone:
-    """Write <run>/base (HF dir + ownlm_base.json) and <run>/adapters/users/<id>."""
+    """Write <run>/base (HF dir + ownlm_base.json) and <run>/adapters/users/<id>, one
+    LoRA per user (rank ranks[i], default 8; on `targets`); `size` goes to toy_backbone."""
     run_dir = Path(run_dir)
     backbone = toy_backbone(**size)
     backbone.save(run_dir / "base")
     write_base_meta(run_dir / "base", backbone, max_len=backbone.max_len)
     store = AdapterStore(run_dir / "adapters")
     for i, user in enumerate(users):
-        add_user_adapter(backbone, store, user, seed=100 + i, r=(ranks or [8] * len(users))[i])
+        r = (ranks or [8] * len(users))[i]
+        add_user_adapter(backbone, store, user, seed=100 + i, r=r, targets=targets)
     return backbone

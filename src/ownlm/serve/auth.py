@@ -1,0 +1,46 @@
+"""FastAPI dependencies that authenticate a request: `principal` (any valid token) and
+`admin` (an admin token). Tokens themselves live in `ownlm.store.tokens`.
+
+    @router.get("/v1/models")
+    async def models(who: Principal = Depends(principal)): ...
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Header
+
+from ownlm.serve.errors import ApiError
+from ownlm.serve.server import Server, get_server
+from ownlm.store import Principal
+
+HINT = "create one with `ownlm token create --run-dir RUN --user U`"
+
+
+def principal(
+    server: Annotated[Server, Depends(get_server)],
+    authorization: Annotated[str | None, Header()] = None,
+) -> Principal:
+    """Who sent the request, from `Authorization: Bearer <token>`; 401 otherwise."""
+    if not authorization or not authorization.startswith("Bearer "):
+        raise ApiError(
+            401,
+            f"missing API key: send 'Authorization: Bearer <token>' ({HINT})",
+            code="invalid_api_key",
+        )
+    who = server.tokens.check(authorization.removeprefix("Bearer ").strip())
+    if who is None:
+        raise ApiError(401, f"unknown API key; {HINT}", code="invalid_api_key")
+    return who
+
+
+def admin(who: Annotated[Principal, Depends(principal)]) -> Principal:
+    """The sender, if their token is an admin token; 403 otherwise."""
+    if not who.admin:
+        raise ApiError(
+            403,
+            "this endpoint needs an admin token (`ownlm token create --run-dir RUN --admin`)",
+            code="permission_denied",
+        )
+    return who

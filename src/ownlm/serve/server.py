@@ -1,0 +1,171 @@
+"""What the HTTP routes serve: one base model, the users' adapters in LoRA slots, a batcher.
+
+`Server` names the models (`<base>` and `<base>:<user_id>`), resolves a request's model
+to a user it may reach, and turns a request body into an engine `Request`. The routes
+(`serve.routes`) reach it through `get_server`, from `app.state.server`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import Request as HttpRequest
+
+from ownlm.adapters import peft_io
+from ownlm.backbone.base import ANSWER_SEP, CausalBackbone
+from ownlm.config import ServeSettings
+from ownlm.errors import ConfigError, StoreError
+from ownlm.log import get_logger
+from ownlm.serve.batcher import Batcher
+from ownlm.serve.cache import AdapterCache
+from ownlm.serve.engine import Engine, Request
+from ownlm.serve.errors import ApiError
+from ownlm.serve.personalize import Personalizer
+from ownlm.serve.protocol import SamplingBody
+from ownlm.store import AdapterStore, Principal, TokenStore
+
+log = get_logger(__name__)
+
+
+def _user_paths(store: AdapterStore) -> list[Path]:
+    return [store.path(name) for name in store.names("user")]
+
+
+def stored_max_rank(store: AdapterStore, floor: int = 8) -> int:
+    """Largest LoRA rank in the store, so every stored adapter fits a slot."""
+    return peft_io.max_rank(_user_paths(store), floor=floor)
+
+
+def stored_targets(store: AdapterStore, default: tuple[str, ...]) -> tuple[str, ...]:
+    """The modules the stored user adapters adapt (e.g. ("k_proj", "o_proj")), so the
+    engine batches exactly those; `default` (the backbone's) when no user has one yet."""
+    return tuple(sorted(peft_io.target_names(_user_paths(store)))) or tuple(default)
+
+
+class Server:
+    def __init__(
+        self,
+        backbone: CausalBackbone,
+        store: AdapterStore,
+        tokens: TokenStore,
+        settings: ServeSettings,
+        personalizer: Personalizer | None = None,
+    ):
+        if settings.cache_size < settings.max_batch_size:
+            raise ConfigError(
+                f"cache_size={settings.cache_size} must be >= max_batch_size={settings.max_batch_size}: "
+                "every row of a batch needs a slot; raise cache_size or lower max_batch_size"
+            )
+        self.backbone, self.store, self.tokens = backbone, store, tokens
+        self.settings, self.personalizer = settings, personalizer
+        self.base = backbone.name
+        fingerprint = backbone.fingerprint()  # before the slots are installed into the model
+        targets = stored_targets(store, backbone.default_targets)
+        log.info("batched LoRA slots on %s", ", ".join(targets))
+        self.engine = Engine(
+            backbone.model,
+            backbone.tokenizer,
+            settings.cache_size,
+            stored_max_rank(store),
+            backbone.max_len,
+            targets,
+        )
+        self.cache = AdapterCache(self.engine.lora, store, fingerprint)
+        self.batcher = Batcher(
+            self.engine, self.cache, settings.max_batch_size, settings.max_wait_ms
+        )
+
+    # -- model names ----------------------------------------------------------------
+    def model_ids(self, who: Principal) -> list[str]:
+        users = [n.partition(":")[2] for n in self.store.names("user")]
+        return [self.base] + [
+            f"{self.base}:{u}" for u in users if who.may_use(u) and u not in self.cache.removed
+        ]
+
+    def resolve(self, model: str, who: Principal) -> str | None:
+        """The user whose adapter `model` names (None = the base); checks access."""
+        if model == self.base:
+            return None
+        base, sep, user = model.partition(":")
+        if base != self.base or not sep or not user:
+            raise ApiError(
+                404,
+                f"model {model!r} does not exist; use {self.base!r} or '{self.base}:<user_id>' (GET /v1/models lists them)",
+                "model",
+                "model_not_found",
+            )
+        if not who.may_use(user):
+            raise ApiError(
+                403,
+                f"this token may not use model {model!r}; a user token reaches '{self.base}:<its own user>' only",
+                "model",
+                "permission_denied",
+            )
+        if not self.cache.servable(user):
+            raise ApiError(
+                404,
+                f"model {model!r} does not exist: user {user!r} has no adapter being served",
+                "model",
+                "model_not_found",
+            )
+        return user
+
+    # -- one request ----------------------------------------------------------------
+    def build(self, body: SamplingBody, user: str | None, text: str, chat: bool) -> Request:
+        """The engine request for `text`: personal context added (when on), tokenized,
+        checked against the context length."""
+        body.check()
+        if body.ownlm_personalize and self.personalizer and self.personalizer.has(user):
+            text = self.personalizer.prompt(user, text)
+        elif chat:
+            text = text + ANSWER_SEP  # chat asks for an answer: the format the model learned
+        max_tokens = (
+            getattr(body, "max_completion_tokens", None)
+            or body.max_tokens
+            or self.settings.default_max_tokens
+        )
+        ids = self.backbone.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise ApiError(400, "prompt is empty; send at least one token of text", "prompt")
+        if len(ids) + max_tokens > self.engine.max_len:
+            raise ApiError(
+                400,
+                f"prompt is {len(ids)} tokens and max_tokens is {max_tokens}: over the context of {self.engine.max_len} tokens; shorten the prompt or lower max_tokens",
+                "messages" if chat else "prompt",
+                "context_length_exceeded",
+            )
+        return Request(
+            ids=ids,
+            max_tokens=max_tokens,
+            temperature=body.temperature,
+            top_p=body.top_p,
+            stop=body.stops(),
+            seed=body.seed,
+        )
+
+
+def get_server(request: HttpRequest) -> Server:
+    """FastAPI dependency: the Server `create_app` put on the app's state."""
+    return request.app.state.server
+
+
+def build_server(
+    run_dir: Path, settings: ServeSettings | None = None, personalize: bool = True
+) -> Server:
+    """A Server over a trained run: <run>/base, <run>/adapters, <run>/tokens.json."""
+    from ownlm.backbone.load import load_base
+
+    run_dir = Path(run_dir)
+    backbone = load_base(run_dir / "base")
+    if not isinstance(backbone, CausalBackbone):
+        raise StoreError(
+            f"run {run_dir} has a {backbone.kind} base; only causal LMs generate text to serve"
+        )
+    personalizer = Personalizer.from_run(run_dir) if personalize else None
+    return Server(
+        backbone,
+        AdapterStore(run_dir / "adapters"),
+        TokenStore(run_dir),
+        settings or ServeSettings(),
+        personalizer,
+    )

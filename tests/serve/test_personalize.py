@@ -1,0 +1,31 @@
+"""Served users get the personal prompt evaluation builds: retrieval + profile."""
+
+from __future__ import annotations
+
+from ownlm.backbone.base import ANSWER_SEP
+from ownlm.data.demo import make_demo_tags
+from ownlm.data.tasks import get_task
+from ownlm.serve.personalize import Personalizer
+
+
+def test_personalized_prompt_adds_profile_and_retrieval():
+    ds = make_demo_tags(seed=0)
+    user = ds.users[0]
+    pers = Personalizer(get_task(ds.task), {"alice": user}, k=1, use_profile=True)
+    text = user.queries[0].input
+    prompt = pers.prompt("alice", text)
+    assert prompt.startswith("User profile:") and prompt.endswith(text + ANSWER_SEP)
+
+
+def test_personalizer_reads_the_runs_users(tmp_path):
+    from ownlm.config import ExperimentConfig, save_config
+
+    assert Personalizer.from_run(tmp_path) is None  # no config: served without user data
+    save_config(
+        ExperimentConfig(name="r", data="demo-tags", output_dir="elsewhere"),
+        tmp_path / "config.yaml",
+    )
+    before = (tmp_path / "config.yaml").read_text()
+    pers = Personalizer.from_run(tmp_path)
+    assert pers is not None and pers.has("t000") and not pers.has("nobody") and not pers.has(None)
+    assert (tmp_path / "config.yaml").read_text() == before  # serving never rewrites the run

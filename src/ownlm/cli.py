@@ -198,11 +198,14 @@ def serve_cmd(
     cache_size: int = typer.Option(64, help="user adapters kept in memory (LRU)"),
     max_batch_size: int = typer.Option(16, help="requests decoded together in one batch"),
     max_wait_ms: float = typer.Option(10, help="how long the batcher waits to fill a batch"),
+    device: str = typer.Option("auto", help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N"),
+    dtype: str = typer.Option("auto", help="auto (bf16 on a GPU that has it), float32, bfloat16"),
 ):
     """OpenAI-compatible server: one base, every user's adapter, mixed-user batches."""
     from ownlm.serve.launch import serve
 
-    serve(run_dir, host, port, ServeSettings(cache_size, max_batch_size, max_wait_ms))
+    settings = ServeSettings(cache_size, max_batch_size, max_wait_ms, device=device, dtype=dtype)
+    serve(run_dir, host, port, settings)
 
 
 @token_app.command("create")

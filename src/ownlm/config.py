@@ -134,6 +134,8 @@ class ServeSettings:
     default_max_tokens: int = field(
         default=16, metadata={"help": "when a request names no max_tokens (OpenAI's default)"}
     )
+    device: str = field(default="auto", metadata={"help": "where the base runs (as the run's)"})
+    dtype: str = field(default="auto", metadata={"help": "precision of the base (as the run's)"})
 
 
 @dataclass

@@ -51,10 +51,14 @@ class BatchedLoraLinear(nn.Module):
         n = state.n_slots + 1  # + the zero slot for rows without an adapter
         w = base.weight
         self.register_buffer(
-            "A", torch.zeros(n, max_rank, base.in_features, dtype=w.dtype), persistent=False
+            "A",
+            torch.zeros(n, max_rank, base.in_features, dtype=w.dtype, device=w.device),
+            persistent=False,
         )
         self.register_buffer(
-            "B", torch.zeros(n, base.out_features, max_rank, dtype=w.dtype), persistent=False
+            "B",
+            torch.zeros(n, base.out_features, max_rank, dtype=w.dtype, device=w.device),
+            persistent=False,
         )
         self._gathered: tuple[int, torch.Tensor, torch.Tensor] | None = None
 
@@ -134,7 +138,10 @@ class BatchedLora:
 
     def slot_tensor(self, slots: list[int]) -> torch.Tensor:
         """(batch,) indices with -1 (no adapter) mapped to the zero slot."""
-        return torch.tensor([self.n_slots if s < 0 else s for s in slots], dtype=torch.long)
+        device = next(iter(self.layers.values())).A.device
+        return torch.tensor(
+            [self.n_slots if s < 0 else s for s in slots], dtype=torch.long, device=device
+        )
 
     @contextmanager
     def use(self, slots: list[int] | torch.Tensor | None):

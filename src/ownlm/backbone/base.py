@@ -37,7 +37,10 @@ class Backbone(Protocol):
 
     def save(self, path: Path) -> None: ...
 
-    def fingerprint(self) -> str: ...
+    def fingerprint(self) -> str:
+        """The identity adapters are checked against: the one recorded when the base was
+        written (`write_base_meta`), whatever precision it is loaded in, else computed."""
+        ...
 
     def loss(self, model, prompts: list[str], targets: list[str]) -> torch.Tensor:
         """Mean training loss of `model` on (prompt, target) pairs."""
@@ -67,6 +70,7 @@ def fingerprint_model(model: nn.Module) -> str:
 
 class CausalBackbone:
     kind = "causal"
+    recorded_fingerprint: str | None = None  # set by `load_base` from ownlm_base.json
     default_targets = ("q_proj", "v_proj")
 
     def __init__(self, model, tokenizer, name: str = "causal", max_len: int = 384):
@@ -99,7 +103,7 @@ class CausalBackbone:
         self.tokenizer.save_pretrained(path)
 
     def fingerprint(self) -> str:
-        return fingerprint_model(self.model)
+        return self.recorded_fingerprint or fingerprint_model(self.model)
 
     # -- tokenization ---------------------------------------------------------------
     def _ids(self, texts: list[str]) -> list[list[int]]:
@@ -199,6 +203,7 @@ class CausalBackbone:
 
 class EncoderBackbone:
     kind = "encoder"
+    recorded_fingerprint: str | None = None  # set by `load_base` from ownlm_base.json
     default_targets = ("query", "value")
     modules_to_save = ("head",)
 
@@ -232,7 +237,7 @@ class EncoderBackbone:
         self.model.save(path, self.tokenizer)
 
     def fingerprint(self) -> str:
-        return fingerprint_model(self.model)
+        return self.recorded_fingerprint or fingerprint_model(self.model)
 
     def _batch(self, prompts: list[str]):
         enc = self.tokenizer(

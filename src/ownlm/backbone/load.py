@@ -49,7 +49,12 @@ def load_base(path: Path, device=None, dtype=None):
         raise ConfigError(f"no trained base in {path}; run `ownlm train --stages population` first")
     meta = json.loads(meta_path.read_text())
     if meta["kind"] == "encoder":
-        return EncoderBackbone.from_pretrained(path, meta["name"], device, dtype)
-    return CausalBackbone.from_pretrained(
-        path, meta["name"], meta.get("max_len", 384), device, dtype
-    )
+        backbone = EncoderBackbone.from_pretrained(path, meta["name"], device, dtype)
+    else:
+        backbone = CausalBackbone.from_pretrained(
+            path, meta["name"], meta.get("max_len", 384), device, dtype
+        )
+    # the identity computed when the base was written: adapters trained on it stay valid
+    # when it is loaded in another precision (bf16 values hash differently from fp32)
+    backbone.recorded_fingerprint = meta.get("fingerprint")
+    return backbone

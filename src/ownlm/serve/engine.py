@@ -16,6 +16,7 @@ from transformers import DynamicCache
 
 from ownlm.adapters.batched import BatchedLora, install_batched_lora
 from ownlm.backbone.base import CausalBackbone
+from ownlm.backbone.device import model_device
 from ownlm.errors import RequestError
 
 
@@ -97,7 +98,8 @@ def _pick(logits: torch.Tensor, rows: list[_Row], eos: int) -> list[int]:
     picks = logits.argmax(-1).tolist()
     for i, row in enumerate(rows):
         if row.req.temperature > 0 and not row.done:
-            probs = torch.softmax(logits[i].float() / row.req.temperature, -1)
+            # sampled on the host: a request's seeded generator lives there
+            probs = torch.softmax(logits[i].float().cpu() / row.req.temperature, -1)
             if row.req.top_p < 1.0:
                 p, order = probs.sort(descending=True)
                 keep = p.cumsum(-1) - p < row.req.top_p  # smallest prefix reaching top_p
@@ -128,6 +130,7 @@ class Engine:
         self.lora: BatchedLora = install_batched_lora(model, n_slots, max_rank, targets)
         self.eos = tokenizer.eos_token_id
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos
+        self.device = model_device(model)
 
     def check(self, req: Request) -> None:
         if len(req.ids) + req.max_tokens > self.max_len:
@@ -142,8 +145,13 @@ class Engine:
             self.check(req)
         rows = [_Row(r, self.tokenizer) for r in reqs]
         width = max(len(r.ids) for r in reqs)
-        ids = torch.tensor([[self.pad] * (width - len(r.ids)) + r.ids for r in reqs])  # (b, T)
-        mask = torch.tensor([[0] * (width - len(r.ids)) + [1] * len(r.ids) for r in reqs])
+        dev = self.device
+        ids = torch.tensor(
+            [[self.pad] * (width - len(r.ids)) + r.ids for r in reqs], device=dev
+        )  # (b, T)
+        mask = torch.tensor(
+            [[0] * (width - len(r.ids)) + [1] * len(r.ids) for r in reqs], device=dev
+        )
         pos = (mask.cumsum(-1) - 1).clamp(min=0)  # real tokens count from 0 in every row
         cache = DynamicCache()
         steps = max(r.max_tokens for r in reqs)
@@ -157,9 +165,10 @@ class Engine:
                 if all(row.done for row in rows):
                     break
                 nxt = torch.tensor(
-                    [[self.pad if r.done else t] for r, t in zip(rows, picks, strict=True)]
+                    [[self.pad if r.done else t] for r, t in zip(rows, picks, strict=True)],
+                    device=dev,
                 )
-                mask = torch.cat([mask, torch.ones(len(reqs), 1, dtype=mask.dtype)], 1)
+                mask = torch.cat([mask, mask.new_ones(len(reqs), 1)], 1)
                 pos = pos[:, -1:] + 1
                 logits = self._forward(nxt, mask, pos, cache)
         return [row.out for row in rows]

@@ -153,10 +153,13 @@ def build_server(
     run_dir: Path, settings: ServeSettings | None = None, personalize: bool = True
 ) -> Server:
     """A Server over a trained run: <run>/base, <run>/adapters, <run>/tokens.json."""
+    from ownlm.backbone.device import resolve_device, resolve_dtype
     from ownlm.backbone.load import load_base
 
     run_dir = Path(run_dir)
-    backbone = load_base(run_dir / "base")
+    settings = settings or ServeSettings()
+    device = resolve_device(settings.device)
+    backbone = load_base(run_dir / "base", device, resolve_dtype(settings.dtype, device))
     if not isinstance(backbone, CausalBackbone):
         raise StoreError(
             f"run {run_dir} has a {backbone.kind} base; only causal LMs generate text to serve"
@@ -166,6 +169,6 @@ def build_server(
         backbone,
         AdapterStore(run_dir / "adapters"),
         TokenStore(run_dir),
-        settings or ServeSettings(),
+        settings,
         personalizer,
     )

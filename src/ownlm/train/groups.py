@@ -38,6 +38,18 @@ from ownlm.train.loop import fit_mixture
 log = get_logger(__name__)
 
 
+def stage2_pairs(run, users) -> list[tuple[str, str, int]]:
+    """(prompt, target, the user's row in the table) for every history item of `users`."""
+    cfg = run.cfg
+    return [
+        (p, t, row)
+        for row, u in enumerate(users)
+        for p, t in training_pairs(
+            run.task, user_context(run.task, u), cfg.retrieval_k, cfg.profile
+        )
+    ]
+
+
 def train_groups(run, backbone=None) -> dict:
     """Train and store the group experts and the user-aware router. Returns statistics."""
     cfg, s = run.cfg, settings(run)
@@ -49,13 +61,7 @@ def train_groups(run, backbone=None) -> dict:
     mu, proj = fit_projection(vectors, s.user_dim)
     device = model_device(backbone.model)
     table = torch.nn.Parameter(torch.from_numpy((vectors - mu) @ proj).to(device))  # (U, d_u)
-    pairs = [
-        (p, t, row)
-        for row, u in enumerate(users)
-        for p, t in training_pairs(
-            run.task, user_context(run.task, u), cfg.retrieval_k, cfg.profile
-        )
-    ]  # (prompt, target, the user's row in the table)
+    pairs = stage2_pairs(run, users)
     backbone.model.requires_grad_(False)
     torch.manual_seed(cfg.seed)
     state = install_mixture(
@@ -70,8 +76,7 @@ def train_groups(run, backbone=None) -> dict:
     experts = [p for layer in layers.values() for p in (layer.A, layer.B)]
     routers = [table] + [p for layer in layers.values() for p in layer.router.parameters()]
     log.info(
-        f"[bold]stage 2[/] {s.groups} group experts (r={s.r}) on {len(layers)} modules, "
-        f"{len(pairs)} pairs from {len(users)} train users"
+        f"[bold]stage 2[/] {s.groups} experts (r={s.r}), {len(layers)} modules, {len(pairs)} pairs"
     )
     try:
         losses = fit_mixture(
@@ -97,12 +102,13 @@ def train_groups(run, backbone=None) -> dict:
         save_groups(run, layers, table, mu, proj, meta, base_fp, losses, vectors)
     finally:
         uninstall_mixture(backbone.model)
+    stats = {"pairs": len(pairs), "loss_first": losses[0], "loss_last": losses[-1], **used}
     log.info(
-        f"stage 2 done: loss {losses[0]:.3f} -> {losses[-1]:.3f}; top expert share of "
-        f"tokens {used['tokens']}, of users {used['users']}; users' mean top gate "
+        f"stage 2 done: loss {losses[0]:.3f} -> {losses[-1]:.3f}; top expert share of tokens "
+        f"{used['tokens']}, of users {used['users']}; users' mean top gate "
         f"{used['user_top_gate']} (uniform {1 / s.groups:.2f})"
     )
-    return {"pairs": len(pairs), "loss_first": losses[0], "loss_last": losses[-1], **used}
+    return stats
 
 
 @torch.no_grad()

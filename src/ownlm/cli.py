@@ -85,12 +85,21 @@ def train(
         "oppu,peft",
         help="user-stage variants: oppu (PEFT+retrieval+profile), peft (PEFT only), proper-input, proper-user",
     ),
+    executor: str = typer.Option(
+        "inprocess",
+        help="where OPPU's user stage runs: inprocess, or ray (pip install 'ownlm[ray]')",
+    ),
+    workers: int = typer.Option(2, help="Ray actors, each loading the base once (--executor ray)"),
+    ray_address: str = typer.Option(
+        None, help="join this Ray cluster (default: start a local Ray) (--executor ray)"
+    ),
 ):
     """Train the stages; a stopped run resumes, skipping users already trained."""
     from ownlm.train.stages import check_plan, train_stages
 
-    check_plan(_list(stages), _list(variants))  # before any work
-    train_stages(_run(config, set_), _list(stages), _list(variants))
+    check_plan(_list(stages), _list(variants), executor)  # before any work
+    run = _run(config, set_)
+    train_stages(run, _list(stages), _list(variants), executor, workers, ray_address)
 
 
 @app.command(name="eval", epilog=CONFIG_HELP)

@@ -104,6 +104,17 @@ class Run:
 
         return resolve_dtype(self.cfg.dtype, self.device)
 
+    def base_fingerprint(self) -> str:
+        """The merged base's identity, as recorded when it was written (no model loaded)."""
+        import json
+
+        meta = self.base_dir / "ownlm_base.json"
+        if not meta.exists():
+            raise ConfigError(
+                f"no trained base in {self.base_dir}; run `ownlm train --stages population` first"
+            )
+        return json.loads(meta.read_text())["fingerprint"]
+
     def base(self):
         """The backbone with the population LoRA merged in (after stage 1), on the run's
         device in the run's precision."""

@@ -8,10 +8,17 @@ from ownlm.methods.oppu import VARIANTS
 from ownlm.methods.proper.users import METHODS as PROPER_VARIANTS
 
 STAGES = ("population", "groups", "users")
+EXECUTORS = ("inprocess", "ray")  # where OPPU's user stage runs
 
 
-def check_plan(stages: list[str], variants: list[str]) -> None:
-    """Refuse unknown stages and variants before any work starts."""
+def check_plan(stages: list[str], variants: list[str], executor: str = "inprocess") -> None:
+    """Refuse unknown stages, variants and executors before any work starts."""
+    if executor not in EXECUTORS:
+        raise ConfigError(f"unknown executor {executor!r}; choose from {', '.join(EXECUTORS)}")
+    if executor == "ray":
+        from ownlm.train.ray_executor import import_ray
+
+        import_ray()  # not installed: say how to install it now, not after stage 1
     unknown = sorted(set(stages) - set(STAGES))
     if unknown:
         raise ConfigError(f"unknown stage(s) {unknown}; choose from {', '.join(STAGES)}")
@@ -23,24 +30,37 @@ def check_plan(stages: list[str], variants: list[str]) -> None:
             )
 
 
-def train_stages(run, stages: list[str], variants: list[str]) -> None:
-    """Train `stages` of `run`; the user stage once per variant (oppu, peft, proper-*)."""
+def train_stages(
+    run,
+    stages: list[str],
+    variants: list[str],
+    executor: str = "inprocess",
+    workers: int = 2,
+    address: str | None = None,
+) -> None:
+    """Train `stages` of `run`; the user stage once per variant (oppu, peft, proper-*),
+    OPPU's on `executor` ("inprocess", or "ray" with `workers` actors)."""
     from ownlm.train.groups import train_groups
     from ownlm.train.population import train_population
     from ownlm.train.proper_users import train_proper_users
-    from ownlm.train.users import train_users
 
-    check_plan(stages, variants)
+    check_plan(stages, variants, executor)
     if "population" in stages:
         train_population(run)
     if "groups" in stages:
         train_groups(run)
     if "users" in stages:
         for variant in variants:
-            if variant in VARIANTS:
-                train_users(run, variant)
-            else:
+            if variant not in VARIANTS:
                 train_proper_users(run, router=PROPER_VARIANTS[variant])
+            elif executor == "ray":
+                from ownlm.train.ray_executor import train_users_ray
+
+                train_users_ray(run, variant, workers=workers, address=address)
+            else:
+                from ownlm.train.user_stage import train_user_stage
+
+                train_user_stage(run, variant)
 
 
 def prepare(run) -> dict:

@@ -181,6 +181,13 @@ class ExperimentConfig:
         default=False,
         metadata={"help": "recompute activations in the backward pass (less GPU memory, slower)"},
     )
+    quantize: str | None = field(
+        default=None,
+        metadata={
+            "help": "4bit: load an HF causal base in 4-bit NF4 for QLoRA-style training "
+            "(CUDA only; pip install 'ownlm[qlora]'); empty: the base in `dtype`"
+        },
+    )
     seed: int = field(default=0, metadata={"help": "seed for splits, sampling and initialisation"})
     test_frac: float = field(
         default=0.3,

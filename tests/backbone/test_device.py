@@ -87,3 +87,16 @@ def test_gradient_checkpointing_trains_the_same_lora(tiny_cfg):
     run.cfg.gradient_checkpointing = False
     train_users(run, "oppu", users=[user], backbone=backbone)
     assert run.store().manifest(user.name).extra["loss_last"] == pytest.approx(with_gc, abs=1e-5)
+
+
+def test_quantize_4bit_refused_where_it_cannot_run(tiny_cfg):
+    from ownlm.backbone.device import quantization_kwargs
+    from ownlm.train.pretrain import initial_backbone
+
+    with pytest.raises(ConfigError, match="needs a CUDA GPU"):
+        quantization_kwargs("4bit", torch.device("cpu"), torch.float32)
+    with pytest.raises(ConfigError, match="not supported"):
+        quantization_kwargs("3bit", torch.device("cpu"), None)
+    tiny_cfg.quantize = "4bit"
+    with pytest.raises(ConfigError, match="for Hugging Face causal LMs"):
+        initial_backbone(Run(tiny_cfg))

@@ -35,6 +35,14 @@ def inject(backbone, s: LoraSettings, seed: int, gradient_checkpointing: bool = 
     they train and are saved exactly. With `gradient_checkpointing` the base recomputes
     its activations in the backward pass (Hugging Face models only)."""
     torch.manual_seed(seed)
+    if getattr(backbone.model, "is_loaded_in_4bit", False) and not getattr(
+        backbone.model, "_ownlm_kbit_ready", False
+    ):
+        from peft import prepare_model_for_kbit_training
+
+        # QLoRA: norms in float32, inputs that carry gradients through the frozen 4-bit base
+        prepare_model_for_kbit_training(backbone.model, use_gradient_checkpointing=False)
+        backbone.model._ownlm_kbit_ready = True
     model = get_peft_model(backbone.model, lora_config(backbone, s))
     if gradient_checkpointing:
         if not hasattr(backbone.model, "gradient_checkpointing_enable"):

@@ -90,11 +90,20 @@ class CausalBackbone:
         max_len: int = 384,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        quantize: str | None = None,
     ):
-        """Load a Hugging Face causal LM in `dtype` (default: as saved) onto `device`."""
-        model = AutoModelForCausalLM.from_pretrained(path_or_id, **dtype_kwargs(dtype))
-        if device is not None:
-            model = model.to(device)
+        """Load a Hugging Face causal LM in `dtype` (default: as saved) onto `device`;
+        with quantize="4bit" its frozen linear layers are NF4 (QLoRA, bitsandbytes)."""
+        if quantize:
+            from ownlm.backbone.device import quantization_kwargs
+
+            kwargs = quantization_kwargs(quantize, device, dtype)
+            model = AutoModelForCausalLM.from_pretrained(path_or_id, **kwargs)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path_or_id, **dtype_kwargs(dtype))
+            # a base saved quantized comes back quantized, placed by bitsandbytes already
+            if device is not None and not getattr(model, "is_loaded_in_4bit", False):
+                model = model.to(device)
         tokenizer = AutoTokenizer.from_pretrained(path_or_id)
         return cls(model, tokenizer, name or Path(str(path_or_id)).name, max_len)
 

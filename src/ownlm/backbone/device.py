@@ -72,3 +72,31 @@ def model_device(model: torch.nn.Module) -> torch.device:
     """The device of a model's first parameter (CPU for a model without parameters)."""
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
+
+
+QUANTIZE = ("4bit",)
+
+
+def quantization_kwargs(quantize: str, device, dtype) -> dict:
+    """`from_pretrained` arguments for a 4-bit NF4 frozen base (QLoRA: Dettmers et al.
+    2023), computing in `dtype`. bitsandbytes' 4-bit kernels need a CUDA GPU."""
+    if quantize not in QUANTIZE:
+        raise ConfigError(f"quantize={quantize!r} is not supported; use 4bit or leave it empty")
+    device = torch.device(device or "cpu")
+    if device.type != "cuda":
+        raise ConfigError(
+            f"quantize={quantize} needs a CUDA GPU (bitsandbytes' 4-bit kernels), but the "
+            f"device is {device}; leave quantize empty on this machine"
+        )
+    try:
+        import bitsandbytes  # noqa: F401
+        from transformers import BitsAndBytesConfig
+    except ImportError as e:
+        raise ConfigError("quantize=4bit needs bitsandbytes: pip install 'ownlm[qlora]'") from e
+    config = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=dtype or torch.bfloat16,
+    )
+    return {"quantization_config": config, "device_map": {"": device.index or 0}}

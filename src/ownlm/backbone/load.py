@@ -11,7 +11,7 @@ from ownlm.backbone.encoder import load_minilm_classifier
 from ownlm.errors import ConfigError
 
 
-def load_backbone(spec: str, task, max_len: int = 384, device=None, dtype=None):
+def load_backbone(spec: str, task, max_len: int = 384, device=None, dtype=None, quantize=None):
     """The backbone `spec` names, before any ownlm stage: `minilm` (the packaged encoder,
     label tasks), or a Hugging Face causal LM directory / hub id in the local cache."""
     if spec == "tiny":
@@ -33,7 +33,7 @@ def load_backbone(spec: str, task, max_len: int = 384, device=None, dtype=None):
         )
     try:
         name = path.name if path.exists() else spec
-        return CausalBackbone.from_pretrained(spec, name, max_len, device, dtype)
+        return CausalBackbone.from_pretrained(spec, name, max_len, device, dtype, quantize)
     except OSError as e:
         raise ConfigError(
             f"cannot load backbone {spec!r} ({e}); give 'tiny', 'minilm', a local Hugging Face model "

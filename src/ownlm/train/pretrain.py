@@ -17,7 +17,7 @@ from ownlm.backbone.load import load_backbone
 from ownlm.backbone.tiny import build_model, corpus_key, lm_batch, pack_corpus
 from ownlm.backbone.tokenizer import train_tokenizer
 from ownlm.config import TinyConfig
-from ownlm.errors import DataError
+from ownlm.errors import ConfigError, DataError
 from ownlm.train.loop import fit, warmup_cosine
 
 
@@ -78,7 +78,14 @@ def build_or_load_tiny(
 def initial_backbone(run):
     """The run's backbone before any ownlm stage (the tiny one pre-trained if needed)."""
     cfg = run.cfg
+    if cfg.quantize and cfg.backbone in ("tiny", "minilm"):
+        raise ConfigError(
+            f"quantize={cfg.quantize} is for Hugging Face causal LMs loaded from a directory; "
+            f"the {cfg.backbone} backbone is small enough to train as it is"
+        )
     if cfg.backbone == "tiny":
         path = build_or_load_tiny(run.corpus(), run.cache_dir, cfg.tiny, run.device)
         return CausalBackbone.from_pretrained(path, "tiny", cfg.tiny.max_len, run.device, run.dtype)
-    return load_backbone(cfg.backbone, run.task, device=run.device, dtype=run.dtype)
+    return load_backbone(
+        cfg.backbone, run.task, device=run.device, dtype=run.dtype, quantize=cfg.quantize
+    )

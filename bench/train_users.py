@@ -16,6 +16,7 @@ one process; medians of --runs repetitions. Peak RSS is the process's high-water
 
     python bench/train_users.py [--threads 1] [--device cpu] [--users-per-batch 16]
                                 [--runs 3] [--quick]
+    python bench/train_users.py --memory    # peak RSS, 16 vs 64 users, each in a fresh process
 
 The last line is `batched/sequential=X.XX`: users per hour, batched over sequential,
 for the 10-item users.
@@ -137,6 +138,42 @@ def report(times, rss) -> None:
     print(f"batched/sequential={ratio[SIZES[0]]:.2f}")
 
 
+def memory_child(n_users: int, args) -> None:
+    """Train `n_users` users of 10 items batched in this (fresh) process; print peak RSS."""
+    users = make_users(n_users, SIZES[0], seed=1)
+    with tempfile.TemporaryDirectory() as tmp:
+        probe = new_run(Path(tmp), "probe", 1)
+        pairs = [p for u in users[:16] for p in user_pairs(probe, u)]
+        backbone = make_backbone([f"{p} {t}" for p, t in pairs] * 2, args.device)
+        before = rss_mb()
+        run = new_run(Path(tmp), "mem", args.users_per_batch)
+        stats = train_users_batched(run, users=users, backbone=backbone)
+        assert stats["trained"] == n_users, stats
+    print(f"RSS {n_users} {before:.0f} {rss_mb():.0f}")
+
+
+def memory(args) -> None:
+    """Peak RSS of the batched user stage for 16 and for 64 users, each in a new process:
+    finished users' adapters must leave memory (target: within 10%)."""
+    import subprocess
+    import sys
+
+    peak = {}
+    for n in (16, 64):
+        cmd = [sys.executable, __file__, "--memory-users", str(n), "--device", args.device]
+        cmd += ["--users-per-batch", str(args.users_per_batch)]
+        if args.threads:
+            cmd += ["--threads", str(args.threads)]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        line = next(x for x in out.splitlines() if x.startswith("RSS "))
+        _, _, start, end = line.split()
+        peak[n] = float(end)
+        print(
+            f"{n:>3} users: RSS after model set-up {float(start):.0f} MB, peak {float(end):.0f} MB"
+        )
+    print(f"rss64/rss16={peak[64] / peak[16]:.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -144,9 +181,15 @@ def main() -> None:
     ap.add_argument("--users-per-batch", type=int, default=16, help="users trained together")
     ap.add_argument("--runs", type=int, default=3, help="repetitions (median reported)")
     ap.add_argument("--quick", action="store_true", help="one run: a smoke test")
+    ap.add_argument("--memory", action="store_true", help="peak RSS, 16 vs 64 users")
+    ap.add_argument("--memory-users", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.memory_users:
+        return memory_child(args.memory_users, args)
+    if args.memory:
+        return memory(args)
     runs = 1 if args.quick else args.runs
     populations = {n: make_users(N_USERS, n, seed=n) for n in SIZES}
     with tempfile.TemporaryDirectory() as tmp:

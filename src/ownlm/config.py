@@ -112,10 +112,11 @@ class UserSettings(LoraSettings):
     many users train together in one batch."""
 
     users_per_batch: int = field(
-        default=1,
+        default=16,
         metadata={
-            "help": "users trained together, each row applying its own user's LoRA "
-            "(mLoRA's idea); 1 = one user after another"
+            "help": "users trained together in one batch, each row applying its own user's "
+            "LoRA (mLoRA's idea; exactly what each would learn alone, bar dropout's random "
+            "masks); 1 = one user after another. The MiniLM backbone always trains one by one"
         },
     )
 

@@ -17,6 +17,7 @@ one process; medians of --runs repetitions. Peak RSS is the process's high-water
     python bench/train_users.py [--threads 1] [--device cpu] [--users-per-batch 16]
                                 [--runs 3] [--quick]
     python bench/train_users.py --memory    # peak RSS, 16 vs 64 users, each in a fresh process
+    python bench/train_users.py --device cuda --dtype bfloat16 [--size 1b]   # on a GPU
 
 The last line is `batched/sequential=X.XX`: users per hour, batched over sequential,
 for the 10-item users.
@@ -71,8 +72,15 @@ def make_users(n_users: int, n_items: int, seed: int) -> list[User]:
     return users
 
 
-def make_backbone(corpus: list[str], device: str) -> CausalBackbone:
-    cfg = TinyConfig()
+# --size: the default tiny backbone, or a ~1B Llama (random weights) for a GPU
+SIZES_CFG = {
+    "tiny": TinyConfig(),
+    "1b": TinyConfig(hidden_size=2048, layers=16, heads=16, intermediate_size=5632),
+}
+
+
+def make_backbone(corpus: list[str], device: str, size: str = "tiny") -> CausalBackbone:
+    cfg = SIZES_CFG[size]
     tok = train_tokenizer(corpus, vocab_size=cfg.vocab_size)
     model = build_model(cfg, max(cfg.vocab_size, len(tok))).to(device)
     return CausalBackbone(model.eval(), tok, name="bench", max_len=cfg.max_len)
@@ -182,6 +190,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3, help="repetitions (median reported)")
     ap.add_argument("--quick", action="store_true", help="one run: a smoke test")
     ap.add_argument("--memory", action="store_true", help="peak RSS, 16 vs 64 users")
+    ap.add_argument("--size", choices=sorted(SIZES_CFG), default="tiny", help="backbone size")
+    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     ap.add_argument("--memory-users", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.threads:
@@ -195,11 +205,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         probe = new_run(Path(tmp), "probe", 1)
         pairs = [p for u in populations[SIZES[0]] for p in user_pairs(probe, u)]
-        backbone = make_backbone([f"{p} {t}" for p, t in pairs] * 2, args.device)
+        corpus = [f"{p} {t}" for p, t in pairs] * 2
+        backbone = make_backbone(corpus, args.device, args.size)
+        if args.dtype == "bfloat16":
+            backbone.model.to(torch.bfloat16)
         tokens = statistics.mean(len(backbone.tokenizer(p)["input_ids"]) for p, _ in pairs)
         print(
             f"task {get_task('demo-tags').name}, {torch.get_num_threads()} thread(s), "
-            f"device {args.device}, {args.users_per_batch} users per batch, "
+            f"device {args.device}, {args.size} {args.dtype}, {args.users_per_batch} users per batch, "
             f"prompt ~{tokens:.0f} tokens, {runs} run(s)"
         )
         times, rss = measure(Path(tmp), populations, backbone, args.users_per_batch, runs)

@@ -3,7 +3,7 @@
 - Progress and status lines go through `logging` (`log = get_logger(__name__)` in each
   module), rendered by rich on stderr, with rich markup allowed (`[bold]stage 1[/]`).
   A program embedding ownlm silences or redirects them like any library's logs (the
-  "ownlm" logger; it also propagates to the root logger, so pytest's caplog sees it).
+  "ownlm" logger, which does not propagate to the root logger).
 - Results (tables, the final figures) are printed on `console`, stdout, at least 120
   columns wide so that tables keep their method names whole in logs and CI output.
 - Long loops show a tqdm bar (stderr).
@@ -33,4 +33,5 @@ def get_logger(name: str) -> logging.Logger:
         )
         root.addHandler(handler)
         root.setLevel(logging.INFO)
+        root.propagate = False  # printed once here, not again by a root handler
     return logging.getLogger(name if name.startswith(_ROOT) else f"{_ROOT}.{name}")

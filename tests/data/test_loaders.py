@@ -90,7 +90,7 @@ def test_empty_history_raises_or_skips(tmp_path: Path, caplog: pytest.LogCapture
         DataError, match=r"user 'b' in .*users.json has an empty history.*skip_empty"
     ):
         load_lamp_users(path)
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.WARNING, logger="ownlm"):
         data = load_lamp_users(path, skip_empty=True)
     assert [u.user_id for u in data.users] == ["a"] and "skipping user 'b'" in caplog.text
 

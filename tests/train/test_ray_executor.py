@@ -29,6 +29,7 @@ def test_ray_actors_train_every_user_through_a_crash(tiny_cfg, monkeypatch):
     from ownlm.train.users import train_users
 
     tiny_cfg.max_users = 8  # 3 test users: chunks of 1 user, 2 actors
+    tiny_cfg.user.users_per_batch = 1  # one user a chunk: both actors work and crash
     run = Run(tiny_cfg)
     train_population(run)
     users = run.split.test

@@ -61,7 +61,7 @@ def user_model(backbone, store, user, base_fp: str):
 
 def export_user(run, user_id: str, out_dir: Path, variant: str = "oppu") -> Path:
     """Copy the user's verified PEFT directory to `out_dir` (with its base: run.base_dir)."""
-    src = run.store(check_variant(variant)).verify(f"user:{user_id}", run.base().fingerprint())
+    src = run.store(check_variant(variant)).verify(f"user:{user_id}", run.base_fingerprint())
     if Path(out_dir).exists():
         raise ConfigError(f"{out_dir} already exists; choose a new output directory")
     shutil.copytree(src, out_dir)

@@ -89,6 +89,10 @@ class AdapterStore:
     def exists(self, name: str) -> bool:
         return (self.path(name) / MANIFEST).exists()
 
+    def current(self, name: str, base_fingerprint: str) -> bool:
+        """Stored and trained for this base: a resumed stage skips it."""
+        return self.exists(name) and self.manifest(name).base_fingerprint == base_fingerprint
+
     # -- write ----------------------------------------------------------------------
     def save(self, name: str, write_fn, manifest: Manifest) -> Path:
         """Write an adapter atomically. `write_fn(tmp_dir)` writes the PEFT files

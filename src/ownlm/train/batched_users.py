@@ -246,7 +246,7 @@ def train_users_batched(
     store = run.store(variant)
     todo, skipped, empty = [], 0, 0
     for user in users:
-        if store.exists(user.name) and store.manifest(user.name).base_fingerprint == base_fp:
+        if store.current(user.name, base_fp):
             skipped += 1
         elif not user.history:
             empty += 1  # no history: this user is served by the population model

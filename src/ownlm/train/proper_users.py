@@ -53,12 +53,7 @@ def train_proper_users(run, router: str = "input", users=None, backbone=None) ->
     backbone = backbone or run.base()
     fp = groups_fingerprint(run, backbone.fingerprint())  # base + stage-2 weights
     store = run.store(f"proper-{router}")
-    todo = [
-        u
-        for u in users
-        if u.history
-        and not (store.exists(u.name) and store.manifest(u.name).base_fingerprint == fp)
-    ]
+    todo = [u for u in users if u.history and not store.current(u.name, fp)]
     vectors = history_vectors(run, todo, backbone) if todo else []
     with group_model(run, backbone) as gm:
         for user, vec in tqdm(

@@ -84,9 +84,7 @@ def train_users_ray(
         raise ConfigError(f"--workers must be a positive integer, got {workers}")
     users = run.split.test if users is None else users
     store, fp = run.store(variant), run.base_fingerprint()
-    done = [
-        u for u in users if store.exists(u.name) and store.manifest(u.name).base_fingerprint == fp
-    ]
+    done = [u for u in users if store.current(u.name, fp)]
     todo = [u for u in users if u.history and u not in done]
     empty = sum(1 for u in users if not u.history)
     size = max(1, run.cfg.user.users_per_batch)

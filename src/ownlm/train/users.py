@@ -51,7 +51,7 @@ def train_users(run, variant: str = "oppu", users=None, backbone=None) -> dict:
     store = run.store(variant)
     done = skipped = empty = 0
     for user in tqdm(users, desc=f"user LoRAs ({variant})", unit="user"):
-        if store.exists(user.name) and store.manifest(user.name).base_fingerprint == base_fp:
+        if store.current(user.name, base_fp):
             skipped += 1
             continue
         if not user.history:

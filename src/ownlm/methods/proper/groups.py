@@ -72,7 +72,7 @@ def history_vectors(run, users, backbone=None) -> np.ndarray:
     try:
         from ownlm.retrieval.dense import embed_texts
 
-        emb = embed_texts(flat, device=str(getattr(run, "device", "cpu")))
+        emb = embed_texts(flat, device=str(run.device))
     except (ImportError, OSError) as e:
         log.warning(f"[yellow]MiniLM unavailable ({e}); using backbone hidden states[/]")
         emb = _backbone_embed(backbone or run.base(), flat)

@@ -7,6 +7,8 @@ Items keep their raw fields so that task templates decide how to render them.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 
 
@@ -46,6 +48,13 @@ class User:
     def name(self) -> str:
         """The adapter name of this user (PEFT-style state keyed by name)."""
         return f"user:{self.user_id}"
+
+    def history_digest(self) -> str:
+        """sha256 of the history a user adapter is trained on (ids, fields, dates, in
+        order): a stored adapter whose recorded digest differs is stale."""
+        items = [[it.id, it.fields, it.date] for it in self.history]
+        blob = json.dumps(items, sort_keys=True, ensure_ascii=False).encode()
+        return hashlib.sha256(blob).hexdigest()
 
 
 @dataclass

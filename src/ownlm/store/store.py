@@ -89,9 +89,28 @@ class AdapterStore:
     def exists(self, name: str) -> bool:
         return (self.path(name) / MANIFEST).exists()
 
-    def current(self, name: str, base_fingerprint: str) -> bool:
-        """Stored and trained for this base: a resumed stage skips it."""
-        return self.exists(name) and self.manifest(name).base_fingerprint == base_fingerprint
+    def current(self, name: str, base_fingerprint: str, history: str | None = None) -> bool:
+        """Stored, trained for this base and (when `history`, a `User.history_digest()`,
+        is given) on this history: a resumed stage skips it."""
+        return self.stale_reason(name, base_fingerprint, history) is None
+
+    def stale_reason(
+        self, name: str, base_fingerprint: str, history: str | None = None
+    ) -> str | None:
+        """Why the stored adapter `name` cannot stand for this base and history (None
+        when it can): "missing", "other base", "history changed" or "corrupt: ..."."""
+        if not self.exists(name):
+            return "missing"
+        try:
+            m = self.manifest(name)
+        except StoreError as e:
+            return f"corrupt: {e}"
+        if m.base_fingerprint != base_fingerprint:
+            return "other base"
+        recorded = m.extra.get("history_sha256")
+        if history is not None and recorded is not None and recorded != history:
+            return "history changed"
+        return None
 
     # -- write ----------------------------------------------------------------------
     def save(self, name: str, write_fn, manifest: Manifest) -> Path:

@@ -26,7 +26,12 @@ def user_manifest(run, user, stage: str, fingerprint: str, losses: list[float]) 
         stage=stage,
         task=run.task.name,
         base_fingerprint=fingerprint,
-        extra={"items": len(user.history), "loss_first": losses[0], "loss_last": losses[-1]},
+        extra={
+            "items": len(user.history),
+            "history_sha256": user.history_digest(),
+            "loss_first": losses[0],
+            "loss_last": losses[-1],
+        },
     )
 
 

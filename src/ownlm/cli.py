@@ -15,9 +15,10 @@ import typer
 
 from ownlm.config import ServeSettings, describe_fields, load_config
 from ownlm.errors import ConfigError, OwnlmError
-from ownlm.log import console
+from ownlm.log import configure_output, console
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub at run time
+configure_output()  # bars on a terminal, plain lines in a log file
 
 CONFIG_HELP = "Config keys (--set key=value):\n\n" + "\n\n".join(
     f"{key} = {default}: {help_}" for key, default, help_ in describe_fields()

@@ -72,3 +72,52 @@ def test_bad_names(tmp_path, name):
 def test_missing_adapter_message(tmp_path):
     with pytest.raises(StoreError, match="no adapter 'user:9'.*train it first"):
         AdapterStore(tmp_path).verify("user:9")
+
+
+def _save_in_child(root, name, value, kill_at):
+    """Save `name` in a child process that is SIGKILLed at `kill_at` ("write:1", ...)."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.path.insert(0, 'tests/store'); "
+        "from test_store import _writer, _manifest; from ownlm.store import AdapterStore; "
+        f"AdapterStore({str(root)!r}).save({name!r}, _writer({value}), _manifest())"
+    )
+    env = {**os.environ, "OWNLM_TEST_KILL_AT": kill_at}
+    return subprocess.run([sys.executable, "-c", code], env=env, cwd=".").returncode
+
+
+def _scratch(root):
+    return [p.name for p in root.rglob(".*") if p.name.startswith((".tmp-", ".old-", ".del-"))]
+
+
+def test_killed_write_is_never_loadable_and_is_swept(tmp_path):
+    store = AdapterStore(tmp_path)
+    assert _save_in_child(tmp_path, "user:1", 1.0, "write:1") == -9  # SIGKILLed
+    assert _scratch(tmp_path) and not store.exists("user:1") and store.names("user") == []
+    store.save("user:2", _writer(2.0), _manifest())  # the next write sweeps
+    assert _scratch(tmp_path) == [] and store.names("user") == ["user:2"]
+
+
+def test_swap_killed_midway_restores_the_old_version(tmp_path):
+    store = AdapterStore(tmp_path)
+    store.save("user:1", _writer(1.0), _manifest())
+    assert _save_in_child(tmp_path, "user:1", 2.0, "swap:1") == -9
+    assert not store.exists("user:1")  # old moved aside, new not yet in: neither loadable
+    assert any(s.startswith(".old-1-") for s in _scratch(tmp_path))
+    assert any("restored" in done for done in AdapterStore(tmp_path).sweep())
+    store.verify("user:1", "base-1")
+    assert _scratch(tmp_path) == []
+
+
+def test_a_live_writers_scratch_is_left_alone(tmp_path):
+    import os
+
+    from ownlm.store.store import _HOST
+
+    live = tmp_path / "users" / f".tmp-7-{os.getpid()}-{_HOST}-abcd1234"
+    live.mkdir(parents=True)
+    AdapterStore(tmp_path).sweep()
+    assert live.exists()

@@ -10,6 +10,10 @@ Each directory loads with `peft.PeftModel.from_pretrained(base, path)` unchanged
 `ownlm.json` records the base model's fingerprint, the stage and task, and the sha256 of
 every weight file; `load` refuses an adapter whose weights or base do not match.
 Writes are atomic: a directory is written under a temporary name, then renamed into place.
+Temporary names carry the writer's host and pid (`.tmp-<name>-<pid>-<host>-<rand>`), so
+that what a killed writer left behind is swept by the next write, while a live writer's
+(another Ray actor's) is left alone; an old version moved aside by a swap that was cut
+short is put back when nothing replaced it.
 """
 
 from __future__ import annotations
@@ -18,8 +22,10 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import time
 import uuid
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -28,6 +34,46 @@ from ownlm.errors import NotFoundError, StoreError
 
 MANIFEST = "ownlm.json"
 FOLDERS = {"user": "users", "group": "groups"}  # name kind -> folder
+SCRATCH = (".tmp-", ".old-", ".del-")  # prefixes of a write's or delete's scratch dirs
+_HOST = f"{zlib.crc32(socket.gethostname().encode()):08x}"
+
+
+def _scratch_name(prefix: str, final: Path) -> Path:
+    return final.parent / f"{prefix}{final.name}-{os.getpid()}-{_HOST}-{uuid.uuid4().hex[:8]}"
+
+
+KILL_ENV = "OWNLM_TEST_KILL_AT"  # tests: "write:N" / "swap:N" SIGKILLs the Nth save there
+_moments: dict[str, int] = {}
+
+
+def _maybe_killed(moment: str) -> None:
+    """Crash-safety tests kill a writer at an exact moment of its Nth save."""
+    where, _, nth = os.environ.get(KILL_ENV, "").partition(":")
+    if where != moment:
+        return
+    _moments[moment] = _moments.get(moment, 0) + 1
+    if str(_moments[moment]) == nth:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def _abandoned(entry: Path) -> bool:
+    """A scratch dir whose writer, on this host, is gone (a killed `ownlm train`)."""
+    parts = entry.name.rsplit("-", 3)  # [prefix+name, pid, host, rand]
+    if len(parts) != 4 or not parts[1].isdigit():
+        return True  # written before scratch names carried their owner
+    return parts[2] == _HOST and not _pid_alive(int(parts[1]))
 
 
 @dataclass
@@ -57,6 +103,7 @@ def _weight_files(directory: Path) -> list[Path]:
 class AdapterStore:
     def __init__(self, root: str | Path):
         self.root = Path(root)
+        self._swept = False
 
     # -- names <-> paths ------------------------------------------------------------
     def path(self, name: str) -> Path:
@@ -118,9 +165,12 @@ class AdapterStore:
         (e.g. `lambda d: peft_model.save_pretrained(d)`); the manifest is added here."""
         final = self.path(name)
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+        if not self._swept:
+            self.sweep()
+        tmp = _scratch_name(".tmp-", final)
         try:
             write_fn(tmp)
+            _maybe_killed("write")
             self._flatten_peft_subdir(tmp)
             manifest.name = name
             manifest.created = manifest.created or time.strftime(
@@ -153,11 +203,36 @@ class AdapterStore:
         # so that at every instant either the old or the new complete adapter is in place.
         old = None
         if final.exists():
-            old = final.parent / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
+            old = _scratch_name(".old-", final)
             os.replace(final, old)
+            _maybe_killed("swap")
         os.replace(tmp, final)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+
+    def sweep(self) -> list[str]:
+        """Remove the scratch dirs killed writers left (a half-written `.tmp-`, the trash
+        of a cut-short delete); an `.old-` version whose swap was cut short before the new
+        one landed goes back in place. Returns what it removed or restored."""
+        self._swept = True
+        done = []
+        for folder in [self.root, *(self.root / f for f in FOLDERS.values())]:
+            if not folder.is_dir():
+                continue
+            for entry in sorted(folder.iterdir()):
+                if entry.name.startswith(SCRATCH) and _abandoned(entry):
+                    done.append(self._clear(entry))
+        return done
+
+    @staticmethod
+    def _clear(entry: Path) -> str:
+        if entry.name.startswith(".old-"):
+            final = entry.parent / entry.name[len(".old-") :].rsplit("-", 3)[0]
+            if not final.exists() and (entry / MANIFEST).exists():
+                os.replace(entry, final)
+                return f"restored {final}"
+        shutil.rmtree(entry, ignore_errors=True)
+        return f"removed {entry}"
 
     # -- read -----------------------------------------------------------------------
     def manifest(self, name: str) -> Manifest:
@@ -196,7 +271,7 @@ class AdapterStore:
         path = self.path(name)
         if not path.exists():
             return False
-        trash = path.parent / f".del-{path.name}-{uuid.uuid4().hex[:8]}"
+        trash = _scratch_name(".del-", path)
         os.replace(path, trash)
         shutil.rmtree(trash)
         return True

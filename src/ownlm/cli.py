@@ -118,13 +118,15 @@ def eval_(
         0, help="active-level study on the first N test users only (0 = all)"
     ),
 ):
-    """Evaluate the configured methods side by side with the trivial references."""
+    """Evaluate the configured methods side by side with the trivial references. Exits
+    with code 3 (after saving the table) when a method could not be run: users without a
+    usable adapter; the message names them and the command that trains them."""
     from ownlm.evaluate.runner import evaluate_run
 
     buckets = _int_list(active_levels, "--active-levels") if active_levels else ()
     start = time.perf_counter()
     run = _run(config, set_)
-    evaluate_run(run)
+    results = evaluate_run(run)
     if groups_view:
         from ownlm.evaluate.groups import groups_view as show_groups
 
@@ -134,6 +136,8 @@ def eval_(
 
         active_level_study(run, buckets=buckets, max_users=study_users or None)
     console.print(f"eval wall time: {time.perf_counter() - start:.0f} s")
+    if any(r.not_run for r in results):  # a method asked for has no score: not a success
+        raise typer.Exit(3)
 
 
 @app.command()

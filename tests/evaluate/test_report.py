@@ -4,7 +4,9 @@ from rich.console import Console
 
 from ownlm.evaluate.report import (
     MethodResult,
+    NotRun,
     lamp_task_id,
+    not_run_message,
     plot_buckets,
     plot_methods,
     print_table,
@@ -55,3 +57,35 @@ def test_plots_are_written(tmp_path):
     table = {"1-10": {"RAG": 0.3, "OPPU": 0.35}, "11-50": {"RAG": 0.4, "OPPU": 0.5}}
     path = plot_buckets(tmp_path / "b.png", table, "accuracy")
     assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def _not_run(n_users=2):
+    users = {f"u{i}": "missing" for i in range(n_users)}
+    return MethodResult(
+        "oppu", {}, not_run=NotRun(f"{n_users}/9 users have no usable adapter", users, "ownlm x")
+    )
+
+
+def test_a_method_not_run_shows_its_status_never_a_score(tmp_path):
+    console = Console(record=True, width=200, force_terminal=True)
+    table = print_table("LaMP-3", [*_results(), _not_run()], "mae", console=console)
+    cells = {c.header: list(c._cells) for c in table.columns}
+    assert cells["method"][-1] == "oppu" and cells["mae"][-1] == "–"
+    assert cells["seconds"][-1] == "–" and cells["status"][:-1] == [""] * 4
+    assert "not run" in cells["status"][-1] and "2/9 users" in cells["status"][-1]
+    data = json.loads(write_json(tmp_path / "r.json", "LaMP-3", [_not_run()]).read_text())
+    assert data["results"][0]["metrics"] == {}
+    assert data["results"][0]["not_run"] == {
+        "reason": "2/9 users have no usable adapter",
+        "users": {"u0": "missing", "u1": "missing"},
+        "command": "ownlm x",
+    }
+    table = print_table("LaMP-3", _results(), "mae", console=console)
+    assert "status" not in [c.header for c in table.columns]  # all scored: no status column
+
+
+def test_not_run_message_names_five_users_and_the_fix():
+    message = not_run_message(_not_run(7))
+    assert message.startswith("oppu not run, 7/9 users have no usable adapter: u0 (missing)")
+    assert "u4 (missing) and 2 more. Train them with: ownlm x" in message
+    assert "u5" not in message and not_run_message(_results()[2]) == ""

@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+from ownlm.errors import NotFoundError
 from ownlm.run import Run
 from ownlm.train.groups import train_groups
 from ownlm.train.population import train_population
@@ -36,9 +37,13 @@ def test_proper_evaluation_new_users_groups_view_and_study(tiny_cfg, tmp_path):
     assert prepare_user(gm, store, fp, new, "user", torch.zeros(384).numpy()) == "new"
     assert prepare_user(gm, store, fp, truncate_history(new, 0), "user", None) == "population"
 
-    results = evaluate_proper(run)
+    results = evaluate_proper(run)  # one user trained, for one router: neither is scored
     assert [r.method for r in results] == ["proper-input", "proper-user"]
-    assert all("accuracy" in r.metrics for r in results)
+    assert all(r.metrics == {} for r in results)
+    assert results[1].not_run.users == {new.user_id: "missing"}
+    train_proper_users(run, "input")
+    results = evaluate_proper(run, routers=("input",))
+    assert results[0].not_run is None and "accuracy" in results[0].metrics
     view = groups_view(run)
     assert abs(sum(view["share"]) - 1) < 1e-6 and len(view["users"]) == len(run.dataset.users)
     assert 0.25 <= view["user_top_gate"] <= 1.0
@@ -53,3 +58,17 @@ def test_proper_evaluation_new_users_groups_view_and_study(tiny_cfg, tmp_path):
         "proper-new",
     }
     assert (tmp_path / "eval" / "active_levels.png").exists()
+
+
+def test_study_refuses_missing_groups_before_any_training(tiny_cfg, monkeypatch):
+    from ownlm.studies import active_levels
+
+    run = Run(tiny_cfg)
+    train_population(run)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the study trained a user before checking its groups")
+
+    monkeypatch.setattr(active_levels, "fit_oppu_user", no_training)
+    with pytest.raises(NotFoundError, match="--stages groups"):
+        active_levels.active_level_study(run, buckets=(2,))

@@ -11,6 +11,8 @@ from ownlm.evaluate.metrics import (
 from ownlm.evaluate.references import population_majority, reference_predictions, user_majority
 from ownlm.evaluate.report import (
     MethodResult,
+    NotRun,
+    not_run_message,
     plot_buckets,
     plot_methods,
     print_table,
@@ -21,9 +23,11 @@ from ownlm.evaluate.report import (
 __all__ = [
     "LOWER_IS_BETTER",
     "MethodResult",
+    "NotRun",
     "classification_metrics",
     "compute_metrics",
     "generation_metrics",
+    "not_run_message",
     "per_user_metrics",
     "plot_buckets",
     "plot_methods",

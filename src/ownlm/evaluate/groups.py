@@ -8,6 +8,7 @@ import torch
 from rich.table import Table
 
 from ownlm.adapters.mixture import group_summary
+from ownlm.evaluate.coverage import require_groups
 from ownlm.log import console, get_logger
 from ownlm.methods.proper import group_model, history_vectors
 from ownlm.methods.proper.users import mean_gates, user_pairs
@@ -18,8 +19,10 @@ log = get_logger(__name__)
 def groups_view(run, users=None) -> dict:
     """Per user: mean stage-2 gate over their history prompts (all layers) and its argmax
     expert; per expert: share of users and mean gate. Train users use their learned
-    embedding, others their projected history embedding. Also written to eval/groups.json."""
+    embedding, others their projected history embedding. Also written to eval/groups.json.
+    Refuses (naming the fix) stage-2 groups that are missing, stale or corrupt."""
     backbone = run.base()
+    require_groups(run, backbone.fingerprint())
     users = [u for u in (users or run.split.train + run.split.test) if u.history]
     vectors = dict(
         zip([u.user_id for u in users], history_vectors(run, users, backbone), strict=True)

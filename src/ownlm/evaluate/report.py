@@ -1,7 +1,9 @@
 """Results of one task: a rich table, JSON, LaMP-format predictions and plots.
 
 References (population / user majority) travel as `MethodResult(is_reference=True)`:
-the table marks them, the bar chart draws them as dashed lines.
+the table marks them, the bar chart draws them as dashed lines. A method that could not
+be run as asked (a user's adapter missing, stale or corrupt) travels as a `MethodResult`
+with `not_run` set and no metrics: the table shows its status, never a score.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ownlm.evaluate.metrics import LOWER_IS_BETTER
@@ -25,14 +28,39 @@ COUNT_KEYS = frozenset({"n_users"})  # metrics-dict entries that are counts, nev
 
 
 @dataclass
+class NotRun:
+    """Why a method has no score: a score over only the users who have an adapter, or
+    with the base standing in for the others, would pass for the method's own."""
+
+    reason: str  # one line for the table, e.g. "2/15 users have no usable adapter"
+    # user id -> "missing" | "other base" | "history changed" | "corrupt: ..."
+    users: dict[str, str] = field(default_factory=dict)
+    command: str = ""  # the command that trains what is missing
+
+
+@dataclass
 class MethodResult:
-    """One method's (or reference's) run on one task."""
+    """One method's (or reference's) run on one task; `not_run` set = no score."""
 
     method: str
     metrics: dict[str, float]
     predictions: list[Prediction] = field(default_factory=list)
     seconds: float = 0.0
     is_reference: bool = False
+    not_run: NotRun | None = None
+
+
+def not_run_message(result: MethodResult, shown: int = 5) -> str:
+    """One line per method not run: the reason, the first `shown` users and why, the fix."""
+    nr = result.not_run
+    if nr is None:
+        return ""
+    named = ", ".join(f"{uid} ({why})" for uid, why in list(nr.users.items())[:shown])
+    if len(nr.users) > shown:
+        named += f" and {len(nr.users) - shown} more"
+    users = f": {named}" if named else ""
+    fix = f". Train them with: {nr.command}" if nr.command else ""
+    return f"{result.method} not run, {nr.reason}{users}{fix}"
 
 
 def _task_name(task: object) -> str:
@@ -53,13 +81,27 @@ def _metric_columns(results: Sequence[MethodResult], primary: str) -> list[str]:
     return sorted(names, key=lambda m: (m != primary, names.index(m)))
 
 
+def _score_cells(r: MethodResult, columns: list[str], best: dict) -> list[str]:
+    cells = []
+    for m in columns:
+        if m not in r.metrics:
+            cells.append("–")
+        elif m in COUNT_KEYS:  # a count, not a score: no "best"
+            cells.append(f"{r.metrics[m]:.0f}")
+        else:
+            text = f"{r.metrics[m]:.4f}"
+            cells.append(f"[bold]{text}[/bold]" if r.metrics[m] == best[m] else text)
+    return cells
+
+
 def print_table(
     task_name: str,
     results: Sequence[MethodResult],
     primary_metric: str,
     console: Console | None = None,
 ) -> Table:
-    """Methods as rows (references first, in italics), metrics as columns, best in bold."""
+    """Methods as rows (references first, in italics), metrics as columns, best in bold.
+    Methods not run get dashes and, in a "status" column, why (no partial score)."""
     arrow = "↓" if primary_metric in LOWER_IS_BETTER else "↑"
     table = Table(title=f"{task_name} — primary metric: {primary_metric} {arrow}")
     table.add_column("method")
@@ -67,20 +109,17 @@ def print_table(
     for m in columns:
         table.add_column(m, justify="right")
     table.add_column("seconds", justify="right")
+    status = any(r.not_run for r in results)
+    if status:
+        table.add_column("status")
     best = {m: _best(results, m) for m in columns}
     ordered = sorted(results, key=lambda r: not r.is_reference)  # stable: references first
     for r in ordered:
         cells = [f"[italic]{r.method} (reference)[/italic]" if r.is_reference else r.method]
-        for m in columns:
-            if m not in r.metrics:
-                cells.append("–")
-                continue
-            if m in COUNT_KEYS:  # a count, not a score: no "best"
-                cells.append(f"{r.metrics[m]:.0f}")
-                continue
-            text = f"{r.metrics[m]:.4f}"
-            cells.append(f"[bold]{text}[/bold]" if r.metrics[m] == best[m] else text)
-        cells.append(f"{r.seconds:.1f}")
+        cells += _score_cells(r, columns, best)
+        cells.append("–" if r.not_run else f"{r.seconds:.1f}")
+        if status:
+            cells.append(f"[bold red]not run[/]: {escape(r.not_run.reason)}" if r.not_run else "")
         table.add_row(*cells)
     (console or default_console).print(table)
     return table
@@ -97,7 +136,8 @@ def _write_atomic(path: str | os.PathLike[str], payload: object) -> Path:
 
 
 def write_json(path: str | os.PathLike[str], task: object, results: Sequence[MethodResult]) -> Path:
-    """All results of a task: {"task", "results": [{method, metrics, seconds, ...}]}."""
+    """All results of a task: {"task", "results": [{method, metrics, seconds, is_reference,
+    predictions, not_run}]}; `not_run` is null, or {reason, users: {id: why}, command}."""
     rows = []
     for r in results:
         row = asdict(r)

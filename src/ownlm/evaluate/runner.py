@@ -12,6 +12,10 @@ what training stored and scores it; it never trains.
 
 Every table also carries the trivial references (population majority / mean, each
 user's own majority / mean), so a model that learned nothing of the user shows it.
+
+A method with user LoRAs is scored only when every evaluated user with history has a
+usable one (`ownlm.evaluate.coverage`); otherwise its row says "not run" with the users,
+why, and the command that trains them, and the other methods are scored as usual.
 """
 
 from __future__ import annotations
@@ -21,8 +25,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ownlm.errors import ConfigError
+from ownlm.evaluate.coverage import (
+    AdapterUnusable,
+    evaluated_users,
+    loading,
+    not_run,
+    unusable_users,
+)
 from ownlm.evaluate.report import (
     MethodResult,
+    not_run_message,
     plot_methods,
     print_table,
     write_json,
@@ -56,24 +68,42 @@ METHODS = {
 
 
 def run_method(run, backbone, method: Method, rows, contexts) -> MethodResult:
-    """One method of the table above: each user's stored LoRA (or the base, where the
-    method has none, or the user has none: no history, or not trained)."""
-    store = run.store(method.adapters) if method.adapters else None
-    fp = backbone.fingerprint() if store else None
-
-    def answer_with(user):
-        if store is None:
-            return nullcontext(backbone.model)
-        return user_model(backbone, store, user, fp)
-
+    """One method of the table above. With user LoRAs: scored only if every evaluated
+    user with history has a usable one (users without history get the base), else a
+    not-run result naming who lacks one and why."""
     k = run.cfg.retrieval_k if method.retrieval else 0
     use_profile = method.profile and run.cfg.profile
-    return predict_by_user(run, backbone, rows, contexts, method.name, answer_with, k, use_profile)
+    if method.adapters is None:
+        answer_with = lambda user: nullcontext(backbone.model)  # noqa: E731
+        return predict_by_user(
+            run, backbone, rows, contexts, method.name, answer_with, k, use_profile
+        )
+    store, fp = run.store(method.adapters), backbone.fingerprint()
+    users = evaluated_users(rows)
+    problems = unusable_users(store, users, fp)
+    if problems:
+        return not_run(run, method.name, problems, users)
+
+    def answer_with(user):
+        if not user.history:  # nothing to train on: the base answers, by design
+            return nullcontext(backbone.model)
+        return loading(user.user_id, user_model(backbone, store, user, fp))
+
+    try:
+        return predict_by_user(
+            run, backbone, rows, contexts, method.name, answer_with, k, use_profile
+        )
+    except AdapterUnusable as e:  # passed the checks, failed to load (e.g. its PEFT config)
+        return not_run(run, method.name, {e.user_id: e.reason}, users)
 
 
 def evaluate_run(
     run, methods: list[str] | None = None, out_dir: Path | None = None
 ) -> list[MethodResult]:
+    """References and `methods` (default: the run's) on the run's test queries, printed and
+    written to `out_dir` (default <run>/eval). A method that could not be run as asked
+    comes back with `not_run` set and no metrics: callers must not read it as a score
+    (`ownlm eval` exits with code 3 when one is there)."""
     methods = methods or run.cfg.methods
     unknown = [m for m in methods if m not in METHODS and m not in PROPER_METHODS]
     if unknown:
@@ -97,6 +127,8 @@ def evaluate_run(
 
 
 def report(run, results, out_dir: Path) -> None:
+    """Print the table and one line per method not run; write results.json, the official
+    prediction files of the methods scored, and the chart."""
     out_dir.mkdir(parents=True, exist_ok=True)
     primary = PRIMARY[run.task.kind]
     print_table(
@@ -107,7 +139,12 @@ def report(run, results, out_dir: Path) -> None:
     )
     write_json(out_dir / "results.json", run.task.name, results)
     for r in results:
-        if not r.is_reference:
-            write_lamp_predictions(out_dir / f"predictions_{r.method}.json", run.task.name, r)
+        path = out_dir / f"predictions_{r.method}.json"
+        if r.not_run:
+            path.unlink(missing_ok=True)  # an earlier evaluation's file must not pass for this one
+            message = not_run_message(r)  # one unwrapped line: its command is copied as is
+            console.print(message, style="bold red", markup=False, highlight=False, soft_wrap=True)
+        elif not r.is_reference:
+            write_lamp_predictions(path, run.task.name, r)
     plot_methods(out_dir / "methods.png", run.task.name, results, primary)
     log.info(f"results: {out_dir / 'results.json'}, chart: {out_dir / 'methods.png'}")

@@ -6,6 +6,10 @@ stages are trained on each cut in memory (nothing stored) and scored on the same
 next to the user's own majority / mean over the cut history (the trivial reference), PAG,
 and "proper-new" (the group model routed from the cut history's embedding, no user
 training: how PROPER serves a user it has not trained).
+
+Users are trained in memory, so no stored user adapter is read; the stage-2 groups are,
+and the study refuses to start (before any training) when they are missing, stale or
+corrupt, naming the command that trains them (`ownlm.evaluate.coverage`).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 
 from ownlm.adapters.lora import detach
 from ownlm.data.splits import truncate_history
+from ownlm.evaluate.coverage import require_groups
 from ownlm.evaluate.proper import user_vectors
 from ownlm.evaluate.report import MethodResult, plot_buckets
 from ownlm.evaluate.scoring import PRIMARY, predict_by_user, references, test_queries
@@ -75,6 +80,7 @@ def active_level_study(
     keep_ids = list(dict.fromkeys(u.user_id for u, _ in rows0))[:max_users]
     rows0 = [(u, q) for u, q in rows0 if u.user_id in keep_ids]
     backbone = run.base()
+    require_groups(run, backbone.fingerprint())
     table: dict[str, dict[str, float]] = {}
     for keep in buckets:
         cut = {u.user_id: truncate_history(u, keep) for u, _ in rows0}

@@ -28,7 +28,8 @@ def test_save_verify_list_delete(tmp_path):
     assert store.names("user") == ["user:42"]
     assert store.verify("user:42", "base-1") == path
     m = json.loads((path / "ownlm.json").read_text())
-    assert m["name"] == "user:42" and set(m["sha256"]) == {"adapter_model.safetensors"}
+    assert m["name"] == "user:42"
+    assert set(m["sha256"]) == {"adapter_config.json", "adapter_model.safetensors"}
     assert store.delete("user:42") and not store.exists("user:42") and not store.delete("user:42")
 
 
@@ -121,3 +122,19 @@ def test_a_live_writers_scratch_is_left_alone(tmp_path):
     live.mkdir(parents=True)
     AdapterStore(tmp_path).sweep()
     assert live.exists()
+
+
+def test_stale_reason_names_why_and_checks_the_files(tmp_path):
+    store = AdapterStore(tmp_path)
+    path = store.save("user:1", _writer(1.0), _manifest())
+    manifest = json.loads((path / "ownlm.json").read_text())
+    assert set(manifest["sha256"]) == {"adapter_config.json", "adapter_model.safetensors"}
+    assert store.stale_reason("user:2", "base-1") == "missing"
+    assert store.stale_reason("user:1", "base-2") == "other base"
+    assert store.current("user:1", "base-1")
+    manifest["extra"]["history_sha256"] = "h1"
+    (path / "ownlm.json").write_text(json.dumps(manifest))
+    assert store.stale_reason("user:1", "base-1", "h2") == "history changed"
+    assert store.current("user:1", "base-1", "h1")
+    (path / "adapter_config.json").write_text('{"r": 64}')  # a config edited by hand
+    assert store.stale_reason("user:1", "base-1", "h1").startswith("corrupt:")

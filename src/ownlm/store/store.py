@@ -97,7 +97,9 @@ def _sha256(path: Path) -> str:
 
 
 def _weight_files(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.rglob("*.safetensors"))
+    """The files a manifest checksums: the weights and PEFT's config that shapes them."""
+    config = directory / "adapter_config.json"
+    return sorted(directory.rglob("*.safetensors")) + ([config] if config.exists() else [])
 
 
 class AdapterStore:
@@ -145,18 +147,21 @@ class AdapterStore:
         self, name: str, base_fingerprint: str, history: str | None = None
     ) -> str | None:
         """Why the stored adapter `name` cannot stand for this base and history (None
-        when it can): "missing", "other base", "history changed" or "corrupt: ..."."""
+        when it can): "missing", "other base", "history changed" or "corrupt: ...".
+        Checks the files' sha256 too (adapters are small), so a resumed stage retrains a
+        corrupt adapter instead of skipping it."""
         if not self.exists(name):
             return "missing"
         try:
             m = self.manifest(name)
+            if m.base_fingerprint != base_fingerprint:
+                return "other base"
+            recorded = m.extra.get("history_sha256")
+            if history is not None and recorded is not None and recorded != history:
+                return "history changed"
+            self.verify(name)
         except StoreError as e:
             return f"corrupt: {e}"
-        if m.base_fingerprint != base_fingerprint:
-            return "other base"
-        recorded = m.extra.get("history_sha256")
-        if history is not None and recorded is not None and recorded != history:
-            return "history changed"
         return None
 
     # -- write ----------------------------------------------------------------------
@@ -177,7 +182,7 @@ class AdapterStore:
                 "%Y-%m-%dT%H:%M:%SZ", time.gmtime()
             )
             manifest.sha256 = {str(p.relative_to(tmp)): _sha256(p) for p in _weight_files(tmp)}
-            if not manifest.sha256:
+            if not any(f.endswith(".safetensors") for f in manifest.sha256):
                 raise StoreError(f"writing adapter {name!r} produced no weight file in {tmp}")
             (tmp / MANIFEST).write_text(json.dumps(asdict(manifest), indent=2))
             self._swap_in(tmp, final)

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from ownlm.cli import app
@@ -82,3 +83,53 @@ def test_eval_rejects_bad_active_levels_before_any_work(tmp_path):
     assert r.exit_code != 0
     assert "--active-levels takes positive integers" in r.output
     assert not (tmp_path / "runs" / "cli").exists()  # nothing was built or evaluated
+
+
+def _user_line(uid="ann", tag="comedy", gold="comedy"):
+    history = [{"description": "A heist in space.", "tag": tag}]
+    return json.dumps(
+        {"user_id": uid, "history": history, "queries": [{"input": "q", "gold": gold}]}
+    )
+
+
+BAD_DATA = {
+    "latin-1": (_user_line().replace("heist", "h\u00e9ist").encode("latin-1"), "byte 0xe9 at"),
+    "label": (_user_line(tag="western").encode(), "tag 'western' is not one of task LaMP-2's"),
+    "markup": (_user_line(tag="[/x]").encode(), "tag '[/x]' is not one of task LaMP-2's labels"),
+    "gold": (_user_line(gold="western").encode(), "query 0 (id 'ann-q0'): gold 'western'"),
+    "number": (_user_line(tag=3).encode(), "tag 3 is a number"),
+    "path": (_user_line("../../etc").encode(), "user_id '../../etc' starts with '.'"),
+    "twice": (f"{_user_line()}\n{_user_line()}".encode(), "'ann' at line 2 repeats line 1"),
+    "array": (f"[{_user_line()}]".encode(), "holds a JSON array"),
+    "empty": (b"", "is empty"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_DATA))
+def test_train_on_bad_data_is_one_line_before_any_work(tmp_path, case):
+    content, message = BAD_DATA[case]
+    path = tmp_path / "mine.jsonl"
+    path.write_bytes(content)
+    sets = _sets(tmp_path, f"data={path}", "task=LaMP-2")
+    r = runner.invoke(app, ["train", *sets])
+    assert r.exit_code == 2, r.output
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], r.output
+    assert str(path) in lines[0] and "Traceback" not in r.output
+    run_dir = tmp_path / "runs" / "cli"
+    assert not (run_dir / "base").exists() and not (run_dir / "adapters").exists()
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [("user.r=0", "'user.r' is 0; it must be an integer >= 1"),
+     ("test_frac=1.5", "'test_frac' is 1.5; it must be in (0, 1)"),
+     ("device=gpu", "'device' is 'gpu'; it must be one of auto, cpu"),
+     ("user.lr", "must look like key=value")],
+)  # fmt: skip
+def test_train_with_nonsense_settings_is_one_line_before_any_work(tmp_path, override, message):
+    r = runner.invoke(app, ["train", *_sets(tmp_path, override)])
+    lines = r.output.strip().splitlines()
+    assert r.exit_code == 2 and len(lines) == 1 and message in lines[0], r.output
+    assert not (tmp_path / "runs" / "cli").exists()
+

@@ -1,8 +1,19 @@
+import dataclasses
+import typing
 from pathlib import Path
 
 import pytest
 
-from ownlm.config import ExperimentConfig, describe_fields, load_config
+from ownlm.config import (
+    VALID,
+    ExperimentConfig,
+    LoraSettings,
+    ProperSettings,
+    TinyConfig,
+    UserSettings,
+    describe_fields,
+    load_config,
+)
 from ownlm.errors import ConfigError
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
@@ -57,3 +68,122 @@ def test_missing_and_malformed_files(tmp_path):
 
 def test_every_field_has_help():
     assert all(help_ for _, _, help_ in describe_fields())
+
+
+# -- nonsense values: a ConfigError at load naming key, value and valid range ------------------------
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("user.r=0", r"'user.r' is 0; it must be an integer >= 1, e.g. --set user.r=8"),
+        ("population.r=-2", r"'population.r' is -2; it must be an integer >= 1"),
+        ("user.lr=-1e-3", r"'user.lr' is -0.001; it must be > 0"),
+        ("user.lr=0", r"'user.lr' is 0.0; it must be > 0"),
+        ("user.lr=nan", r"'user.lr' is nan; it must be > 0"),
+        ("user.lr=.inf", r"'user.lr' is inf; it must be > 0"),
+        ("user.alpha=0", r"'user.alpha' is 0; it must be an integer > 0"),
+        ("user.dropout=1", r"'user.dropout' is 1.0; it must be in \[0, 1\)"),
+        ("population.dropout=-0.1", r"'population.dropout' is -0.1; it must be in \[0, 1\)"),
+        ("user.epochs=0", r"'user.epochs' is 0.0; it must be > 0"),
+        ("user.batch_size=0", r"'user.batch_size' is 0; it must be an integer >= 1"),
+        ("user.users_per_batch=0", r"'user.users_per_batch' is 0; it must be an integer >= 1"),
+        ("test_frac=0", r"'test_frac' is 0.0; it must be in \(0, 1\)"),
+        ("test_frac=1", r"'test_frac' is 1.0; it must be in \(0, 1\)"),
+        ("retrieval_k=-1", r"'retrieval_k' is -1; it must be an integer >= 0"),
+        ("max_users=0", r"'max_users' is 0; it must be an integer >= 1 \(or null for no limit\)"),
+        ("max_history=-5", r"'max_history' is -5; it must be an integer >= 1"),
+        ("max_queries=0", r"'max_queries' is 0"),
+        ("seed=-1", r"'seed' is -1; it must be an integer >= 0"),
+        ("dtype=float8", r"'dtype' is 'float8'; it must be one of auto, float32, bfloat16"),
+        ("device=tpu", r"'device' is 'tpu'; it must be one of auto, cpu, cuda, cuda:N, mps"),
+        ("device=cuda:x", r"'device' is 'cuda:x'"),
+        ("quantize=8bit", r"'quantize' is '8bit'; it must be one of 4bit"),
+        ("tiny.layers=0", r"'tiny.layers' is 0; it must be an integer >= 1"),
+        ("tiny.max_len=1", r"'tiny.max_len' is 1; it must be an integer >= 2"),
+        ("tiny.lr=0", r"'tiny.lr' is 0.0; it must be > 0"),
+        ("tiny.min_steps=-1", r"'tiny.min_steps' is -1"),
+        ("tiny.heads=3", r"tiny.hidden_size=256 and tiny.heads=3 do not fit"),
+        ("proper.groups=0", r"'proper.groups' is 0"),
+        ("proper.top_k=9", r"proper.top_k=9 exceeds proper.groups=4"),
+        ("proper.balance=-1", r"'proper.balance' is -1.0; it must be >= 0"),
+        ("proper.router_lr=0", r"'proper.router_lr' is 0.0; it must be > 0"),
+        ("proper.user_epochs=0", r"'proper.user_epochs' is 0.0"),
+        ("proper.new_user=random", r"'proper.new_user' is 'random'; it must be one of projection"),
+        ("user.r=8.7", r"'user.r': 8.7 is not a valid int"),
+        ("user.r=true", r"'user.r': True is not a valid int"),
+        ("profile=7", r"'profile': 7 is not a valid bool"),
+        ("data=[a, b]", r"'data': \['a', 'b'\] is not a valid str"),
+        ("methods={a: 1}", r"'methods': \{'a': 1\} is not a list"),
+        ("name=[unclosed", r"--set name=\[unclosed is not valid YAML: .* at line 1, column"),
+        ("user.r.x=1", r"--set user.r.x: 'user.r' is a value, not a group of keys"),
+    ],
+)
+def test_nonsense_values_are_refused_at_load(override, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        load_config(None, ["user.r=8", override] if override.startswith("user.r.") else [override])
+    assert "\n" not in str(err.value)
+
+
+def test_a_value_then_a_group_under_it_is_refused():
+    with pytest.raises(ConfigError, match="'user' is a value, not a group of keys"):
+        load_config(None, ["user=5", "user.r=8"])
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["device=CUDA:1", "device=mps", "user.dropout=0", "retrieval_k=0", "test_frac=0.5",
+     "max_users=null", "user.epochs=0.5", "user.r=8.0", "tiny.heads=8", "proper.top_k=4",
+     "quantize=4bit", "seed=3"],
+)  # fmt: skip
+def test_edge_values_that_are_fine(override):
+    load_config(None, [override])
+
+
+def test_every_numeric_setting_has_a_valid_range():
+    """A new numeric field must say its range in config.VALID (ServeSettings: its own)."""
+    classes = (LoraSettings, UserSettings, ProperSettings, TinyConfig, ExperimentConfig)
+    for cls in classes:
+        hints = typing.get_type_hints(cls)
+        numeric = {
+            f.name
+            for f in dataclasses.fields(cls)
+            if set(typing.get_args(hints[f.name]) or (hints[f.name],)) & {int, float}
+        }
+        assert numeric <= set(VALID[cls]), (cls.__name__, numeric - set(VALID[cls]))
+
+
+def test_help_lists_ranges():
+    rows = {key: help_ for key, _, help_ in describe_fields()}
+    assert rows["user.r"].endswith("[>= 1]") and rows["test_frac"].endswith("[in (0, 1)]")
+
+
+# -- hostile config files ----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("- name: a\n- name: b\n", r"must hold a mapping of keys to values .*not a list"),
+        ("just words\n", r"must hold a mapping .*not a str"),
+        ("name: x\nbogus: 1\n", r"unknown config key\(s\) \['bogus'\]"),
+        ("1: 2\n", r"unknown config key\(s\) \['1'\]"),
+        ("user: 5\n", r"config key 'user' must be a mapping of UserSettings fields"),
+        ("user:\n  r: 0\n", r"'user.r' is 0; it must be an integer >= 1"),
+        ("name: [unclosed\n", r"is not valid YAML: .* at line 2, column 1; fix it"),
+        ("user: {targets: 5}\n", r"'user.targets': 5 is not a list"),
+    ],
+)
+def test_hostile_yaml_files(tmp_path, content, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=message) as err:
+        load_config(path)
+    assert "\n" not in str(err.value)
+
+
+def test_yaml_encoding_bom_and_directory(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(b"\xef\xbb\xbfname: bom\n")
+    assert load_config(path).name == "bom"
+    path.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"c.yaml is not UTF-8 \(byte 0xe9 at offset 9\)"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"is a directory, not a file"):
+        load_config(tmp_path)

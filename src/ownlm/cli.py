@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from ownlm.config import ServeSettings, describe_fields, load_config
 from ownlm.errors import ConfigError, OwnlmError
@@ -39,7 +40,8 @@ def friendly(fn):
         try:
             return fn(*args, **kwargs)
         except (OwnlmError, FileNotFoundError) as e:
-            console.print(f"[bold red]error:[/] {e}")
+            # escaped: a message quoting data such as '[/x]' is text, not rich markup
+            console.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper

@@ -9,6 +9,8 @@ answers `--help` at once.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -254,21 +256,130 @@ def _coerce(tp, value, key: str):
     if origin is list:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"config key {key!r}: {value!r} is not a list; write a,b or [a, b]")
         return [_coerce(args[0], v, key) for v in value]
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"config key {key!r} must be a mapping of {tp.__name__} fields")
         return build(tp, value, prefix=key + ".")
     try:
-        if tp is bool and isinstance(value, str):
-            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(value)
-            return value.lower() in ("true", "1", "yes")
-        return tp(value)
-    except (TypeError, ValueError) as e:
+        return _scalar(tp, value)
+    except (TypeError, ValueError, OverflowError) as e:
         raise ConfigError(
             f"config key {key!r}: {value!r} is not a valid {getattr(tp, '__name__', tp)}"
         ) from e
+
+
+def _scalar(tp, value):
+    """`tp(value)` without Python's silent conversions: True as 1, 8.7 as 8, a list as
+    the string "[...]"; those raise ValueError instead."""
+    if tp is bool:
+        if isinstance(value, bool) or value in (0, 1):
+            return bool(value)
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ValueError(value)
+    if isinstance(value, bool | list | dict):
+        raise ValueError(value)
+    if tp is int and isinstance(value, float) and not value.is_integer():
+        raise ValueError(value)
+    return tp(value)
+
+
+# -- valid values ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Bound:
+    """The valid values of a numeric setting, checked at load so that `--set user.r=0`
+    fails in one line before any work; `str()` says them as messages and --help do."""
+
+    low: float
+    strict: bool = False  # `low` itself is invalid (a learning rate must be > 0)
+    high: float | None = None  # exclusive upper bound (dropout < 1)
+
+    def __contains__(self, value) -> bool:
+        if not math.isfinite(value):
+            return False
+        above = value > self.low if self.strict else value >= self.low
+        return above and (self.high is None or value < self.high)
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.strict else '>='} {self.low:g}"
+        return f"in {'(' if self.strict else '['}{self.low:g}, {self.high:g})"
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The valid values of a string setting (`cuda:N` stands for any GPU index); the
+    case-insensitive spelling `ownlm.backbone.device` resolves."""
+
+    names: tuple[str, ...]
+
+    def __contains__(self, value) -> bool:
+        v = str(value).strip().lower()
+        return v in self.names or ("cuda:N" in self.names and re.fullmatch(r"cuda:\d+", v))
+
+    def __str__(self) -> str:
+        return "one of " + ", ".join(self.names)
+
+
+AT_LEAST_1, AT_LEAST_0, POSITIVE = Bound(1), Bound(0), Bound(0, strict=True)
+LORA_RULES = {"r": AT_LEAST_1, "alpha": POSITIVE, "dropout": Bound(0, high=1), "lr": POSITIVE,
+              "epochs": POSITIVE, "batch_size": AT_LEAST_1}  # fmt: skip
+# Every numeric or choice setting's valid values, by settings class (ServeSettings
+# checks its own). Epochs may be fractional (`train.loop.batch_plan`), so only > 0.
+VALID: dict[type, dict[str, Bound | Choice]] = {
+    LoraSettings: LORA_RULES,
+    UserSettings: {**LORA_RULES, "users_per_batch": AT_LEAST_1},
+    TinyConfig: {**dict.fromkeys(("vocab_size", "hidden_size", "layers", "heads",
+                                  "intermediate_size", "batch_size"), AT_LEAST_1),
+                 "max_len": Bound(2), "epochs": POSITIVE, "lr": POSITIVE,
+                 "min_steps": AT_LEAST_0, "seed": AT_LEAST_0},
+    ProperSettings: {**dict.fromkeys(("groups", "r", "user_dim", "batch_size", "user_r",
+                                      "neighbours"), AT_LEAST_1),
+                     **dict.fromkeys(("alpha", "lr", "epochs", "user_alpha", "user_lr",
+                                      "user_epochs", "router_lr"), POSITIVE),
+                     **dict.fromkeys(("top_k", "balance", "diversity"), AT_LEAST_0),
+                     "new_user": Choice(("projection", "neighbours"))},
+    ExperimentConfig: {"device": Choice(("auto", "cpu", "cuda", "cuda:N", "mps")),
+                       "dtype": Choice(("auto", "float32", "bfloat16", "float16")),
+                       "quantize": Choice(("4bit",)), "seed": AT_LEAST_0,
+                       "test_frac": Bound(0, strict=True, high=1), "retrieval_k": AT_LEAST_0,
+                       **dict.fromkeys(("max_users", "max_history", "max_queries"), AT_LEAST_1)},
+}  # fmt: skip
+
+
+def _check_values(obj, prefix: str) -> None:
+    """Refuse a value outside its field's valid values, naming key, value and range."""
+    defaults = type(obj)()
+    for name, rule in VALID.get(type(obj), {}).items():
+        value = getattr(obj, name)
+        if value is None or value in rule:
+            continue
+        unset = " (or null for no limit)" if name.startswith("max_") else ""
+        kind = "an integer " if isinstance(value, int) else ""
+        example = getattr(defaults, name)
+        raise ConfigError(
+            f"config key {prefix + name!r} is {value!r}; it must be {kind}{rule}{unset}, "
+            f"e.g. --set {prefix + name}={8 if example is None else example}"
+        )
+    _check_together(obj, prefix)
+
+
+def _check_together(obj, prefix: str) -> None:
+    """Settings that are only valid together."""
+    if isinstance(obj, TinyConfig) and obj.hidden_size % (2 * obj.heads):
+        raise ConfigError(
+            f"config keys {prefix}hidden_size={obj.hidden_size} and {prefix}heads={obj.heads} "
+            "do not fit: each head needs an even width, so hidden_size must be a multiple of "
+            f"2 * heads, e.g. --set {prefix}hidden_size={2 * obj.heads * 32}"
+        )
+    if isinstance(obj, ProperSettings) and obj.top_k > obj.groups:
+        raise ConfigError(
+            f"config key {prefix}top_k={obj.top_k} exceeds {prefix}groups={obj.groups}; "
+            f"route to at most every expert (0 = dense gating), e.g. --set {prefix}top_k=0"
+        )
 
 
 def build(cls, values: dict, prefix: str = ""):
@@ -277,7 +388,7 @@ def build(cls, values: dict, prefix: str = ""):
     unknown = set(values) - names
     if unknown:
         raise ConfigError(
-            f"unknown config key(s) {sorted(prefix + u for u in unknown)}; valid keys: {sorted(prefix + n for n in names)}"
+            f"unknown config key(s) {sorted(prefix + str(u) for u in unknown)}; valid keys: {sorted(prefix + n for n in names)}"
         )
     defaults = cls()
     kwargs = {}
@@ -290,34 +401,62 @@ def build(cls, values: dict, prefix: str = ""):
             base.update(v)
             v = base
         kwargs[f.name] = _coerce(hints[f.name], v, prefix + f.name)
-    return cls(**kwargs)
+    obj = cls(**kwargs)
+    _check_values(obj, prefix)
+    return obj
 
 
 def _set_dotted(tree: dict, key: str, value) -> None:
     parts = key.split(".")
-    for p in parts[:-1]:
+    for i, p in enumerate(parts[:-1]):
         tree = tree.setdefault(p, {})
+        if not isinstance(tree, dict):  # `--set user=5 --set user.r=8`, or `r.x=1`
+            where = ".".join(parts[: i + 1])
+            raise ConfigError(f"--set {key}: {where!r} is a value, not a group of keys")
     tree[parts[-1]] = value
+
+
+def _yaml(text: str, what: str):
+    """`yaml.safe_load`, its error said in one line with where it is."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or " ".join(str(e).split())
+        raise ConfigError(f"{what} is not valid YAML: {problem}{at}; fix it") from None
+
+
+def _read_yaml_file(p: Path) -> dict:
+    """A config file's mapping: UTF-8 (a BOM is fine), YAML, a mapping at the top."""
+    if not p.is_file():
+        what = "is a directory, not a file" if p.is_dir() else "does not exist"
+        raise ConfigError(f"config file {p} {what}; see configs/ for examples")
+    try:
+        text = p.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"config file {p} is not UTF-8 (byte {e.object[e.start]:#04x} at offset "
+            f"{e.start}); re-encode it as UTF-8"
+        ) from None
+    values = _yaml(text, f"config file {p}") or {}
+    if not isinstance(values, dict):
+        raise ConfigError(
+            f"config file {p} must hold a mapping of keys to values (key: value lines), "
+            f"not a {type(values).__name__}; see configs/ for examples"
+        )
+    return values
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> ExperimentConfig:
     """Read a YAML config (optional) and apply `key=value` overrides (dotted for nesting)."""
-    values: dict = {}
-    if path is not None:
-        p = Path(path)
-        if not p.exists():
-            raise ConfigError(f"config file {p} does not exist; see configs/ for examples")
-        try:
-            values = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {p} is not valid YAML: {e}") from e
-        if not isinstance(values, dict):
-            raise ConfigError(f"config file {p} must hold a mapping of keys to values")
+    values: dict = {} if path is None else _read_yaml_file(Path(path))
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep:
             raise ConfigError(f"override {item!r} must look like key=value, e.g. user.lr=1e-3")
-        _set_dotted(values, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+        value = _yaml(raw, f"the value of --set {item}") if raw.strip() else None
+        _set_dotted(values, key.strip(), value)
     return build(ExperimentConfig, values)
 
 
@@ -334,5 +473,7 @@ def describe_fields(cls=ExperimentConfig, prefix: str = "") -> list[tuple[str, s
         if dataclasses.is_dataclass(value):
             rows += describe_fields(type(value), prefix + f.name + ".")
         else:
-            rows.append((prefix + f.name, repr(value), f.metadata.get("help", "")))
+            rule = VALID.get(cls, {}).get(f.name)
+            help_ = f.metadata.get("help", "") + (f" [{rule}]" if isinstance(rule, Bound) else "")
+            rows.append((prefix + f.name, repr(value), help_))
     return rows

@@ -87,7 +87,7 @@ def test_lamp_users_malformed_json_and_wrong_path(tmp_path: Path) -> None:
 def test_empty_history_raises_or_skips(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = write(tmp_path / "LaMP_2M" / "users.json", [lamp2_user("a"), lamp2_user("b", n=0)])
     with pytest.raises(
-        DataError, match=r"user 'b' in .*users.json has an empty history.*skip_empty"
+        DataError, match=r"user 'b' in .*users.json has an empty history; add history items"
     ):
         load_lamp_users(path)
     with caplog.at_level(logging.WARNING, logger="ownlm"):
@@ -131,7 +131,7 @@ def test_lamp_official_joins_golds(tmp_path: Path) -> None:
 def test_lamp_official_bad_outputs(tmp_path: Path) -> None:
     qpath = write(tmp_path / "a_questions.json", [{"id": "1", "input": "x", "profile": []}])
     opath = write(tmp_path / "a_outputs.json", {"task": "LaMP_9", "golds": []})
-    with pytest.raises(DataError, match=r"a_outputs.json names task 'LaMP_9'.*pass task="):
+    with pytest.raises(DataError, match=r"a_outputs.json names task 'LaMP_9'.*--set task="):
         load_lamp_official(qpath, opath)
     write(opath, {"golds": [{"id": "1"}]})
     with pytest.raises(DataError, match=r"gold 0 of .*a_outputs.json lacks"):
@@ -226,7 +226,7 @@ def test_jsonl_errors(tmp_path: Path) -> None:
     write(path, json.dumps({"user_id": "a", "history": [{"tag": "x"}]}))
     with pytest.raises(
         DataError,
-        match=r"line 1 of .*bad.jsonl \(user 'a'\), history item 0, lacks field 'description'",
+        match=r"line 1 of .*bad.jsonl \(user 'a'\), history item 0: lacks field 'description'",
     ):
         load_jsonl(path, "LaMP-2")
     write(
@@ -234,14 +234,16 @@ def test_jsonl_errors(tmp_path: Path) -> None:
         json.dumps(
             {
                 "user_id": "a",
-                "history": [{"description": "d", "tag": "x"}],
-                "queries": [{"gold": "x"}],
+                "history": [{"description": "d", "tag": "comedy"}],
+                "queries": [{"gold": "comedy"}],
             }
         ),
     )
-    with pytest.raises(DataError, match=r"query 0, has no 'input'.*input field 'description'"):
+    with pytest.raises(
+        DataError, match=r"query 0 \(id 'a-q0'\): has no 'input'.*input field 'description'"
+    ):
         load_jsonl(path, "LaMP-2")
-    with pytest.raises(DataError, match=r"bad.jsonl is a generic JSONL file; pass task="):
+    with pytest.raises(DataError, match=r"bad.jsonl is a generic JSONL file.*--set task=NAME"):
         load_dataset(path)
 
 
@@ -269,3 +271,99 @@ def test_shared_data_smoke() -> None:
     assert studemo.task == "studemo-valence" and len(studemo.users) == 25
     tweets = load_dataset(SHARED / "peft_u" / "tweeteval" / "annotations_g3.csv")
     assert tweets.task == "tweeteval-hate" and len(tweets.users) == 20
+
+
+# -- hostile files: one clear DataError each, never a traceback -----------------------------------
+def jsonl_line(uid: object = "ann", tag: object = "comedy", **extra: object) -> str:
+    user = {"user_id": uid, "history": [{"description": "A film.", "tag": tag}], **extra}
+    return json.dumps(user)
+
+
+def test_jsonl_not_utf8_names_offset_line_and_fix(tmp_path: Path) -> None:
+    data = (jsonl_line("ann") + "\n" + jsonl_line("bob", "comedy")).encode()
+    data = data.replace(b"A film.", "Amélie".encode("latin-1"))  # é as latin-1: 0xe9
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(data)
+    with pytest.raises(DataError) as err:
+        load_jsonl(path, "LaMP-2")
+    offset = data.index(b"\xe9")
+    assert f"byte 0xe9 at offset {offset} (line 1)" in str(err.value)
+    assert "latin1.jsonl" in str(err.value) and "re-encode the file as UTF-8" in str(err.value)
+
+
+def test_jsonl_accepts_bom_crlf_and_line_separators_in_text(tmp_path: Path) -> None:
+    lines = [jsonl_line("ann"), jsonl_line("bob", queries=[{"description": "a\u2028b"}])]
+    path = tmp_path / "win.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode() + b"\r\n")
+    data = load_jsonl(path, "LaMP-2")
+    assert [u.user_id for u in data.users] == ["ann", "bob"]
+    assert data.users[1].queries[0].fields == {"description": "a\u2028b"}
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", r"empty.jsonl is empty; it must hold one JSON object per line"),
+        ("\n \n", r"empty.jsonl is empty"),
+        ('[{"user_id": "ann"}]', r"holds a JSON array; a .jsonl file holds one JSON object per"),
+        ('[\n  {"user_id": "ann"}\n]', r"holds a JSON array"),
+        ('"ann"', r"line 1 of .*empty.jsonl is a str; each line must be a JSON object with"),
+        ("42", r"line 1 of .* is a int; each line must be a JSON object with 'user_id'"),
+        ('{"name": "ann"}', r"line 1 of .* is an object without 'user_id'"),
+        ('{"user_id": "ann", "history": "x"}', r"'history' is a str; it must be a JSON list"),
+        ("[" * 100_000 + "]" * 100_000, r"holds a JSON array"),
+        ('{"a": ' * 100_000 + "1" + "}" * 100_000, r"line 1 of .* is nested too deeply"),
+        ('{"user_id": ' + "9" * 5000 + "}", r"line 1 of .* is not valid JSON"),
+    ],
+)
+def test_jsonl_hostile_shapes(tmp_path: Path, text: str, message: str) -> None:
+    path = write(tmp_path / "empty.jsonl", text)
+    with pytest.raises(DataError, match=message) as err:
+        load_jsonl(path, "LaMP-2")
+    assert len(str(err.value)) < 400 and "\n" not in str(err.value)
+
+
+def test_huge_values_are_cut_in_messages(tmp_path: Path) -> None:
+    path = write(tmp_path / "huge.jsonl", jsonl_line("ann", tag="x" * 1_000_000))
+    with pytest.raises(DataError, match=r"tag 'xxx.*\.\.\. \(1000000 chars\) is not one of") as err:
+        load_jsonl(path, "LaMP-2")
+    assert len(str(err.value)) < 600
+
+
+def test_lamp_files_not_utf8_or_with_bom(tmp_path: Path) -> None:
+    path = tmp_path / "LaMP_2M" / "users.json"
+    path.parent.mkdir()
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps([lamp2_user("a")]).encode())
+    assert load_lamp_users(path).users[0].user_id == "a"  # a BOM is accepted
+    path.write_bytes(json.dumps([lamp2_user("a")]).encode("utf-16"))
+    with pytest.raises(DataError, match=r"users.json is not UTF-8: byte 0xff at offset 0"):
+        load_lamp_users(path)
+    with pytest.raises(DataError, match=r"LaMP_2M is a directory, not a file"):
+        load_jsonl(path.parent, "LaMP-2")
+
+
+def test_lamp_users_bad_shapes(tmp_path: Path) -> None:
+    path = write(tmp_path / "LaMP_2M" / "users.json", ["ann", lamp2_user("b")])
+    with pytest.raises(DataError, match=r"record 0 of .*users.json is not an object"):
+        load_lamp_users(path)
+    rec = lamp2_user("a")
+    rec["query"][0]["input"] = ["not", "text"]
+    write(path, [rec])
+    with pytest.raises(DataError, match=r"record 0 .*\(user 'a'\), query 0: lacks a text field"):
+        load_lamp_users(path)
+
+
+def test_csv_with_bom_and_repeated_columns(tmp_path: Path) -> None:
+    path = tmp_path / "annotations_g3.csv"
+    path.write_bytes(b"\xef\xbb\xbfid,text,label_M_1\n1,x,Hateful\n2,y,Non-hateful\n")
+    assert load_tweeteval(path).users[0].user_id == "M_1"
+    write(path, "id,text,label_M_1,label_M_1\n1,x,Hateful,Non-hateful\n2,y,Hateful,Hateful\n")
+    with pytest.raises(DataError, match=r"repeats column\(s\) \['label_M_1'\]"):
+        load_tweeteval(path)
+
+
+def test_studemo_refuses_fractions_and_off_scale_scores(tmp_path: Path) -> None:
+    for value, message in [("2.5", "valence 2.5 is not one of"), ("7.0", "valence 7.0 is not")]:
+        root = write_studemo(tmp_path / value, bad_value=value)
+        with pytest.raises(DataError, match=rf"row 7 of .*annotation_data.csv: {message}"):
+            load_studemo(root)

@@ -146,3 +146,9 @@ def test_parse_output() -> None:
     assert get_task("LaMP-1").parse_output("[2]") == "[2]"
     assert get_task("tweeteval-hate").parse_output("non-hateful.") == "Non-hateful"
     assert get_task("LaMP-4").parse_output("  A headline \n") == "A headline"
+
+
+def test_labelled_history_says_which_histories_hold_labels() -> None:
+    labelled = {name for name, task in TASKS.items() if task.labelled_history}
+    assert {"LaMP-2", "LaMP-3", "tweeteval-hate", "demo-tags", "studemo-joy"} <= labelled
+    assert not {"LaMP-1", "LaMP-4", "LaMP-7", "demo-headlines"} & labelled  # LaMP-1: papers

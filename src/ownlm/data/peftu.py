@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ownlm.data import checks
 from ownlm.data.io import finish, read_csv
 from ownlm.data.records import Dataset, Item, Query, User
 from ownlm.data.splits import split_items
@@ -27,6 +28,16 @@ def _annotator_users(
         ]
         users.append(User(uid, history, queries))
     return users
+
+
+def _score(value: str, task: Task, where: str, dimension: str) -> str:
+    """A StudEmo cell ("2.0", "-1") as the task's label string ("2", "-1"); a fraction
+    or a score outside the scale is an error, not silently cut."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise DataError(f"{where} has {dimension}={value!r}, not a number; fix the cell") from None
+    return checks.label(number, task, where, dimension)
 
 
 def load_studemo(
@@ -54,11 +65,8 @@ def load_studemo(
         where = f"row {r + 2} of {ann_file}"
         if row["text_id"] not in texts:
             raise DataError(f"{where} names text_id {row['text_id']!r}, absent from {texts_file}")
-        try:
-            label = str(int(float(value)))
-        except ValueError as exc:
-            raise DataError(f"{where} has {dimension}={value!r}, not a number; fix it") from exc
-        uid = str(row["annotator_id"]).strip()
+        label = _score(value, task, where, dimension)
+        uid = checks.user_id(str(row["annotator_id"]).strip(), where)
         item = Item(f"{row['text_id']}", {"text": texts[row["text_id"]], "label": label})
         per_user.setdefault(uid, []).append(item)
     users = _annotator_users(per_user, task, query_frac, seed)
@@ -75,7 +83,9 @@ def load_tweeteval(
     if not columns:
         raise DataError(f"{path} has no label_<annotator> column; is it annotations_g3.csv?")
     task = get_task("tweeteval-hate")
-    per_user: dict[str, list[Item]] = {c[len("label_") :]: [] for c in columns}
+    per_user: dict[str, list[Item]] = {
+        checks.user_id(c[len("label_") :], f"{path}, column {c}"): [] for c in columns
+    }
     for r, row in enumerate(rows):
         for col in columns:
             label = (row.get(col) or "").strip()

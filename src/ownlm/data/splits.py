@@ -52,7 +52,8 @@ def split_users(
     if n_train < 1:
         raise ConfigError(
             f"test_frac={test_frac} and dev_frac={dev_frac} leave no train user out of {n} "
-            f"users of {dataset.source or dataset.task}; lower the fractions"
+            f"users of {dataset.source or dataset.task}; lower test_frac (e.g. --set "
+            "test_frac=0.3) or use more users (max_users)"
         )
     return UserSplit(
         train=users[:n_train],

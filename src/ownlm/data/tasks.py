@@ -96,6 +96,12 @@ class Task:
         names += _FIELD.findall(self.item_template)
         return tuple(dict.fromkeys(names))
 
+    @property
+    def labelled_history(self) -> bool:
+        """Whether a history item's output is one of `labels`, the answer a query asks for
+        (checked at load). LaMP-1's history holds papers (abstract -> title), not choices."""
+        return bool(self.labels) and self.pair_prompt is None
+
     # -- prompts -------------------------------------------------------------------------
     def query_prompt(self, fields: dict[str, str], max_chars: int | None = MAX_INPUT_CHARS) -> str:
         """The task prompt for raw fields, e.g. {"description": ...} for LaMP-2."""

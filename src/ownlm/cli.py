@@ -1,4 +1,4 @@
-"""The `ownlm` command line: demo | prepare | train | eval | export | forget | serve | token.
+"""The `ownlm` command line: demo | prepare | train | eval | export | import | forget | serve | token.
 
 Every experiment command takes `--config FILE.yaml` (see configs/) and any number of
 `--set key=value` overrides (dotted for nested keys, e.g. `--set user.lr=1e-3`).
@@ -166,20 +166,12 @@ def forget(
     ),
     run_dir: Path = typer.Option(..., help="run directory (e.g. runs/demo-tags)"),
 ):
-    """Delete everything ownlm stored for a user: their adapters in every store, their tokens."""
+    """Delete everything the run stores of a user (adapters, tokens, stage-2 entry, eval
+    outputs naming them) and name what their history trained, with the retrain command."""
     from ownlm.methods.forget import forget_user
 
-    done = forget_user(run_dir, user)
-    console.print(
-        f"user {user}: removed from {', '.join(done.removed) or 'nothing (no stored state)'}"
-    )
-    if done.stage2_train_user:
-        console.print(
-            f"[yellow]user {user} was a stage-2 (PROPER group) train user: the group experts "
-            "were trained on their history and the group router keeps a learned embedding "
-            "for them. Remove their data and retrain stage 2 (`ownlm train --stages groups,"
-            "users`) to take those out too.[/]"
-        )
+    for line, style in forget_user(run_dir, user).report():
+        console.print(line, style=style, markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -188,21 +180,50 @@ def export(
     config: Path = ConfigOpt,
     set_: list[str] = SetOpt,
     user: str = typer.Option(..., help="user id to export"),
-    out: Path = typer.Option(..., help="output directory (a standard PEFT LoRA directory)"),
+    out: Path = typer.Option(None, help="output directory (a standard PEFT LoRA directory)"),
     variant: str = typer.Option(
-        "proper-user",
-        help="proper-user (group experts + user LoRA flattened into one LoRA) or oppu / peft (the user's own LoRA, copied with its base)",
+        "auto",
+        help="auto (the first the user has of:) proper-user (group experts + user LoRA flattened into one LoRA), oppu, peft (the user's own LoRA)",
+    ),
+    bundle: Path = typer.Option(
+        None, help="instead of --out: write the user's ownership bundle (a tar; `ownlm import`)"
+    ),
+    with_history: bool = typer.Option(
+        False, "--with-history", help="put the user's history in the bundle too"
     ),
 ):
-    """Export a user's model as one vanilla PEFT LoRA directory (PEFT, vLLM --lora-modules)."""
+    """Export a user's model as one vanilla PEFT LoRA directory (PEFT, vLLM --lora-modules),
+    or with --bundle everything the run stores for them, in one self-checking archive."""
+    if (out is None) == (bundle is None):
+        raise ConfigError("give exactly one of --out DIR (a PEFT LoRA) or --bundle FILE")
+    run = _run(config, set_)
+    if bundle is not None:
+        from ownlm.methods.bundle import write_bundle
+
+        done = write_bundle(run, user, bundle, with_history)
+        console.print(done.summary(), markup=False, highlight=False, soft_wrap=True)
+        return
     from ownlm.methods.export import export_user
 
-    run = _run(config, set_)
-    path, hint = export_user(run, user, out, variant)
-    console.print(
-        f"exported user {user} ({variant}) to {path}; base model: {run.base_dir.resolve()}"
-    )
-    console.print(hint)
+    _, message = export_user(run, user, out, variant)
+    console.print(message, markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command(name="import")
+@friendly
+def import_(
+    bundle: Path = typer.Argument(..., help="a bundle written by `ownlm export --bundle`"),
+    run_dir: Path = typer.Option(..., help="the run to restore it into (same base)"),
+    replace: bool = typer.Option(
+        False, "--replace", help="swap out adapters the run already has for this user"
+    ),
+):
+    """Restore a user's ownership bundle into a run with the same base, checking every
+    member's sha256 first; refuses a tampered archive or one for another base."""
+    from ownlm.methods.bundle import import_bundle
+
+    done = import_bundle(bundle, run_dir, replace)
+    console.print(done.summary(bundle, run_dir), markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command(name="serve")

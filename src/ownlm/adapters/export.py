@@ -66,8 +66,8 @@ def vllm_hint(base_dir: Path, adapter_dir: Path, name: str, kind: str = "causal"
     """How to serve an exported LoRA with vLLM; its rank sets `--max-lora-rank`."""
     if kind != "causal":
         return (
-            "vLLM serves generative (causal) models only: load this encoder adapter with "
-            "PeftModel.from_pretrained or `ownlm serve`"
+            "vLLM serves generative (causal) models only; this adapter is for ownlm's "
+            "MiniLM label classifier: use it with `ownlm eval` / `ownlm serve` on its run"
         )
     cfg = json.loads((Path(adapter_dir) / CONFIG_FILE).read_text())
     rank = int(cfg["r"])
@@ -78,3 +78,33 @@ def vllm_hint(base_dir: Path, adapter_dir: Path, name: str, kind: str = "causal"
         f"vllm serve {base_dir} --enable-lora --max-lora-rank {fits[0]} "
         f"--lora-modules {name}={adapter_dir}"
     )
+
+
+def peft_hint(base_dir: Path, adapter_dir: Path, kind: str = "causal") -> str:
+    """The Python line that pairs an exported adapter with its base (vanilla PEFT)."""
+    if kind != "causal":
+        return (
+            "from ownlm.backbone.encoder import EncoderClassifier; from peft import PeftModel; "
+            f"base, tok = EncoderClassifier.from_dir({str(base_dir)!r}); "
+            f"model = PeftModel.from_pretrained(base, {str(adapter_dir)!r})"
+        )
+    return (
+        "from peft import PeftModel; from transformers import AutoModelForCausalLM; "
+        f"model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("
+        f"{str(base_dir)!r}), {str(adapter_dir)!r})"
+    )
+
+
+def point_to_base(adapter_dir: Path, base_dir: Path) -> None:
+    """Make an exported adapter name its base by absolute path, in adapter_config.json
+    (what `AutoPeftModelForCausalLM.from_pretrained(adapter_dir)` loads) and in PEFT's
+    model card: a run-relative path (`runs/<name>/base`) resolves nowhere else."""
+    cfg_file = Path(adapter_dir) / CONFIG_FILE
+    cfg = json.loads(cfg_file.read_text())
+    old, new = cfg.get("base_model_name_or_path"), str(Path(base_dir).resolve())
+    cfg["base_model_name_or_path"] = new
+    cfg_file.write_text(json.dumps(cfg, indent=2, sort_keys=True))
+    card = Path(adapter_dir) / "README.md"
+    if old and card.exists():
+        card.write_text(card.read_text().replace(f"base_model: {old}", f"base_model: {new}"))
+        card.write_text(card.read_text().replace(f"adapter:{old}", f"adapter:{new}"))

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from ownlm.backbone.checksum import META_FILE, base_checksums
 from ownlm.backbone.device import model_device
 from ownlm.backbone.encoder import EncoderClassifier
 
@@ -296,6 +297,7 @@ def describe(backbone) -> dict:
 
 
 def write_base_meta(path: Path, backbone, **extra) -> None:
-    (Path(path) / "ownlm_base.json").write_text(
-        json.dumps({**describe(backbone), **extra}, indent=2)
-    )
+    """Write `ownlm_base.json` into a saved base: its kind, name and fingerprint, and the
+    sha256 of every file already saved there, which `load_base` checks (call it last)."""
+    meta = {**describe(backbone), **extra, "sha256": base_checksums(path)}
+    (Path(path) / META_FILE).write_text(json.dumps(meta, indent=2))

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from ownlm.backbone.base import CausalBackbone, EncoderBackbone
+from ownlm.backbone.checksum import META_FILE, verify_base
 from ownlm.backbone.encoder import load_minilm_classifier
 from ownlm.errors import ConfigError
 
@@ -16,8 +17,8 @@ def load_backbone(spec: str, task, max_len: int = 384, device=None, dtype=None, 
     label tasks), or a Hugging Face causal LM directory / hub id in the local cache."""
     if spec == "tiny":
         raise ConfigError(
-            "the tiny backbone is pre-trained on the run's corpus: build it with "
-            "ownlm.train.pretrain.initial_backbone(run) (the train and prepare commands do)"
+            "the tiny backbone is pre-trained on the run's corpus, not loaded: "
+            "`ownlm prepare -c CONFIG` (or `ownlm train -c CONFIG`) builds it"
         )
     if spec == "minilm":
         if not task.labels:
@@ -43,11 +44,14 @@ def load_backbone(spec: str, task, max_len: int = 384, device=None, dtype=None, 
 
 def load_base(path: Path, device=None, dtype=None):
     """Load a run's merged base written after stage 1 (see `write_base_meta`) onto
-    `device` in `dtype` (default: the CPU, as saved)."""
-    meta_path = Path(path) / "ownlm_base.json"
+    `device` in `dtype` (default: the CPU, as saved). Its files are checked against the
+    sha256 recorded with it first (`verify_base`: about a second per GB of weights, once
+    per process): a corrupt base raises StoreError instead of answering."""
+    meta_path = Path(path) / META_FILE
     if not meta_path.exists():
         raise ConfigError(f"no trained base in {path}; run `ownlm train --stages population` first")
     meta = json.loads(meta_path.read_text())
+    verify_base(path, meta)
     if meta["kind"] == "encoder":
         backbone = EncoderBackbone.from_pretrained(path, meta["name"], device, dtype)
     else:

@@ -1,30 +1,78 @@
 """Export a user's model as one vanilla PEFT LoRA directory, whatever method trained it,
-with the command that serves it elsewhere (vLLM's multi-LoRA server)."""
+with how to pair it with its base: the PEFT line and vLLM's multi-LoRA server line.
+
+The exported `adapter_config.json` names the run's base by absolute path, so
+`AutoPeftModelForCausalLM.from_pretrained(export_dir)` works from any directory.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from ownlm.adapters.export import INPUT_ROUTER_MSG, vllm_hint
-from ownlm.errors import ConfigError
+from ownlm.adapters.export import INPUT_ROUTER_MSG, peft_hint, point_to_base, vllm_hint
+from ownlm.backbone.checksum import META_FILE
+from ownlm.errors import ConfigError, NotFoundError
 from ownlm.methods import oppu, proper
 
 EXPORTABLE = ("proper-user", "oppu", "peft")
+AUTO = "auto"  # the first of EXPORTABLE the user has an adapter for
 
 
-def export_user(run, user_id: str, out: Path, variant: str = "proper-user") -> tuple[Path, str]:
-    """(the exported directory, how to serve it with vLLM). `proper-user` flattens the
+def stored_variants(run, user_id: str) -> list[str]:
+    """The variants (`oppu`, `peft`, `proper-user`, `proper-input`) holding the user."""
+    variants = (*EXPORTABLE, "proper-input")
+    return [v for v in variants if run.store(v).exists(f"user:{user_id}")]
+
+
+def pick_variant(run, user_id: str, variant: str) -> str:
+    """`variant`, or with "auto" the first exportable one the user has; a ConfigError or
+    NotFoundError that names the variants the user does have and the option to pass."""
+    have = stored_variants(run, user_id)
+    if variant == AUTO:
+        if not have:
+            raise NotFoundError(
+                f"user {user_id!r} has no adapter in run {run.dir}; train one with `ownlm "
+                f"train -c {run.dir / 'config.yaml'} --stages users --variants oppu`"
+            )
+        usable = [v for v in EXPORTABLE if v in have]
+        if not usable:  # only proper-input: cannot be flattened
+            raise ConfigError(f"user {user_id!r}: " + INPUT_ROUTER_MSG)
+        return usable[0]
+    if variant not in (*EXPORTABLE, "proper-input"):
+        raise ConfigError(f"unknown variant {variant!r}; choose {AUTO}, {', '.join(EXPORTABLE)}")
+    if variant not in have and have:
+        raise ConfigError(
+            f"user {user_id!r} has no {variant} adapter in run {run.dir}; they have "
+            f"{', '.join(have)}: pass --variant {have[0]} (or --variant {AUTO})"
+        )
+    return variant
+
+
+def export_user(run, user_id: str, out: Path, variant: str = AUTO) -> tuple[Path, str]:
+    """(the exported directory, how to pair it with its base). `proper-user` flattens the
     group experts and the user's residual into one LoRA; `oppu` / `peft` copy the user's
     own LoRA. `proper-input` cannot be flattened: its gates change with every token."""
+    variant = pick_variant(run, user_id, variant)
     if variant in oppu.VARIANTS:
         path = oppu.export_user(run, user_id, out, variant)
     elif variant == "proper-user":
         path = proper.export_user(run, user_id, out)
-    elif variant == "proper-input":
-        raise ConfigError(INPUT_ROUTER_MSG)
     else:
-        raise ConfigError(f"unknown variant {variant!r}; choose {', '.join(EXPORTABLE)}")
-    base = run.base_dir.resolve()
-    kind = json.loads((base / "ownlm_base.json").read_text())["kind"]  # as `load_base` reads it
-    return Path(path), vllm_hint(base, Path(path).resolve(), f"user-{user_id}", kind)
+        raise ConfigError(INPUT_ROUTER_MSG)
+    base, path = run.base_dir.resolve(), Path(path).resolve()
+    point_to_base(path, base)
+    kind = json.loads((base / META_FILE).read_text())["kind"]  # as `load_base` reads it
+    return path, pairing(base, path, user_id, kind, variant)
+
+
+def pairing(base: Path, adapter: Path, user_id: str, kind: str, variant: str) -> str:
+    """What the export prints: which variant, the base, the PEFT and the vLLM lines."""
+    return "\n".join(
+        [
+            f"exported user {user_id} ({variant}) to {adapter}",
+            f"its base (the run's merged base; the adapter is only valid on it): {base}",
+            f"load with PEFT: {peft_hint(base, adapter, kind)}",
+            f"or serve with vLLM: {vllm_hint(base, adapter, f'user-{user_id}', kind)}",
+        ]
+    )

@@ -1,33 +1,291 @@
-"""A user's right to be forgotten: delete everything a run stores for them."""
+"""A user's right to be forgotten: after `forget_user`, no file under the run names the
+user or holds their history, and what their history trained is named together with the
+command that retrains without them.
+
+What a run keeps of a user, and what becomes of it:
+
+  adapters*/users/<id>/     their adapter in every store (variant)     deleted
+  .tmp-/.old-/.del-<id>-…   what a killed writer left of it            swept
+  tokens.json               their API tokens                           revoked (stays mode 600)
+  adapters/router/          stage-2 id, learned embedding, history     taken out of it
+                            vector (train users)
+  eval/                     scores, predictions, groups view that      deleted: re-run
+                            include them                               `ownlm eval`
+  base/, adapters/population, adapters/groups/   weights a train user's   named, with the
+                            history trained (stages 1 and 2)            retrain command
+
+The data the run was trained from lives outside the run (its config's `data`); forget
+never edits it, and says to remove the user there before retraining or evaluating.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import shutil
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ownlm.errors import NotFoundError
-from ownlm.methods.proper.groups import stage2_users
+from ownlm.data.records import Dataset, User
+from ownlm.errors import NotFoundError, OwnlmError
+from ownlm.methods.mentions import names_user
+from ownlm.methods.proper.groups import ROUTER, forget_stage2_user
 from ownlm.store import AdapterStore, TokenStore
+
+RECORD = "run.json"  # `ownlm.run.RECORD`: what the run was trained from
+
+
+@dataclass
+class Membership:
+    """What the run's own data says of the user (None: the data could not be read)."""
+
+    in_data: bool | None = None  # in the data as it is now
+    in_record: bool = False  # in run.json's record of the data the run was trained on
+    train: bool = False  # a train user: their history trained stage 1 (and stage 2)
+    data: str = ""  # the config's data source
+    backbone: str = ""
+    why_unknown: str = ""
 
 
 @dataclass
 class Forgotten:
-    removed: list[str] = field(default_factory=list)  # stores (and "tokens") that held them
-    stage2_train_user: bool = False  # stage 2 learned from their history: retrain to remove
+    user: str
+    removed: list[str] = field(default_factory=list)  # what was deleted or rewritten
+    trained_on: list[str] = field(default_factory=list)  # weights their history trained
+    retrain: str = ""  # the command that retrains those without them
+    notes: list[str] = field(default_factory=list)  # what the person must do besides
+    remaining: list[str] = field(default_factory=list)  # files still naming them
+
+    @property
+    def stage2_train_user(self) -> bool:
+        return any(t.startswith("stage 2") for t in self.trained_on)
+
+    def report(self) -> list[tuple[str, str | None]]:
+        """(line, rich style) to print: what was removed, what their history trained and
+        how to retrain it, what is left to do."""
+        lines = [(f"user {self.user}: removed {'; '.join(self.removed) or 'nothing'}", None)]
+        if self.trained_on:
+            lines.append(
+                (f"user {self.user}'s history trained: {'; '.join(self.trained_on)}", "yellow")
+            )
+        if self.retrain:
+            lines.append((f"to take that out, retrain without them: {self.retrain}", "yellow"))
+        lines += [(n, "yellow") for n in self.notes]
+        if self.remaining:
+            lines.append(
+                (
+                    f"still naming user {self.user}: {', '.join(self.remaining)} (not written "
+                    "by ownlm, or being written by a running process: stop it, remove these "
+                    "by hand, or forget again)",
+                    "bold red",
+                )
+            )
+        return lines
+
+
+def membership(run_dir: Path, user: str) -> Membership:
+    """Whether the run's data holds `user`, and as a train user: from its data as it is
+    now, else from run.json's record of the data it was trained on (the user may have
+    been taken out of the data first)."""
+    if not (run_dir / "config.yaml").exists():
+        return Membership(why_unknown=f"{run_dir} has no config.yaml")
+    from ownlm.run import Run
+
+    try:
+        run = Run.open(run_dir)
+    except (OwnlmError, OSError) as e:
+        return Membership(why_unknown=f"its config could not be read ({e})")
+    m = Membership(data=str(run.cfg.data), backbone=run.cfg.backbone)
+    try:
+        m.train = user in {u.user_id for u in run.split.train}
+        m.in_data = m.train or user in {u.user_id for u in run.dataset.users}
+    except (OwnlmError, OSError) as e:
+        m.why_unknown = f"its data could not be read ({e})"
+    recorded = _recorded_ids(run_dir)
+    m.in_record = user in recorded
+    if not m.in_data and m.in_record:  # as trained, before they left the data
+        run.__dict__.pop("split", None)  # split again, over the recorded users
+        run.__dict__["dataset"] = Dataset(run.cfg.task or "", [User(i, []) for i in recorded])
+        m.train = user in {u.user_id for u in run.split.train}
+    return m
+
+
+def _recorded_ids(run_dir: Path) -> list[str]:
+    """The user ids of run.json's data record, in the data's order ([] without one)."""
+    path = run_dir / RECORD
+    record = json.loads(path.read_text()) if path.exists() else {}
+    return [row[0] for row in (record.get("data") or {}).get("users") or [] if row]
+
+
+def adapter_stores(run_dir: Path) -> list[Path]:
+    """The run's adapter stores: `adapters` (OPPU, stages 1-2) and `adapters-<variant>`."""
+    return sorted(p for p in run_dir.iterdir() if p.is_dir() and p.name.startswith("adapters"))
+
+
+def variant_of(store_dir: Path) -> str:
+    return "oppu" if store_dir.name == "adapters" else store_dir.name.removeprefix("adapters-")
+
+
+def retrain_command(run_dir: Path) -> str:
+    """`ownlm train` over every stage and variant the run holds: stage 1 always retrains,
+    so every later stage and user adapter is trained again on the new base."""
+    stage2 = AdapterStore(run_dir / "adapters").exists(ROUTER)
+    stages = "population,groups,users" if stage2 else "population,users"
+    variants = [variant_of(s) for s in adapter_stores(run_dir) if (s / "users").is_dir()]
+    flag = f" --variants {','.join(variants)}" if variants else ""
+    return f"ownlm train -c {run_dir / 'config.yaml'} --stages {stages}{flag}"
+
+
+def _delete_adapters(run_dir: Path, user: str) -> list[str]:
+    removed = []
+    for store_dir in adapter_stores(run_dir):
+        store = AdapterStore(store_dir)
+        store.sweep()  # a killed writer's scratch copy of their adapter goes too
+        if store.delete(f"user:{user}"):
+            removed.append(f"{store_dir.name}/users/{user} ({variant_of(store_dir)} adapter)")
+    return removed
+
+
+def _scrub_record(run_dir: Path, user: str) -> bool:
+    """Take the user's row out of run.json's data record ([id, history digest, queries
+    digest] per user), and re-seal its sha256 when it is the one `ownlm.run.data_record`
+    computes: the record then describes the data without them, so once they are removed
+    from the data, `ownlm train` resumes, retraining only the stages they were part of."""
+    path = run_dir / RECORD
+    record = json.loads(path.read_text()) if path.exists() else {}
+    data = record.get("data") or {}
+    users = data.get("users") or []
+    keep = [row for row in users if not (row and row[0] == user)]
+    if len(keep) == len(users):
+        return False
+    if data.get("sha256") == _data_sha256(data.get("task"), users):
+        data["sha256"] = _data_sha256(data.get("task"), keep)
+    data["users"] = keep
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(json.dumps(record, indent=1, ensure_ascii=False))
+    os.replace(tmp, path)
+    return True
+
+
+def _data_sha256(task, users: list) -> str:
+    """`ownlm.run.data_record`'s seal of a data record."""
+    return hashlib.sha256(json.dumps([task, users], ensure_ascii=False).encode()).hexdigest()
+
+
+def _drop_eval(run_dir: Path, user: str) -> bool:
+    """Delete eval/ when any file there names the user: its tables, predictions and
+    charts were computed together, with them (deleting is honest; a rewrite is not)."""
+    ev = run_dir / "eval"
+    if not ev.is_dir() or not any(names_user(f, user) for f in ev.rglob("*") if f.is_file()):
+        return False
+    trash = run_dir / f".del-eval-{uuid.uuid4().hex[:8]}"
+    ev.rename(trash)  # readers see the old eval/ or none, never half of it
+    shutil.rmtree(trash)
+    return True
+
+
+def _trained_on(run_dir: Path, m: Membership, stage2: bool) -> list[str]:
+    if not (m.train or stage2):
+        return []
+    out = ["stage 1 (the population LoRA, adapters/population, merged into base/)"]
+    if m.backbone == "tiny":
+        out.append(
+            "the tiny backbone and its tokenizer (pre-trained on the train users' text: "
+            "base/, and a copy cached under .cache/ownlm/tiny-* where `ownlm train` ran; "
+            "delete that cache)"
+        )
+    if stage2 or AdapterStore(run_dir / "adapters").exists(ROUTER):
+        out.append(
+            "stage 2 (the group experts and routers, adapters/groups and adapters/router: "
+            "retrain stage 2 without them to take that out)"
+        )
+    return out
 
 
 def forget_user(run_dir: str | Path, user: str) -> Forgotten:
-    """Delete `user`'s adapters from every store of the run and revoke their tokens."""
+    """Delete or scrub everything `run_dir` stores of `user` (see the module docstring);
+    NotFoundError when the run holds nothing of them and its data does not know them."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise NotFoundError(f"run directory {run_dir} does not exist")
-    out = Forgotten()
-    for store_dir in sorted(
-        p for p in run_dir.iterdir() if p.is_dir() and p.name.startswith("adapters")
-    ):
-        if AdapterStore(store_dir).delete(f"user:{user}"):
-            out.removed.append(store_dir.name)
-    if TokenStore(run_dir).revoke_user(user):
-        out.removed.append("tokens")
-    out.stage2_train_user = user in stage2_users(AdapterStore(run_dir / "adapters"))
+    m = membership(run_dir, user)
+    out = Forgotten(user, removed=_delete_adapters(run_dir, user))
+    tokens = TokenStore(run_dir).revoke_user(user)
+    if tokens:
+        out.removed.append(f"tokens.json ({tokens} token{'s' * (tokens > 1)} revoked)")
+    stage2 = forget_stage2_user(AdapterStore(run_dir / "adapters"), user)
+    if stage2:
+        out.removed.append("adapters/router (their stage-2 id, embedding and history vector)")
+    if _scrub_record(run_dir, user):
+        out.removed.append("run.json (their row of the data record)")
+    if _drop_eval(run_dir, user):
+        out.removed.append("eval/ (its scores and predictions included them)")
+    out.remaining = sorted(str(p.relative_to(run_dir)) for p in mentions(run_dir, user))
+    if not (out.removed or out.remaining or m.in_data or m.in_record or stage2):
+        raise NotFoundError(not_known(run_dir, user, m))
+    _advise(run_dir, user, m, stage2, out)
     return out
+
+
+def _advise(run_dir: Path, user: str, m: Membership, stage2: bool, out: Forgotten) -> None:
+    out.trained_on = _trained_on(run_dir, m, stage2)
+    if out.trained_on:
+        out.retrain = retrain_command(run_dir)
+        if m.in_data is not False:
+            out.retrain = f"remove user {user} from {m.data or 'the data'}, then {out.retrain}"
+    elif not (m.in_data or m.in_record):
+        why = m.why_unknown or (
+            f"they are not in its data ({m.data}) and it has no record of the data it was "
+            "trained on"
+        )
+        out.notes.append(
+            f"cannot tell whether user {user}'s history trained stage 1: {why}. If it did, "
+            f"take them out of the data, then {retrain_command(run_dir)}"
+        )
+    elif m.in_data:
+        out.notes.append(
+            f"user {user} is still in the run's data ({m.data}), which ownlm does not edit: "
+            "remove them there, or the next `ownlm train` trains them again"
+        )
+    if any(r.startswith("eval/") for r in out.removed):
+        out.notes.append(
+            f"re-run `ownlm eval -c {run_dir / 'config.yaml'}` for the other users' scores "
+            f"(once user {user} is out of the data)"
+        )
+
+
+def not_known(run_dir: Path, user: str, m: Membership) -> str:
+    data = (
+        f"its data ({m.data}) does not hold them"
+        if m.in_data is False
+        else f"whether its data holds them is unknown: {m.why_unknown}"
+    )
+    return (
+        f"run {run_dir} never knew user {user!r} or has forgotten them: no adapter, token, "
+        f"group-router entry or evaluation output names them, and {data}. Check the id; if they "
+        "were in the data when the run was trained, its base still learned from them: "
+        f"retrain without them: {retrain_command(run_dir)}"
+    )
+
+
+def mentions(run_dir: Path, user: str) -> list[Path]:
+    """Files under the run, outside base/ (the model itself), that still name the user:
+    in their path below a `users` folder, or in their text (`names_user`)."""
+    found = []
+    for f in sorted(run_dir.rglob("*")):
+        rel = f.relative_to(run_dir).parts
+        if rel[0] == "base" or not f.is_file():
+            continue
+        if _user_path(rel, user) or names_user(f, user):
+            found.append(f)
+    return found
+
+
+def _user_path(parts: tuple[str, ...], user: str) -> bool:
+    scratch = tuple(f"{p}{user}-" for p in (".tmp-", ".old-", ".del-"))
+    return any(
+        prev == "users" and (part == user or part.startswith(scratch))
+        for prev, part in zip(parts, parts[1:], strict=False)
+    )

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -165,15 +166,72 @@ def stage2_users(store) -> list[str]:
     return json.loads(meta.read_text()).get("users", []) if meta.exists() else []
 
 
+def _sha_digest(store, names: list[str]) -> str:
+    shas = [store.manifest(n).sha256 for n in names]
+    return hashlib.sha256(json.dumps(shas, sort_keys=True).encode()).hexdigest()
+
+
+def stage2_digest(store) -> str:
+    """8 hex digits naming the stored stage-2 weights (experts and router). After
+    `forget_stage2_user` rewrote the router's user table, the digest it had before is kept
+    (pinned in the router's manifest, with the experts it stood for): stage-3 adapters
+    never read other users' rows, so they stay valid; retraining stage 2 unpins it."""
+    groups = store.names("group")
+    pin = store.manifest(ROUTER).extra.get("stage3_digest")
+    if pin and pin.get("groups") == _sha_digest(store, groups):
+        return pin["digest"]
+    return _sha_digest(store, [ROUTER, *groups])[:8]
+
+
 def groups_fingerprint(run, base_fp: str) -> str:
     """What stage-3 adapters depend on: the merged base and the stored stage-2 weights.
     Stage-3 manifests carry it, so retraining stage 2 invalidates the user adapters."""
-    store = require_groups(run)
-    names = [ROUTER, *store.names("group")]
-    digest = hashlib.sha256(
-        json.dumps([store.manifest(n).sha256 for n in names], sort_keys=True).encode()
-    )
-    return f"{base_fp}+{digest.hexdigest()[:8]}"
+    return f"{base_fp}+{stage2_digest(require_groups(run))}"
+
+
+def forget_stage2_user(store, user_id: str) -> bool:
+    """Take `user_id` out of the stored stage-2 router: their id from router.json, their
+    row of the learned user table and of the stored history vectors. The experts and the
+    routers' weights, trained on their history among others', stay (only retraining stage
+    2 without them takes that out). True if stage 2 knew them."""
+    if user_id not in stage2_users(store):
+        return False
+    rdir = store.path(ROUTER)
+    if store.exists(ROUTER):
+        store.verify(ROUTER)  # never re-stamp weights that are already corrupt
+    meta = json.loads((rdir / "router.json").read_text())
+    keep = [i for i, u in enumerate(meta["users"]) if u != user_id]
+    meta["users"] = [meta["users"][i] for i in keep]
+    tensors = None
+    if (rdir / "router.safetensors").exists():
+        tensors = load_file(str(rdir / "router.safetensors"))
+        for key in ("user_table", "train_vectors"):  # (U_train, ...) rows, meta's order
+            if key in tensors:
+                tensors[key] = tensors[key][keep].contiguous()
+
+    def write(d):
+        d.mkdir(parents=True, exist_ok=True)
+        if tensors is not None:
+            save_file(tensors, str(d / "router.safetensors"))
+        (d / "router.json").write_text(json.dumps(meta, indent=2))
+
+    if not store.exists(ROUTER):  # no manifest (a damaged store): still drop their name
+        _write_in_place(rdir, write)
+        return True
+    old = store.manifest(ROUTER)
+    pin = {"digest": stage2_digest(store), "groups": _sha_digest(store, store.names("group"))}
+    extra = {**old.extra, "stage3_digest": pin}
+    store.save(ROUTER, write, Manifest("", old.stage, old.task, old.base_fingerprint, extra=extra))
+    return True
+
+
+def _write_in_place(directory, write) -> None:
+    """`write(tmp)`, then each file it wrote replaces its namesake in `directory`."""
+    tmp = directory.parent / f".tmp-{directory.name}-forget"
+    write(tmp)
+    for f in tmp.iterdir():
+        os.replace(f, directory / f.name)
+    tmp.rmdir()
 
 
 # -- the loaded model ----------------------------------------------------------------------

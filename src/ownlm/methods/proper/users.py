@@ -168,7 +168,7 @@ def load_user_model(run, backbone, user, router: str):
 
 def export_user(run, user_id: str, out_dir: Path) -> Path:
     """Write user `user_id`'s effective PROPER model (user-only router) as one PEFT LoRA
-    over the run's merged base (`run.base_dir`)."""
+    over the run's merged base, named by absolute path (`run.base_dir`, resolved)."""
     user = next((u for u in run.dataset.users if u.user_id == user_id), None)
     if user is None:
         raise ConfigError(f"no user {user_id!r} in {run.cfg.data}; check the id")
@@ -176,8 +176,9 @@ def export_user(run, user_id: str, out_dir: Path) -> Path:
         if run.store("proper-input").exists(user.name):
             raise ConfigError(f"user {user_id!r}: " + INPUT_ROUTER_MSG)
         raise ConfigError(
-            f"user {user_id!r} has no PROPER adapter; train it with "
-            "`ownlm train --stages users --variants proper-user`"
+            f"user {user_id!r} has no PROPER adapter; train it with `ownlm train -c "
+            f"{run.dir / 'config.yaml'} --stages groups,users --variants proper-user` "
+            "(or export another variant: --variant oppu)"
         )
     model = load_user_model(run, run.base(), user, "user")
     return export_mixture(model, out_dir, 0, str(run.base_dir.resolve()))

@@ -1,0 +1,135 @@
+"""A user's ownership bundle: written whole, restored only into a run with the same base,
+refused when any member was changed, added, or names a path outside the run."""
+
+import io
+import json
+import tarfile
+from types import SimpleNamespace
+
+import pytest
+
+from ownlm.data.loaders import load_jsonl
+from ownlm.data.records import Dataset, Item, Query, User
+from ownlm.data.tasks import get_task
+from ownlm.errors import StoreError
+from ownlm.methods.bundle import INDEX, import_bundle, read_bundle, write_bundle
+from ownlm.store import AdapterStore
+from ownlm.testing import toy_run
+
+SIZE = {"hidden": 32, "layers": 1, "heads": 2, "intermediate": 64, "vocab": 300}
+
+
+def _run(path, users=("u1", "u2"), seed=0):
+    """A toy run (base + user adapters) and the run object `write_bundle` reads."""
+    toy_run(path, list(users), seed=seed, **SIZE)
+    items = [Item(f"h{i}", {"description": f"movie {i}", "tag": "comedy"}) for i in range(3)]
+    user = User("u1", items, [Query("q0", "which tag?", "comedy", {"description": "x"})])
+    return SimpleNamespace(
+        dir=path,
+        task=get_task("demo-tags"),
+        dataset=Dataset("demo-tags", [user]),
+        cfg=SimpleNamespace(data="users.jsonl"),
+    )
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    """One run, its user u1's bundle (with history), and a copy of the run without u1."""
+    tmp = tmp_path_factory.mktemp("bundle")
+    run = _run(tmp / "run")
+    done = write_bundle(run, "u1", tmp / "u1.tar", with_history=True)
+    return SimpleNamespace(tmp=tmp, run=run, done=done)
+
+
+def _fresh_run(tmp_path, made):
+    """Another directory with the same base: the run without user u1's adapter."""
+    import shutil
+
+    shutil.copytree(made.run.dir, tmp_path / "run")
+    AdapterStore(tmp_path / "run" / "adapters").delete("user:u1")
+    return tmp_path / "run"
+
+
+def test_round_trip_restores_the_adapter_as_stored(tmp_path, made):
+    assert made.done.adapters == ["oppu"]
+    index, members = read_bundle(made.done.path)
+    assert index["user"] == "u1" and index["base"]["sha256"]  # the base's checksums ride along
+    assert set(members) == set(index["members"]) >= {"profile.json", "history.jsonl"}
+    (tmp_path / "h.jsonl").write_bytes(members["history.jsonl"])
+    assert load_jsonl(tmp_path / "h.jsonl", "demo-tags").users[0].history == (
+        made.run.dataset.users[0].history
+    )
+    run_dir = _fresh_run(tmp_path, made)
+    done = import_bundle(made.done.path, run_dir)
+    assert done.adapters == ["oppu"] and done.history and not done.replaced
+    store, original = AdapterStore(run_dir / "adapters"), AdapterStore(made.run.dir / "adapters")
+    fp = json.loads((run_dir / "base" / "ownlm_base.json").read_text())["fingerprint"]
+    path = store.verify("user:u1", fp)
+    assert store.manifest("user:u1").sha256 == original.manifest("user:u1").sha256
+    assert (path / "adapter_config.json").read_bytes() == (
+        original.path("user:u1") / "adapter_config.json"
+    ).read_bytes()
+
+
+def test_import_over_an_existing_adapter_needs_replace(tmp_path, made):
+    run_dir = _fresh_run(tmp_path, made)
+    import_bundle(made.done.path, run_dir)
+    with pytest.raises(StoreError, match="already has user u1's oppu adapter.*--replace"):
+        import_bundle(made.done.path, run_dir)
+    assert import_bundle(made.done.path, run_dir, replace=True).replaced == ["oppu"]
+
+
+def _rewrite(src, dst, change):
+    """Copy a bundle, passing each (name, bytes) through `change` (None drops it)."""
+    with tarfile.open(src) as tar:
+        members = [(i.name, tar.extractfile(i).read()) for i in tar.getmembers()]
+    with tarfile.open(dst, "w") as tar:
+        for name, data in members:
+            out = change(name, data)
+            for n, d in [out] if isinstance(out, tuple) else out or []:
+                info = tarfile.TarInfo(n)
+                info.size = len(d)
+                tar.addfile(info, io.BytesIO(d))
+    return dst
+
+
+def _flip(name, data):
+    if name.endswith("adapter_model.safetensors"):
+        data = data[:-1] + bytes([data[-1] ^ 1])
+    return name, data
+
+
+def test_a_tampered_byte_is_refused_and_nothing_is_written(tmp_path, made):
+    run_dir = _fresh_run(tmp_path, made)
+    bad = _rewrite(made.done.path, tmp_path / "bad.tar", _flip)
+    with pytest.raises(StoreError, match="adapter_model.safetensors' does not match its sha256"):
+        import_bundle(bad, run_dir)
+    assert not AdapterStore(run_dir / "adapters").exists("user:u1")
+
+
+def test_path_traversal_and_unlisted_members_are_refused(tmp_path, made):
+    run_dir = _fresh_run(tmp_path, made)
+    for evil in ("../evil.txt", "/tmp/evil.txt", "adapters/oppu/../../x"):
+
+        def add(name, data, evil=evil):
+            return [(name, data)] + ([(evil, b"x")] if name == INDEX else [])
+
+        bad = _rewrite(made.done.path, tmp_path / "evil.tar", add)
+        with pytest.raises(StoreError, match="unsafe path"):
+            import_bundle(bad, run_dir)
+    extra = _rewrite(
+        made.done.path,
+        tmp_path / "extra.tar",
+        lambda n, d: [(n, d)] + ([("notes.txt", b"hi")] if n == INDEX else []),
+    )
+    with pytest.raises(StoreError, match="unexpected member 'notes.txt'"):
+        import_bundle(extra, run_dir)
+    assert not (tmp_path / "evil.txt").exists() and not (run_dir.parent / "evil.txt").exists()
+    assert not AdapterStore(run_dir / "adapters").exists("user:u1")
+
+
+def test_a_bundle_for_another_base_is_refused(tmp_path, made):
+    _run(tmp_path / "other", users=("u2",), seed=1)  # same users, another base
+    with pytest.raises(StoreError, match="refused: it belongs to base .* has base"):
+        import_bundle(made.done.path, tmp_path / "other")
+    assert not AdapterStore(tmp_path / "other" / "adapters").exists("user:u1")

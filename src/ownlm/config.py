@@ -125,7 +125,8 @@ class UserSettings(LoraSettings):
 
 @dataclass
 class ServeSettings:
-    """`ownlm serve`: how many adapters stay loaded and how requests are batched."""
+    """`ownlm serve`: how many adapters stay loaded, how requests are batched, and the
+    limits that keep one client from taking the server's memory or time."""
 
     cache_size: int = field(
         default=64, metadata={"help": "user adapters held in memory (LRU); also the LoRA slots"}
@@ -139,6 +140,28 @@ class ServeSettings:
     )
     device: str = field(default="auto", metadata={"help": "where the base runs (as the run's)"})
     dtype: str = field(default="auto", metadata={"help": "precision of the base (as the run's)"})
+    max_body_bytes: int = field(
+        default=4 * 2**20,
+        metadata={"help": "largest request body; a larger one is refused (413) before it is read"},
+    )
+    max_prompt_tokens: int = field(
+        default=0,
+        metadata={"help": "longest prompt in tokens, checked before model work (0 = context)"},
+    )
+    max_queued: int = field(
+        default=1024,
+        metadata={"help": "requests waiting for a batch at most; more are refused (429)"},
+    )
+
+    def __post_init__(self):
+        """The limits, checked where they are set: a server must never start unlimited."""
+        for name, low in (("max_body_bytes", 1), ("max_prompt_tokens", 0), ("max_queued", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(
+                    f"ServeSettings.{name} is {value!r}; it must be an integer >= {low} "
+                    f"(default {getattr(ServeSettings, name)})"
+                )
 
 
 @dataclass

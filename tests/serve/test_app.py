@@ -171,3 +171,64 @@ def test_admin_reload_remove_and_tokens(live):
     assert [m.id for m in openai.OpenAI(base_url=f"{live.url}/v1", api_key=tok).models.list()][
         -1
     ] == f"{base}:carol"
+
+
+@pytest.mark.parametrize(
+    "model",
+    ["toy:../../base", "toy:a/b", "toy:..", "toy:.x", "toy:a\\b", "toy:a\x00b", "toy:" + "a" * 300],
+)
+def test_model_names_with_path_characters_are_404_never_500(live, model):
+    h = {"Authorization": f"Bearer {live.tokens['admin']}"}
+    r = httpx.post(
+        f"{live.url}/v1/completions", json={"model": model, "prompt": "x"}, headers=h, timeout=30
+    )
+    err = r.json()["error"]
+    assert r.status_code == 404 and err["code"] == "model_not_found" and err["param"] == "model"
+
+
+def test_admin_on_unknown_or_bad_adapter_names_is_404(live):
+    h = {"Authorization": f"Bearer {live.tokens['admin']}"}
+    r = httpx.delete(f"{live.url}/admin/adapters/zed", headers=h)
+    assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"
+    assert "zed" not in httpx.get(f"{live.url}/admin/adapters", headers=h).json()["removed"]
+    for bad in ("%2E%2E", "a%00b", "x" * 300):
+        assert httpx.post(f"{live.url}/admin/adapters/{bad}", headers=h).status_code == 404
+        assert httpx.delete(f"{live.url}/admin/adapters/{bad}", headers=h).status_code == 404
+    r = httpx.post(f"{live.url}/admin/tokens", json={"user": "../x"}, headers=h)
+    assert r.status_code == 404 and "token users" in r.json()["error"]["message"]
+
+
+def test_http_level_errors_come_in_openais_shape(live):
+    h = {"Authorization": f"Bearer {live.tokens['alice']}"}
+    url = f"{live.url}/v1/completions"
+    for r, status in [
+        (httpx.get(f"{live.url}/v2/nothing"), 404),
+        (httpx.put(f"{live.url}/v1/models", headers=h), 405),
+        (
+            httpx.post(
+                url,
+                content=b"[" * 100_000 + b"]" * 100_000,
+                headers=h | {"Content-Type": "application/json"},
+            ),
+            400,
+        ),
+        (
+            httpx.post(
+                url,
+                content=b'{"model": "toy", "prompt": "x"}',
+                headers=h | {"Content-Type": "text/plain"},
+            ),
+            400,
+        ),
+    ]:
+        assert r.status_code == status and set(r.json()["error"]) == {
+            "message",
+            "type",
+            "param",
+            "code",
+        }
+
+
+def test_a_user_token_lists_only_its_own_model(live):
+    ids = [m.id for m in client(live, "bob").models.list()]
+    assert ids == [live.server.base, f"{live.server.base}:bob"]

@@ -84,3 +84,27 @@ def test_corrupt_or_foreign_adapter_is_refused(setup, tmp_path):
     with pytest.raises(StoreError, match="corrupt"):
         cache.reload("x")
     assert json.loads((other.path("user:x") / "ownlm.json").read_text())["sha256"]
+
+
+def test_unknown_user_cannot_be_removed(setup):
+    from ownlm.errors import NotFoundError
+
+    _, cache = make_cache(*setup)
+    with pytest.raises(NotFoundError, match="'zed' has no adapter"):
+        cache.remove("zed")
+    assert "zed" not in cache.removed
+
+
+def test_adapter_deleted_from_the_store_is_dropped_at_its_next_use(setup, tmp_path):
+    backbone, _ = setup
+    store = AdapterStore(tmp_path)
+    add_user_adapter(backbone, store, "x", seed=5)
+    _, cache = make_cache(backbone, store)
+    with cache.lock:
+        slot = cache.slots_for(["x"])[0]
+    layer = cache.lora.layers[next(iter(cache.lora.layers))]
+    assert torch.count_nonzero(layer.A[slot]) > 0
+    store.delete("user:x")  # `ownlm forget`, from another process
+    with cache.lock, pytest.raises(AdapterRemoved, match="no longer in the store"):
+        cache.slots_for(["x"])
+    assert cache.loaded() == [] and torch.count_nonzero(layer.A[slot]) == 0

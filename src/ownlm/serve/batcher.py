@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from ownlm.log import get_logger
 from ownlm.serve.cache import AdapterCache
 from ownlm.serve.engine import Engine, Output, Request
+from ownlm.serve.errors import ApiError
 
 log = get_logger(__name__)
 
@@ -38,11 +39,17 @@ class Job:
 
 class Batcher:
     def __init__(
-        self, engine: Engine, cache: AdapterCache, max_batch_size: int = 16, max_wait_ms: float = 10
+        self,
+        engine: Engine,
+        cache: AdapterCache,
+        max_batch_size: int = 16,
+        max_wait_ms: float = 10,
+        max_queued: int = 1024,
     ):
         self.engine, self.cache = engine, cache
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000
+        self.max_queued = max_queued  # beyond it a request is refused, not held in memory
         self.queue: asyncio.Queue[Job] = asyncio.Queue()
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="ownlm-engine")
         self.batches = 0  # counters for /health
@@ -58,6 +65,13 @@ class Batcher:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
     async def submit(self, request: Request, user: str | None, stream: bool = False) -> Job:
+        if self.queue.qsize() >= self.max_queued:
+            raise ApiError(
+                429,
+                f"the server has {self.max_queued} requests waiting already (max_queued); "
+                "retry shortly",
+                code="server_busy",
+            )
         loop = asyncio.get_running_loop()
         job = Job(request, user)
         if stream:  # text pieces only when someone reads them: decoding each step costs

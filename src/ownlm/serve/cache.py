@@ -3,10 +3,15 @@
 Every slot write and every batch run under one lock (`AdapterCache.lock`), so a request
 sees an adapter either wholly before or wholly after a reload, never half-copied.
 Files are read and checked (sha256, base fingerprint) before the lock is taken.
+
+The store on disk is the truth, not memory: each use of a cached adapter first stats its
+manifest. Gone (`ownlm forget` in another process) -> the slot is cleared and the
+request refused; replaced (retrained) -> the new files are loaded before it is used.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 
@@ -14,11 +19,12 @@ from ownlm.adapters.batched import BatchedLora
 from ownlm.adapters.peft_io import LoadedAdapter, read_peft_adapter
 from ownlm.errors import NotFoundError, StoreError
 from ownlm.store import AdapterStore
+from ownlm.store.store import MANIFEST
 
 
 class AdapterRemoved(NotFoundError):
-    """The adapter was removed by an admin between a request's admission and its batch
-    (served as 404: for the client the model no longer exists)."""
+    """The adapter was removed by an admin, or deleted from the store, between a
+    request's admission and its batch (served as 404: the model no longer exists)."""
 
 
 class AdapterCache:
@@ -28,18 +34,33 @@ class AdapterCache:
         self.fingerprint = base_fingerprint
         self.lock = threading.Lock()
         self.slots: OrderedDict[str, int] = OrderedDict()  # user id -> slot, oldest first
+        self.seen: dict[str, tuple] = {}  # user id -> its manifest's stat when loaded
         self.removed: set[str] = set()  # unloaded by an admin: not served until re-added
 
     @property
     def size(self) -> int:
         return self.lora.n_slots
 
-    def servable(self, user: str) -> bool:
-        return user not in self.removed and self.store.exists(f"user:{user}")
+    def stat(self, user: str) -> tuple | None:
+        """(mtime, inode, size) of the user's stored manifest; None when not stored. A
+        stat per use is how a deletion or a retraining by another process is noticed."""
+        try:
+            st = os.stat(self.store.path(f"user:{user}") / MANIFEST)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_ino, st.st_size)
 
-    def read(self, user: str) -> LoadedAdapter:
-        """Check the stored adapter against its manifest and our base; read its weights."""
-        return read_peft_adapter(self.store.verify(f"user:{user}", self.fingerprint))
+    def stored(self, user: str) -> bool:
+        return self.stat(user) is not None
+
+    def servable(self, user: str) -> bool:
+        return user not in self.removed and self.stored(user)
+
+    def read(self, user: str) -> tuple[LoadedAdapter, tuple | None]:
+        """Check the stored adapter against its manifest and our base; read its weights.
+        Returns them with the manifest's stat from before the read."""
+        seen = self.stat(user)
+        return read_peft_adapter(self.store.verify(f"user:{user}", self.fingerprint)), seen
 
     def slots_for(self, users: list[str | None], pinned: set[str] = frozenset()) -> list[int]:
         """Slot per user (None -> -1), loading misses. Caller holds `lock`."""
@@ -53,13 +74,18 @@ class AdapterCache:
                 raise AdapterRemoved(
                     f"adapter of user {user!r} was removed by an admin; re-add it with POST /admin/adapters/{user}"
                 )
-            if user not in self.slots:
-                self._install(user, self.read(user), keep=batch)
+            now = self.stat(user)
+            if now is None:
+                if user not in pinned:  # an earlier row of this batch may still use it
+                    self._drop(user)
+                raise AdapterRemoved(f"adapter of user {user!r} is no longer in the store")
+            if user not in self.slots or self.seen.get(user) != now:  # missing or retrained
+                self._install(user, *self.read(user), keep=batch)
             self.slots.move_to_end(user)
             out.append(self.slots[user])
         return out
 
-    def _install(self, user: str, adapter: LoadedAdapter, keep: set[str]) -> None:
+    def _install(self, user: str, adapter: LoadedAdapter, seen, keep: set[str]) -> None:
         slot = self.slots.pop(user, None)
         if slot is None:
             used = set(self.slots.values())
@@ -73,26 +99,45 @@ class AdapterCache:
                         f"adapter cache of {self.size} slots is full with this batch; raise cache_size"
                     )
                 slot = self.slots.pop(victim)
+                self.seen.pop(victim, None)
         self.lora.load(slot, adapter)
         self.slots[user] = slot
+        self.seen[user] = seen
+
+    def _drop(self, user: str) -> bool:
+        """Clear a user's slot and forget them. Caller holds `lock`."""
+        self.seen.pop(user, None)
+        slot = self.slots.pop(user, None)
+        if slot is not None:
+            self.lora.clear(slot)
+        return slot is not None
+
+    def drop(self, user: str) -> None:
+        """Forget a user whose adapter left the store: slot cleared, not listed."""
+        with self.lock:
+            self._drop(user)
+            self.removed.discard(user)
 
     # -- admin ----------------------------------------------------------------------
     def reload(self, user: str) -> int:
         """(Re)load a user's adapter now, replacing the cached copy atomically."""
-        adapter = self.read(user)
+        adapter, seen = self.read(user)
         with self.lock:
             self.removed.discard(user)
-            self._install(user, adapter, keep=set())
+            self._install(user, adapter, seen, keep=set())
             return self.slots[user]
 
     def remove(self, user: str) -> bool:
-        """Unload and stop serving a user's adapter (the store keeps its files)."""
+        """Unload and stop serving a user's adapter (the store keeps its files); a user
+        neither stored nor loaded is a NotFoundError, not a new entry in `removed`."""
         with self.lock:
+            if user not in self.slots and not self.stored(user):
+                raise NotFoundError(
+                    f"user {user!r} has no adapter in the store nor in memory; "
+                    "GET /admin/adapters and GET /v1/models list the served ones"
+                )
             self.removed.add(user)
-            slot = self.slots.pop(user, None)
-            if slot is not None:
-                self.lora.clear(slot)
-            return slot is not None
+            return self._drop(user)
 
     def loaded(self) -> list[str]:
         return list(self.slots)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from fastapi import Request as HttpRequest
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from ownlm.errors import (
     ConfigError,
@@ -42,9 +43,17 @@ class ApiError(Exception):
 
     @property
     def type(self) -> str:
-        return {401: "authentication_error", 403: "permission_error", 404: "not_found_error"}.get(
-            self.status, "invalid_request_error" if self.status < 500 else "server_error"
-        )
+        return error_type(self.status)
+
+
+def error_type(status: int) -> str:
+    """OpenAI's error `type` for an HTTP status."""
+    return {
+        401: "authentication_error",
+        403: "permission_error",
+        404: "not_found_error",
+        429: "rate_limit_error",
+    }.get(status, "invalid_request_error" if status < 500 else "server_error")
 
 
 def status_of(e: OwnlmError) -> int:
@@ -77,11 +86,29 @@ async def ownlm_error_handler(request: HttpRequest, e: OwnlmError) -> JSONRespon
     return await api_error_handler(request, api_error(e))
 
 
-async def validation_error_handler(_: HttpRequest, e: RequestValidationError) -> JSONResponse:
+async def http_error_handler(request: HttpRequest, e: HTTPException) -> JSONResponse:
+    """Starlette's own HTTP errors (no such path 404, wrong method 405, a body that
+    could not be parsed 400) in OpenAI's shape, like every other error."""
+    hint = {
+        404: f"no endpoint {request.url.path!r}; the API is under /v1 (GET /v1/models)",
+        405: f"{request.method} is not allowed on {request.url.path!r}",
+        400: "request body could not be read as JSON (malformed, or nested too deeply)",
+    }.get(e.status_code, str(e.detail))
+    return error_response(e.status_code, hint, error_type(e.status_code))
+
+
+async def validation_error_handler(request: HttpRequest, e: RequestValidationError) -> JSONResponse:
     err = e.errors()[0] if e.errors() else {}
     if err.get("type") == "json_invalid":
         return error_response(
             400, f"request body is not valid JSON: {err.get('msg')}", "invalid_request_error"
+        )
+    kind = request.headers.get("content-type", "")
+    if request.method == "POST" and "json" not in kind:
+        return error_response(
+            400,
+            f"request body must be JSON: send 'Content-Type: application/json' (got {kind!r})",
+            "invalid_request_error",
         )
     loc = [str(x) for x in err.get("loc", ()) if x != "body"]
     param = ".".join(loc) or None

@@ -47,10 +47,24 @@ class Personalizer:
     def has(self, user: str | None) -> bool:
         return user is not None and user in self.users
 
+    def built(self) -> set[str]:
+        """Users whose retrieval index and profile are in memory."""
+        with self._lock:
+            return set(self._contexts)
+
+    def forget(self, user: str) -> None:
+        """Drop a forgotten user's index, profile and history records from memory; they
+        are not personalized again by this server."""
+        with self._lock:
+            self._contexts.pop(user, None)
+            self.users.pop(user, None)
+
     def prompt(self, user: str, text: str) -> str:
         from ownlm.retrieval.prompts import personal_prompt, user_context
 
         with self._lock:
+            if user not in self.users:  # forgotten meanwhile: the batch will refuse it
+                return text + ANSWER_SEP
             if user not in self._contexts:
                 self._contexts[user] = user_context(self.task, self.users[user])
             ctx = self._contexts[user]

@@ -1,8 +1,10 @@
 """What the HTTP routes serve: one base model, the users' adapters in LoRA slots, a batcher.
 
 `Server` names the models (`<base>` and `<base>:<user_id>`), resolves a request's model
-to a user it may reach, and turns a request body into an engine `Request`. The routes
-(`serve.routes`) reach it through `get_server`, from `app.state.server`.
+to a user it may reach, and turns a request body into an engine `Request`, its prompt
+measured against the limits before any model work. A user whose adapter left the store
+(`ownlm forget` in another process) is dropped from memory: slot, retrieval index,
+profile. The routes (`serve.routes`) reach it through `get_server`, from `app.state.server`.
 """
 
 from __future__ import annotations
@@ -34,6 +36,21 @@ def _user_paths(store: AdapterStore) -> list[Path]:
 def stored_max_rank(store: AdapterStore, floor: int = 8) -> int:
     """Largest LoRA rank in the store, so every stored adapter fits a slot."""
     return peft_io.max_rank(_user_paths(store), floor=floor)
+
+
+MAX_USER_ID_BYTES = 200  # a folder name in the store: under every filesystem's 255
+
+
+def user_id_problem(user: str) -> str | None:
+    """Why `user` cannot name a stored adapter (None when it can): what the client is told
+    instead of a 500 from the filesystem or a path outside the store."""
+    if not user:
+        return "the user id is empty"
+    if len(user.encode("utf-8", "surrogatepass")) > MAX_USER_ID_BYTES:
+        return f"a user id is at most {MAX_USER_ID_BYTES} bytes"
+    if user.startswith(".") or any(c in user for c in "/\\") or not user.isprintable():
+        return "a user id has no '/', '\\', control characters nor a leading '.'"
+    return None
 
 
 def stored_targets(store: AdapterStore, default: tuple[str, ...]) -> tuple[str, ...]:
@@ -72,25 +89,39 @@ class Server:
         )
         self.cache = AdapterCache(self.engine.lora, store, fingerprint)
         self.batcher = Batcher(
-            self.engine, self.cache, settings.max_batch_size, settings.max_wait_ms
+            self.engine,
+            self.cache,
+            settings.max_batch_size,
+            settings.max_wait_ms,
+            settings.max_queued,
         )
+        self.max_prompt_tokens = settings.max_prompt_tokens or self.engine.max_len
+        # no token is longer than this: a text over max_prompt_tokens * this many
+        # characters is too long without tokenizing it (added tokens included)
+        self.max_token_chars = max(map(len, backbone.tokenizer.get_vocab()), default=1)
 
     # -- model names ----------------------------------------------------------------
     def model_ids(self, who: Principal) -> list[str]:
+        """The base and the users' models this token may use: a user token sees its own
+        model only, never other users' names."""
+        if not who.admin:  # one stat, not a listing of every user's folder
+            own = who.user is not None and self.cache.servable(who.user)
+            return [self.base] + ([f"{self.base}:{who.user}"] if own else [])
         users = [n.partition(":")[2] for n in self.store.names("user")]
-        return [self.base] + [
-            f"{self.base}:{u}" for u in users if who.may_use(u) and u not in self.cache.removed
-        ]
+        return [self.base] + [f"{self.base}:{u}" for u in users if u not in self.cache.removed]
 
     def resolve(self, model: str, who: Principal) -> str | None:
-        """The user whose adapter `model` names (None = the base); checks access."""
+        """The user whose adapter `model` names (None = the base); checks access. Blocks
+        briefly when it drops a user forgotten meanwhile: call it off the event loop."""
         if model == self.base:
             return None
         base, sep, user = model.partition(":")
-        if base != self.base or not sep or not user:
+        problem = user_id_problem(user) if sep else "no ':<user_id>'"
+        if base != self.base or problem:
             raise ApiError(
                 404,
-                f"model {model!r} does not exist; use {self.base!r} or '{self.base}:<user_id>' (GET /v1/models lists them)",
+                f"model {model[:100]!r} does not exist ({problem or 'another base'}); use "
+                f"{self.base!r} or '{self.base}:<user_id>' (GET /v1/models lists them)",
                 "model",
                 "model_not_found",
             )
@@ -102,6 +133,8 @@ class Server:
                 "permission_denied",
             )
         if not self.cache.servable(user):
+            if not self.cache.stored(user):
+                self.forget(user)  # forgotten by another process: out of memory too
             raise ApiError(
                 404,
                 f"model {model!r} does not exist: user {user!r} has no adapter being served",
@@ -110,28 +143,45 @@ class Server:
             )
         return user
 
+    # -- forgotten users ------------------------------------------------------------
+    def forget(self, user: str) -> None:
+        """Drop a user whose adapter left the store: slot, index, profile, history."""
+        self.cache.drop(user)
+        if self.personalizer is not None:
+            self.personalizer.forget(user)
+
+    def forget_gone(self) -> list[str]:
+        """Drop every user held in memory whose adapter is no longer stored."""
+        held = set(self.cache.loaded()) | set(self.cache.removed)
+        if self.personalizer is not None:
+            held |= self.personalizer.built()
+        gone = sorted(u for u in held if not self.cache.stored(u))
+        for user in gone:
+            self.forget(user)
+        return gone
+
     # -- one request ----------------------------------------------------------------
     def build(self, body: SamplingBody, user: str | None, text: str, chat: bool) -> Request:
-        """The engine request for `text`: personal context added (when on), tokenized,
-        checked against the context length."""
+        """The engine request for `text`: checked against the prompt limit (before any
+        model work), personal context added (when on), tokenized, checked against the
+        context length."""
         body.check()
+        field = "messages" if chat else "prompt"
+        ids = self.prompt_ids(text, field)
         if body.ownlm_personalize and self.personalizer and self.personalizer.has(user):
-            text = self.personalizer.prompt(user, text)
-        elif chat:
-            text = text + ANSWER_SEP  # chat asks for an answer: the format the model learned
+            ids = self.tokenize(self.personalizer.prompt(user, text))
+        elif chat:  # chat asks for an answer: the format the model learned
+            ids = self.tokenize(text + ANSWER_SEP)
         max_tokens = (
             getattr(body, "max_completion_tokens", None)
             or body.max_tokens
             or self.settings.default_max_tokens
         )
-        ids = self.backbone.tokenizer(text, add_special_tokens=False)["input_ids"]
-        if not ids:
-            raise ApiError(400, "prompt is empty; send at least one token of text", "prompt")
         if len(ids) + max_tokens > self.engine.max_len:
             raise ApiError(
                 400,
                 f"prompt is {len(ids)} tokens and max_tokens is {max_tokens}: over the context of {self.engine.max_len} tokens; shorten the prompt or lower max_tokens",
-                "messages" if chat else "prompt",
+                field,
                 "context_length_exceeded",
             )
         return Request(
@@ -142,6 +192,35 @@ class Server:
             stop=body.stops(),
             seed=body.seed,
         )
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.backbone.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def prompt_ids(self, text: str, field: str) -> list[int]:
+        """The client's text as tokens, refused (400) when empty or over
+        `max_prompt_tokens`; a text that cannot fit is refused before it is tokenized."""
+        limit = self.max_prompt_tokens
+        if len(text) > limit * self.max_token_chars:
+            raise ApiError(
+                400,
+                f"{field} has {len(text)} characters: more than {limit} tokens (the prompt "
+                f"limit, max_prompt_tokens) can hold, as no token of this model is longer than "
+                f"{self.max_token_chars} characters; shorten it",
+                field,
+                "context_length_exceeded",
+            )
+        ids = self.tokenize(text)
+        if not ids:
+            raise ApiError(400, f"{field} is empty; send at least one token of text", field)
+        if len(ids) > limit:
+            raise ApiError(
+                400,
+                f"{field} is {len(ids)} tokens, over the limit of {limit} tokens "
+                "(max_prompt_tokens); shorten it",
+                field,
+                "context_length_exceeded",
+            )
+        return ids
 
 
 def get_server(request: HttpRequest) -> Server:

@@ -38,12 +38,16 @@ async def models(who: Who, server: Serving):
 
 @router.post("/completions")
 async def completions(body: P.CompletionBody, who: Who, server: Serving):
-    user = server.resolve(body.model, who)
+    user = await run_in_threadpool(server.resolve, body.model, who)
     req = await run_in_threadpool(server.build, body, user, body.text(), False)
     job = await server.batcher.submit(req, user, body.stream)
     cid = P.new_id("cmpl")
     if body.stream:
-        return stream(job, lambda text, fin: P.completion(cid, body.model, text, fin))
+        return stream(
+            job,
+            lambda text, fin: P.completion(cid, body.model, text, fin),
+            usage=usage_chunk(body, lambda: P.completion(cid, body.model, "", None)),
+        )
     out = await result(job)
     use = P.usage(out.prompt_tokens, len(out.tokens))
     return P.completion(cid, body.model, out.text, out.finish_reason, use)
@@ -51,7 +55,7 @@ async def completions(body: P.CompletionBody, who: Who, server: Serving):
 
 @router.post("/chat/completions")
 async def chat_completions(body: P.ChatBody, who: Who, server: Serving):
-    user = server.resolve(body.model, who)
+    user = await run_in_threadpool(server.resolve, body.model, who)
     req = await run_in_threadpool(server.build, body, user, body.last_user_text(), True)
     job = await server.batcher.submit(req, user, body.stream)
     cid = P.new_id("chatcmpl")
@@ -62,7 +66,8 @@ async def chat_completions(body: P.ChatBody, who: Who, server: Serving):
             delta = {"content": text} if fin is None else {}  # the last chunk only finishes
             return P.chat_chunk(cid, body.model, delta, fin)
 
-        return stream(job, chunk, first)
+        last = usage_chunk(body, lambda: P.chat_chunk(cid, body.model, {}, None))
+        return stream(job, chunk, first, last)
     out = await result(job)
     use = P.usage(out.prompt_tokens, len(out.tokens))
     return P.chat(cid, body.model, out.text, out.finish_reason, use)
@@ -81,11 +86,29 @@ def job_error(e: OwnlmError) -> ApiError:
     return api_error(e, "model" if isinstance(e, StoreError) else None)
 
 
+def usage_chunk(body: P.SamplingBody, empty: Callable[[], dict]):
+    """With `stream_options: {"include_usage": true}`, a builder of OpenAI's last chunk:
+    no choices, the usage of the whole answer; None otherwise."""
+    if not (body.stream_options and body.stream_options.include_usage):
+        return None
+    return lambda out: (
+        empty()
+        | {
+            "choices": [],
+            "usage": P.usage(out.prompt_tokens, len(out.tokens)),
+        }
+    )
+
+
 def stream(
-    job: Job, chunk: Callable[[str, str | None], dict], first: dict | None = None
+    job: Job,
+    chunk: Callable[[str, str | None], dict],
+    first: dict | None = None,
+    usage: Callable[[Output], dict] | None = None,
 ) -> StreamingResponse:
-    """Server-sent events: `data: {chunk}` per piece of text, a final chunk, `data: [DONE]`.
-    An error after the stream has begun (status 200 already sent) comes as an error event."""
+    """Server-sent events: `data: {chunk}` per piece of text, a final chunk, the usage
+    chunk when asked for, `data: [DONE]`. An error after the stream has begun (status 200
+    already sent) comes as an error event."""
 
     async def events():
         if first is not None:
@@ -96,6 +119,8 @@ def stream(
                 yield P.sse(chunk(value, None))
             elif kind == "done":
                 yield P.sse(chunk("", value.finish_reason))
+                if usage is not None:
+                    yield P.sse(usage(value))
                 break
             else:
                 yield P.sse(error_event(value))

@@ -30,6 +30,11 @@ app.add_typer(token_app, name="token")
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="experiment YAML (see configs/)")
 SetOpt = typer.Option([], "--set", "-s", help="override a config key: key=value (repeatable)")
+OverwriteOpt = typer.Option(
+    False,
+    "--overwrite",
+    help="start the run afresh: its directory is moved aside to <run>.old-<time>/ (never deleted)",
+)
 
 
 def friendly(fn):
@@ -47,10 +52,15 @@ def friendly(fn):
     return wrapper
 
 
-def _run(config, overrides):
+def _run(config, overrides, write: bool = True, overwrite: bool = False):
+    """train/prepare (`write`) claim the run directory: one trained from other data or
+    training keys is refused, or moved aside with `overwrite`. eval/export reopen the run
+    as it was trained, config.yaml untouched."""
     from ownlm.run import Run
 
-    return Run(load_config(config, overrides))
+    if not write:
+        return Run.reopen(config, overrides)
+    return Run(load_config(config, overrides), overwrite=overwrite)
 
 
 def _list(text: str) -> list[str]:
@@ -69,11 +79,11 @@ def _int_list(text: str, option: str) -> tuple[int, ...]:
 
 @app.command(epilog=CONFIG_HELP)
 @friendly
-def prepare(config: Path = ConfigOpt, set_: list[str] = SetOpt):
+def prepare(config: Path = ConfigOpt, set_: list[str] = SetOpt, overwrite: bool = OverwriteOpt):
     """Load and split the data, build the backbone (pre-training the tiny one if needed)."""
     from ownlm.train.stages import prepare as prepare_run
 
-    console.print_json(data=prepare_run(_run(config, set_)))
+    console.print_json(data=prepare_run(_run(config, set_, overwrite=overwrite)))
 
 
 @app.command(epilog=CONFIG_HELP)
@@ -96,12 +106,14 @@ def train(
     ray_address: str = typer.Option(
         None, help="join this Ray cluster (default: start a local Ray) (--executor ray)"
     ),
+    overwrite: bool = OverwriteOpt,
 ):
-    """Train the stages; a stopped run resumes, skipping users already trained."""
+    """Train the stages. A stopped run resumes: stages and users already trained from
+    the same data and settings are kept; a run trained from others is refused."""
     from ownlm.train.stages import check_plan, train_stages
 
     check_plan(_list(stages), _list(variants), executor)  # before any work
-    run = _run(config, set_)
+    run = _run(config, set_, overwrite=overwrite)
     train_stages(run, _list(stages), _list(variants), executor, workers, ray_address)
 
 
@@ -127,7 +139,7 @@ def eval_(
 
     buckets = _int_list(active_levels, "--active-levels") if active_levels else ()
     start = time.perf_counter()
-    run = _run(config, set_)
+    run = _run(config, set_, write=False)
     results = evaluate_run(run)
     if groups_view:
         from ownlm.evaluate.groups import groups_view as show_groups
@@ -196,7 +208,7 @@ def export(
     or with --bundle everything the run stores for them, in one self-checking archive."""
     if (out is None) == (bundle is None):
         raise ConfigError("give exactly one of --out DIR (a PEFT LoRA) or --bundle FILE")
-    run = _run(config, set_)
+    run = _run(config, set_, write=False)
     if bundle is not None:
         from ownlm.methods.bundle import write_bundle
 

@@ -260,7 +260,44 @@ class ExperimentConfig:
 
     @property
     def run_dir(self) -> Path:
+        """<output_dir>/<name>; a name that would lead elsewhere is refused."""
+        if self.name in ("", ".", "..") or any(c in self.name for c in "/\\\0"):
+            raise ConfigError(
+                f"run name {self.name!r} must be a plain folder name (no '/', '\\' or '..'); "
+                "outputs go to <output_dir>/<name>: set output_dir to choose the parent folder"
+            )
         return Path(self.output_dir) / self.name
+
+
+# Keys that leave what a run learns unchanged. A run records every other key, its
+# training keys, in <run>/run.json: `ownlm train` refuses to resume a run under other
+# training keys, and `ownlm eval` takes only these from the command line.
+EVAL_KEYS = ("methods", "max_queries")  # what is evaluated, not what is trained
+RUNTIME_KEYS = (  # where the run lives and how fast it runs: the same adapters come out
+    "name",
+    "output_dir",
+    "device",
+    "dtype",
+    "gradient_checkpointing",
+    "user.users_per_batch",  # batched users learn what each would alone
+)
+
+
+def training_values(cfg: ExperimentConfig) -> dict:
+    """Every training key of `cfg`, dotted as `--set` spells it, with its value."""
+
+    def flat(tree: dict, prefix: str = "") -> dict:
+        out = {}
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                out.update(flat(value, f"{prefix}{key}."))
+            else:
+                out[prefix + key] = value
+        return out
+
+    return {
+        k: v for k, v in flat(dataclasses.asdict(cfg)).items() if k not in EVAL_KEYS + RUNTIME_KEYS
+    }
 
 
 def _coerce(tp, value, key: str):

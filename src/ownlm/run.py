@@ -2,39 +2,53 @@
 
 runs/<name>/
   config.yaml          the resolved ExperimentConfig
+  run.json             what the run was trained from: its training keys, a digest of its
+                       data (user by user), and what each finished stage was trained from
   base/                backbone with the population LoRA merged (HF directory)
   adapters/            AdapterStore: population/, users/<id>/ (OPPU: PEFT + retrieval + profile)
   adapters-peft/       AdapterStore of the "PEFT only" ablation (trained on bare prompts)
   eval/                tables, JSON, official-format predictions, charts
+
+A run is never silently overwritten or mixed: `Run(cfg)` (train, prepare) refuses a
+directory trained from other data or other training keys, unless `overwrite` moves it
+aside first; `Run.reopen` (eval, export) reads it as it was trained.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import time
 from functools import cached_property
 from pathlib import Path
 
 from ownlm.backbone.base import ANSWER_SEP
 from ownlm.backbone.load import load_base
-from ownlm.config import ExperimentConfig, load_config, save_config
+from ownlm.config import ExperimentConfig, load_config, save_config, training_values
 from ownlm.data.demo import make_demo_headlines, make_demo_tags
 from ownlm.data.loaders import load_dataset
 from ownlm.data.records import Dataset
 from ownlm.data.splits import UserSplit, split_users, truncate_history
 from ownlm.data.tasks import get_task
-from ownlm.errors import ConfigError
+from ownlm.errors import ConfigError, DataError, OwnlmError
+from ownlm.log import get_logger
 from ownlm.store import AdapterStore
 
+log = get_logger(__name__)
 DEMOS = {"demo-tags": make_demo_tags, "demo-headlines": make_demo_headlines}
 CACHE_DIR = Path(".cache") / "ownlm"
+RECORD = "run.json"
 
 
 class Run:
-    def __init__(self, cfg: ExperimentConfig, write: bool = True):
+    def __init__(self, cfg: ExperimentConfig, write: bool = True, overwrite: bool = False):
+        """`write` (train, prepare): claim the directory for this config and data, refusing
+        one trained from others unless `overwrite` moves it aside to <dir>.old-<time>."""
         self.cfg = cfg
         self.dir = cfg.run_dir
         if write:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.dir / "config.yaml")
+            _claim(self, overwrite)
 
     @classmethod
     def open(cls, run_dir: str | Path) -> Run:
@@ -48,6 +62,36 @@ class Run:
         cfg = load_config(cfg_file)
         cfg.output_dir, cfg.name = str(run_dir.parent), run_dir.name
         return cls(cfg, write=False)
+
+    @classmethod
+    def reopen(cls, config: str | Path | None = None, overrides: list[str] = ()) -> Run:
+        """The run that `config` and `overrides` name, as it was trained (`ownlm eval`,
+        `export`): its saved config with only the eval and runtime keys given applied.
+        A training key given with another value is refused, as is data that changed
+        since: the adapters were trained with the run's own. Nothing is written."""
+        asked = load_config(config, overrides)
+        run = cls.open(asked.run_dir)
+        trained, wanted = training_values(run.cfg), training_values(asked)
+        given = given_keys(config, overrides)
+        clash = [k for k in sorted(given & trained.keys()) if wanted[k] != trained[k]]
+        if clash:
+            said = "; ".join(f"{k}={trained[k]!r}, not {wanted[k]!r}" for k in clash)
+            raise ConfigError(
+                f"{run.dir} was trained with {said}: its adapters were trained with those "
+                "values. Leave these keys out (the run's own config is used), or train "
+                "another run with them (--set name=...)"
+            )
+        for key in sorted(given - trained.keys() - {"name", "output_dir"}):
+            _set_key(run.cfg, key, _get_key(asked, key))
+        recorded = run.recorded()
+        change = recorded and data_changes(recorded["data"], data_record(run.dataset))
+        if change:
+            raise DataError(
+                f"the data of {run.dir} changed since it was trained ({change}): its "
+                "adapters do not stand for it. Restore the data, or train again with "
+                "`ownlm train --overwrite` (the old run is moved aside)"
+            )
+        return run
 
     @cached_property
     def dataset(self) -> Dataset:
@@ -106,8 +150,6 @@ class Run:
 
     def base_fingerprint(self) -> str:
         """The merged base's identity, as recorded when it was written (no model loaded)."""
-        import json
-
         meta = self.base_dir / "ownlm_base.json"
         if not meta.exists():
             raise ConfigError(
@@ -122,3 +164,177 @@ class Run:
 
     def store(self, variant: str = "oppu") -> AdapterStore:
         return AdapterStore(self.dir / ("adapters" if variant == "oppu" else f"adapters-{variant}"))
+
+    # -- the record: what the run was trained from ------------------------------------------
+    def recorded(self) -> dict | None:
+        """<run>/run.json (None for a run made before ownlm kept one)."""
+        path = self.dir / RECORD
+        if not path.exists():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ConfigError(
+                f"{path} is corrupt ({e}); train with --overwrite to start the run afresh"
+            ) from e
+
+    def stage_record(self, stage: str) -> dict | None:
+        """What the stored result of `stage` was trained from, as `record_stage` wrote it."""
+        return ((self.recorded() or {}).get("stages") or {}).get(stage)
+
+    def record_stage(self, stage: str, info: dict) -> None:
+        """Note in run.json what a finished stage was trained from (a resume keeps it)."""
+        record = self.recorded() or {}
+        record.setdefault("stages", {})[stage] = info
+        _write_json(self.dir / RECORD, record)
+
+
+def data_record(ds: Dataset) -> dict:
+    """The data a run is trained from, as loaded (after max_users, max_history): per user
+    [id, history digest, queries digest] (16 hex digits each), and one sha256 of it all."""
+    users = [[u.user_id, u.history_digest()[:16], _queries_digest(u)] for u in ds.users]
+    blob = json.dumps([ds.task, users], ensure_ascii=False).encode()
+    return {"task": ds.task, "sha256": hashlib.sha256(blob).hexdigest(), "users": users}
+
+
+def _queries_digest(user) -> str:
+    rows = [[q.id, q.input, q.gold, q.fields] for q in user.queries]
+    blob = json.dumps(rows, sort_keys=True, ensure_ascii=False).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def data_changes(old: dict, new: dict) -> str | None:
+    """What differs between two data records, in words ("3 users added, 1 history
+    changed"); None when they are the same."""
+    if old.get("sha256") == new["sha256"]:
+        return None
+    before = {u[0]: u[1:] for u in old.get("users", [])}
+    after = {u[0]: u[1:] for u in new["users"]}
+    both = before.keys() & after.keys()
+    counts = [
+        (len(after.keys() - before.keys()), "user added", "users added"),
+        (len(before.keys() - after.keys()), "user removed", "users removed"),
+        (sum(before[u][0] != after[u][0] for u in both), "history changed", "histories changed"),
+        (sum(before[u][1] != after[u][1] for u in both), "query set changed", "query sets changed"),
+    ]
+    parts = [f"{n} {one if n == 1 else many}" for n, one, many in counts if n]
+    if old.get("task") != new["task"]:
+        parts.insert(0, f"task {old.get('task')} -> {new['task']}")
+    return ", ".join(parts) or "the users' order changed (the train/test split moves)"
+
+
+def config_changes(old: dict, new: dict) -> list[str]:
+    """`key old -> new` for each training key whose value differs. A key the record lacks
+    (added to ownlm since the run was made) is compared with its default."""
+    defaults = training_values(ExperimentConfig())
+    changes = []
+    for key, value in new.items():
+        before = old.get(key, defaults.get(key))
+        if before != value:
+            changes.append(f"{key} {before!r} -> {value!r}")
+    return changes
+
+
+def _claim(run: Run, overwrite: bool) -> None:
+    """Make `run.dir` this run's before any work: refuse a directory trained from other
+    training keys or data (moved aside first with `overwrite`), then write config.yaml
+    and run.json."""
+    if overwrite and run.dir.is_dir() and any(run.dir.iterdir()):
+        log.info(f"moved the old run aside to {move_aside(run.dir)}")
+    new = {"config": training_values(run.cfg), "data": data_record(run.dataset)}
+    old = run.recorded()
+    problem = _mismatch(run, old, new)
+    if problem is not None:
+        raise problem
+    run.dir.mkdir(parents=True, exist_ok=True)
+    save_config(run.cfg, run.dir / "config.yaml")
+    created = (old or {}).get("created") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    _write_json(run.dir / RECORD, {**(old or {}), **new, "created": created})
+
+
+def _mismatch(run: Run, old: dict | None, new: dict) -> OwnlmError | None:
+    """Why `run.dir` cannot be resumed with `new` (None when it can)."""
+    fix = (
+        f"pass --overwrite to move it aside to {run.dir.name}.old-<time>/ and start afresh, "
+        "or train under another name (--set name=...)"
+    )
+    if old is None:
+        old = _unrecorded(run)
+        if old is None:
+            return None
+        if not old:
+            return ConfigError(f"{run.dir} holds state that ownlm did not record; {fix}")
+    changes = config_changes(old["config"], new["config"])
+    if changes:
+        more = f" and {len(changes) - 3} more" if len(changes) > 3 else ""
+        return ConfigError(
+            f"{run.dir} was trained with other settings ({', '.join(changes[:3])}{more}); "
+            f"rerun with the settings it was trained with, {fix}"
+        )
+    change = old.get("data") and data_changes(old["data"], new["data"])
+    if change:
+        return DataError(f"the data of {run.dir} changed since it was trained: {change}; {fix}")
+    return None
+
+
+def _unrecorded(run: Run) -> dict | None:
+    """The record of a run made before run.json: None when the directory holds nothing
+    trained, its config.yaml's training keys (data unknown), or {} without a config."""
+    state = [p for p in run.dir.iterdir() if p.name != "config.yaml"] if run.dir.is_dir() else []
+    if not state:
+        return None
+    cfg_file = run.dir / "config.yaml"
+    if not cfg_file.exists():
+        return {}
+    log.warning(
+        f"{run.dir} has no record of its data (made before ownlm kept one): recording "
+        "today's; user adapters are still checked against their own histories"
+    )
+    return {"config": training_values(load_config(cfg_file)), "data": None}
+
+
+def move_aside(path: Path) -> Path:
+    """Rename `path` to `<path>.old-<time>` (nothing is deleted); returns the new path."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside, n = path.with_name(f"{path.name}.old-{stamp}"), 1
+    while aside.exists():
+        aside, n = path.with_name(f"{path.name}.old-{stamp}-{n}"), n + 1
+    path.rename(aside)
+    return aside
+
+
+def given_keys(config: str | Path | None, overrides: list[str]) -> set[str]:
+    """The dotted keys a person set, in the YAML `config` and in `overrides`."""
+    import yaml
+
+    def leaves(tree, prefix: str) -> set[str]:
+        if not isinstance(tree, dict):
+            return {prefix.rstrip(".")}
+        return {k for key, v in tree.items() for k in leaves(v, f"{prefix}{key}.")}
+
+    text = Path(config).read_bytes().decode("utf-8-sig") if config else ""
+    keys = leaves(yaml.safe_load(text) or {}, "")
+    for item in overrides:
+        key, _, raw = item.partition("=")
+        keys |= leaves(yaml.safe_load(raw) if raw.strip() else None, key.strip() + ".")
+    return keys - {""}
+
+
+def _get_key(cfg, key: str):
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def _set_key(cfg, key: str, value) -> None:
+    *parents, last = key.split(".")
+    for part in parents:
+        cfg = getattr(cfg, part)
+    setattr(cfg, last, value)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    """Write `path` whole or not at all (a killed run leaves the old file)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)

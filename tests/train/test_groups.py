@@ -60,3 +60,18 @@ def test_unknown_new_user_mode_is_refused_before_training(tiny_cfg):
     tiny_cfg.proper = small_proper(new_user="nearest")
     with pytest.raises(ConfigError, match="projection"):
         train_groups(Run(tiny_cfg))
+
+
+def test_groups_are_kept_while_their_inputs_hold(tiny_cfg):
+    tiny_cfg.proper = small_proper(epochs=0.5)
+    run = Run(tiny_cfg)
+    train_population(run)
+    first = train_groups(run)
+    router = run.store().path("router") / "router.safetensors"
+    stamp = router.stat().st_mtime_ns
+    assert train_groups(run) == {"pairs": first["pairs"], "kept": True}
+    assert router.stat().st_mtime_ns == stamp
+    run.cfg.proper.user_lr *= 2  # a stage-3 setting: stage 2 still holds
+    assert train_groups(run)["kept"]
+    run.cfg.proper.lr *= 2
+    assert "kept" not in train_groups(run)

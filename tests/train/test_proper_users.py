@@ -4,6 +4,7 @@ import pytest
 import torch
 from peft import PeftModel
 
+from ownlm.data.splits import truncate_history
 from ownlm.errors import ConfigError
 from ownlm.methods.proper import export_user, load_user_model
 from ownlm.run import Run
@@ -23,6 +24,9 @@ def test_proper_users_train_store_and_export(tiny_cfg, tmp_path):
         stats = train_proper_users(run, router, users=[user])
         assert stats["trained"] == 1
         assert train_proper_users(run, router, users=[user])["resumed"] == 1
+    fewer = truncate_history(user, len(user.history) - 1)  # their history changed
+    assert train_proper_users(run, "input", users=[fewer])["history_changed"] == 1
+    train_proper_users(run, "input", users=[user])
 
     with pytest.raises(ConfigError, match="user-only"):
         run.store("proper-user").delete(user.name)

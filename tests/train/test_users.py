@@ -1,11 +1,15 @@
-"""OPPU stages end to end on a 1-layer Llama: population merge, per-user LoRAs, resume,
-isolation between users, and equality with vanilla PEFT loading."""
+"""OPPU stages end to end on a 1-layer Llama: population merge, per-user LoRAs, resume
+(and retraining a user whose history changed), isolation between users, and equality
+with vanilla PEFT loading."""
 
+import pytest
 import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
+from ownlm.data.splits import truncate_history
 from ownlm.run import Run
+from ownlm.train.batched_users import train_users_batched
 from ownlm.train.population import train_population
 from ownlm.train.users import train_users
 
@@ -41,7 +45,7 @@ def test_user_loras_resume_and_isolation(tiny_cfg):
     first = store.path(users[0].name) / "adapter_model.safetensors"
     stamp = first.stat().st_mtime_ns
     again = train_users(run, "oppu")
-    assert again == {"trained": 0, "resumed": len(users), "empty": 0}
+    assert again == {"trained": 0, "resumed": len(users), "empty": 0, "history_changed": 0}
     assert first.stat().st_mtime_ns == stamp
     # every user got their own, different adapter
     from safetensors.torch import load_file
@@ -68,3 +72,22 @@ def test_vanilla_peft_gives_the_same_logits(tiny_cfg):
     # and the adapter does something: it differs from the bare base
     bare = ours_model.unload()(input_ids=ids, attention_mask=mask).logits
     assert not torch.allclose(bare, vanilla_logits, atol=1e-6)
+
+
+@pytest.mark.parametrize("trainer", [train_users, train_users_batched])
+def test_a_user_whose_history_changed_is_trained_again(tiny_cfg, trainer):
+    run = _trained(tiny_cfg)
+    backbone = run.base()
+    users = run.dataset.users[-3:]  # the 2 test users and a train user
+    assert trainer(run, "oppu", users=users, backbone=backbone)["trained"] == 3
+    store = run.store()
+    kept = store.path(users[0].name) / "adapter_model.safetensors"
+    stamp = kept.stat().st_mtime_ns
+    # user 1 wrote more (here: lost their first item), user 2 now has no history at all
+    changed = [users[0], truncate_history(users[1], len(users[1].history) - 1)]
+    changed.append(truncate_history(users[2], 0))
+    stats = trainer(run, "oppu", users=changed, backbone=backbone)
+    assert stats == {"trained": 1, "resumed": 1, "empty": 1, "history_changed": 1}
+    assert store.manifest(users[1].name).extra["history_sha256"] == changed[1].history_digest()
+    assert not store.exists(users[2].name)  # an adapter of a history the user no longer has
+    assert kept.stat().st_mtime_ns == stamp

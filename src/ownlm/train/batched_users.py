@@ -38,7 +38,7 @@ from ownlm.errors import ConfigError
 from ownlm.log import get_logger
 from ownlm.methods.oppu import VARIANTS, check_variant, user_pairs, user_seed
 from ownlm.train.loop import batch_plan
-from ownlm.train.users import train_users, user_manifest
+from ownlm.train.users import plan_users, stage_line, train_users, user_manifest
 
 log = get_logger(__name__)
 
@@ -227,9 +227,9 @@ def train_users_batched(
     optimizer: Optimizer | None = None,
 ) -> dict:
     """`train_users` with `users_per_batch` users trained together: the same users
-    trained, resumed (adapter stored for this base) or skipped (no history), the same
-    files, the same counts returned. `optimizer` maps param groups (one per user) to an
-    optimiser; default AdamW without weight decay, as `fit`."""
+    trained, resumed or skipped (`plan_users`), the same files, the same counts
+    returned. `optimizer` maps param groups (one per user) to an optimiser; default
+    AdamW without weight decay, as `fit`."""
     check_variant(variant)
     users = run.split.test if users is None else users
     backbone = backbone or run.base()
@@ -244,16 +244,9 @@ def train_users_batched(
         raise ConfigError(f"users_per_batch must be at least 1, got {k}")
     base_fp = backbone.fingerprint()
     store = run.store(variant)
-    todo, skipped, empty = [], 0, 0
-    for user in users:
-        if store.current(user.name, base_fp):
-            skipped += 1
-        elif not user.history:
-            empty += 1  # no history: this user is served by the population model
-        else:
-            todo.append(user)
+    todo, counts = plan_users(store, users, base_fp)
     bar = tqdm(total=len(users), desc=f"user LoRAs ({variant}, {k} at once)", unit="user")
-    bar.update(skipped + empty)
+    bar.update(len(users) - len(todo))
     for start in range(0, len(todo), k):
         group = todo[start : start + k]
         jobs = [
@@ -272,8 +265,5 @@ def train_users_batched(
         del results  # the group's weights leave memory before the next group
         bar.update(len(group))
     bar.close()
-    log.info(
-        f"[bold]stage 3[/] {VARIANTS[variant]}: trained {len(todo)} ({k} at once), "
-        f"resumed {skipped}, no history {empty}"
-    )
-    return {"trained": len(todo), "resumed": skipped, "empty": empty}
+    log.info(f"[bold]stage 3[/] {VARIANTS[variant]} ({k} at once): {stage_line(len(todo), counts)}")
+    return {"trained": len(todo), **counts}

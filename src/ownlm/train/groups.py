@@ -6,9 +6,13 @@ project to `user_dim` to initialise a learned user embedding -> train experts + 
 user embeddings with the LM loss plus the switch load-balancing and user-group terms
 (`ownlm.train.loop.fit_mixture`) -> report how it routes -> save
 (`ownlm.methods.proper.groups` holds the model, its storage and the user vectors).
+A resumed run keeps the stored stage when it was trained from the same base, users,
+pairs and settings (`train.resume`).
 """
 
 from __future__ import annotations
+
+from dataclasses import asdict
 
 import torch
 
@@ -26,6 +30,7 @@ from ownlm.log import get_logger
 from ownlm.methods.proper.groups import (
     check_new_user,
     fit_projection,
+    groups_fingerprint,
     history_vectors,
     router_factory,
     save_groups,
@@ -34,6 +39,7 @@ from ownlm.methods.proper.groups import (
 )
 from ownlm.retrieval.prompts import training_pairs, user_context
 from ownlm.train.loop import fit_mixture
+from ownlm.train.resume import inputs_digest, mark_done, still_valid
 
 log = get_logger(__name__)
 
@@ -50,18 +56,52 @@ def stage2_pairs(run, users) -> list[tuple[str, str, int]]:
     ]
 
 
+def stage2_inputs(run, base_fp: str, users, pairs) -> str:
+    """Digest of what stage 2 learns from: the base, the train users' histories (their
+    vectors), the pairs, stage 2's settings (stage 3's `user_*` aside) and the seed."""
+    s = asdict(settings(run))
+    return inputs_digest(
+        base=base_fp,
+        users=[[u.user_id, u.history_digest()] for u in users],
+        pairs=pairs,
+        settings={k: v for k, v in s.items() if not k.startswith("user_")},
+        seed=run.cfg.seed,
+    )
+
+
 def train_groups(run, backbone=None) -> dict:
-    """Train and store the group experts and the user-aware router. Returns statistics."""
-    cfg, s = run.cfg, settings(run)
-    check_new_user(s.new_user)
+    """Train and store the group experts and the user-aware router, or keep the stored
+    ones if they still hold. Returns statistics."""
+    check_new_user(settings(run).new_user)
     backbone = backbone or run.base()
     base_fp = backbone.fingerprint()
     users = [u for u in run.split.train if u.history]
+    pairs = stage2_pairs(run, users)
+    inputs = stage2_inputs(run, base_fp, users, pairs)
+
+    def identity():  # the base and the stored stage-2 weights
+        return groups_fingerprint(run, base_fp)
+
+    if still_valid(run, "groups", inputs, identity):
+        log.info(
+            f"[bold]stage 2[/] group experts kept: trained from the same base, "
+            f"{len(users)} users and {len(pairs)} pairs"
+        )
+        return {"pairs": len(pairs), "kept": True}
+    stats = fit_groups(run, backbone, users, pairs)
+    mark_done(run, "groups", inputs, identity)
+    return stats
+
+
+def fit_groups(run, backbone, users, pairs) -> dict:
+    """Stage 2 proper: initialise the user table from history vectors, train experts,
+    routers and table together, report the routing, save."""
+    cfg, s = run.cfg, settings(run)
+    base_fp = backbone.fingerprint()
     vectors = history_vectors(run, users, backbone)
     mu, proj = fit_projection(vectors, s.user_dim)
     device = model_device(backbone.model)
     table = torch.nn.Parameter(torch.from_numpy((vectors - mu) @ proj).to(device))  # (U, d_u)
-    pairs = stage2_pairs(run, users)
     backbone.model.requires_grad_(False)
     torch.manual_seed(cfg.seed)
     state = install_mixture(

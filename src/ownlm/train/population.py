@@ -1,11 +1,16 @@
 """Stage 1 (OPPU's task-level LoRA; PROPER's population level): one LoRA trained on the
 histories of all train users, saved to the store, then merged into the backbone.
+
+A resumed run keeps the stored stage (base/ untouched, no training) when it was trained
+from the same initial backbone, the same pairs and the same LoRA settings
+(`train.resume`); anything else trains it again.
 """
 
 from __future__ import annotations
 
 import random
 import shutil
+from dataclasses import asdict
 
 from ownlm.adapters.lora import inject
 from ownlm.backbone.base import write_base_meta
@@ -14,14 +19,14 @@ from ownlm.retrieval.prompts import population_pairs, user_context
 from ownlm.store import Manifest
 from ownlm.train.loop import train_pairs
 from ownlm.train.pretrain import initial_backbone
+from ownlm.train.resume import inputs_digest, mark_done, still_valid
 
 log = get_logger(__name__)
 
 
-def train_population(run) -> dict:
+def stage1_pairs(run) -> list[tuple[str, str]]:
+    """(prompt, target) pairs of every train user's history, sampled as OPPU's stage 1."""
     cfg = run.cfg
-    backbone = initial_backbone(run)
-    base_fp = backbone.fingerprint()
     rng = random.Random(cfg.seed)
     pairs = []
     for user in run.split.train:
@@ -29,6 +34,29 @@ def train_population(run) -> dict:
             pairs += population_pairs(
                 run.task, user_context(run.task, user), cfg.retrieval_k, cfg.profile, rng
             )
+    return pairs
+
+
+def stored_identity(run) -> list:
+    """What stage 1 leaves behind: the merged base's fingerprint, the LoRA's checksums."""
+    return [run.base_fingerprint(), run.store().manifest("population").sha256]
+
+
+def train_population(run) -> dict:
+    """Train stage 1 and merge it into base/, or keep the stored one if it still holds."""
+    cfg = run.cfg
+    backbone = initial_backbone(run)
+    base_fp = backbone.fingerprint()
+    pairs = stage1_pairs(run)
+    inputs = inputs_digest(
+        backbone=base_fp, pairs=pairs, lora=asdict(cfg.population), seed=cfg.seed
+    )
+    if still_valid(run, "population", inputs, lambda: stored_identity(run)):
+        log.info(
+            f"[bold]stage 1[/] population LoRA kept: trained from the same backbone, "
+            f"{len(pairs)} pairs and settings (base/ untouched)"
+        )
+        return {"pairs": len(pairs), "kept": True}
     log.info(
         f"[bold]stage 1[/] population LoRA on {len(pairs)} pairs from {len(run.split.train)} train users ({backbone.name})"
     )
@@ -52,4 +80,5 @@ def train_population(run) -> dict:
     write_base_meta(tmp, backbone, task=run.task.name, max_len=getattr(backbone, "max_len", 384))
     shutil.rmtree(run.base_dir, ignore_errors=True)
     tmp.replace(run.base_dir)
+    mark_done(run, "population", inputs, lambda: stored_identity(run))
     return {"pairs": len(pairs), "loss_first": losses[0], "loss_last": losses[-1]}

@@ -19,7 +19,7 @@ from ownlm.methods.proper.users import (
     write_user,
 )
 from ownlm.train.loop import fit_mixture
-from ownlm.train.users import user_manifest
+from ownlm.train.users import plan_users, stage_line, user_manifest
 
 log = get_logger(__name__)
 
@@ -53,7 +53,7 @@ def train_proper_users(run, router: str = "input", users=None, backbone=None) ->
     backbone = backbone or run.base()
     fp = groups_fingerprint(run, backbone.fingerprint())  # base + stage-2 weights
     store = run.store(f"proper-{router}")
-    todo = [u for u in users if u.history and not store.current(u.name, fp)]
+    todo, counts = plan_users(store, users, fp)
     vectors = history_vectors(run, todo, backbone) if todo else []
     with group_model(run, backbone) as gm:
         for user, vec in tqdm(
@@ -66,9 +66,5 @@ def train_proper_users(run, router: str = "input", users=None, backbone=None) ->
                 lambda d: write_user(d, gm, router, s.user_alpha),
                 user_manifest(run, user, f"user/proper-{router}", fp, losses),
             )
-    empty = sum(1 for u in users if not u.history)
-    log.info(
-        f"[bold]stage 3[/] PROPER ({ROUTERS[router]}): trained {len(todo)}, "
-        f"resumed {len(users) - len(todo) - empty}, no history {empty}"
-    )
-    return {"trained": len(todo), "resumed": len(users) - len(todo) - empty, "empty": empty}
+    log.info(f"[bold]stage 3[/] PROPER ({ROUTERS[router]}): {stage_line(len(todo), counts)}")
+    return {"trained": len(todo), **counts}

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from ownlm.errors import ConfigError, StoreError
 from ownlm.log import get_logger
+from ownlm.train.users import plan_users, stage_line
 
 log = get_logger(__name__)
 # Test-only fault injection: an actor's first incarnation exits after finishing this many
@@ -78,15 +79,14 @@ def train_users_ray(
     max_retries: int = 2,
 ) -> dict:
     """Train the user stage of `users` (default: the test users) on `workers` Ray actors.
-    Returns {"trained", "resumed", "empty", "restarts"} like the in-process stage."""
+    Returns {"trained", "resumed", "empty", "history_changed", "restarts"} like the
+    in-process stage."""
     ray = import_ray()
     if workers < 1:
         raise ConfigError(f"--workers must be a positive integer, got {workers}")
     users = run.split.test if users is None else users
     store, fp = run.store(variant), run.base_fingerprint()
-    done = [u for u in users if store.current(u.name, fp)]
-    todo = [u for u in users if u.history and u not in done]
-    empty = sum(1 for u in users if not u.history)
+    todo, counts = plan_users(store, users, fp)
     size = max(1, run.cfg.user.users_per_batch)
     chunks = [[u.user_id for u in todo[i : i + size]] for i in range(0, len(todo), size)]
     started = _start(ray, address, workers)
@@ -97,7 +97,7 @@ def train_users_ray(
             ray.shutdown()
     # what the store holds now is the result: a chunk retried after a crash reports its
     # users as resumed, though they were trained in this run
-    trained = [u for u in todo if store.exists(u.name)]
+    trained = [u for u in todo if store.current(u.name, fp, u.history_digest())]
     missing = [u.user_id for u in todo if u not in trained]
     if missing:
         raise StoreError(
@@ -105,10 +105,10 @@ def train_users_ray(
             "command (finished users are skipped)"
         )
     log.info(
-        f"[bold]stage 3[/] on Ray ({workers} workers): trained {len(trained)}, resumed "
-        f"{len(done)}, no history {empty}, actor restarts {stats['restarts']}"
+        f"[bold]stage 3[/] on Ray ({workers} workers): {stage_line(len(trained), counts)}, "
+        f"actor restarts {stats['restarts']}"
     )
-    return {"trained": len(trained), "resumed": len(done), "empty": empty, **stats}
+    return {"trained": len(trained), **counts, **stats}
 
 
 def _start(ray, address: str | None, workers: int) -> bool:

@@ -3,7 +3,9 @@
 Each user starts from the same merged base: the LoRA is injected, trained, saved and
 then unloaded, so nothing of one user reaches the next (OPPU's public code lets later
 users' training sets accumulate earlier users' items; ownlm does not). Users whose
-adapter is already stored for this base are skipped, so a stopped run resumes.
+adapter is already stored for this base and their present history are skipped, so a
+stopped run resumes; a user whose history changed since is trained again (`plan_users`,
+shared by every user stage).
 """
 
 from __future__ import annotations
@@ -35,6 +37,34 @@ def user_manifest(run, user, stage: str, fingerprint: str, losses: list[float]) 
     )
 
 
+def plan_users(store, users, fingerprint: str) -> tuple[list, dict]:
+    """Which of `users` a user stage trains: (users to train, counts). Skipped: those
+    whose stored adapter stands for this base (`fingerprint`) and their history
+    ("resumed"), and those without history ("empty": the population model serves them;
+    an adapter they still have is of a history they no longer have, and is removed).
+    "history_changed" counts the users trained again because their history changed."""
+    todo, counts = [], {"resumed": 0, "empty": 0, "history_changed": 0}
+    for user in users:
+        reason = store.stale_reason(user.name, fingerprint, user.history_digest())
+        if reason is None:
+            counts["resumed"] += 1
+        elif not user.history:
+            counts["empty"] += 1
+            if reason != "missing":
+                store.delete(user.name)
+        else:
+            todo.append(user)
+            counts["history_changed"] += reason == "history changed"
+    return todo, counts
+
+
+def stage_line(trained: int, counts: dict) -> str:
+    """`trained 3 (1 because their history changed), resumed 2, no history 1`."""
+    changed = counts["history_changed"]
+    why = f" ({changed} because their history changed)" if changed else ""
+    return f"trained {trained}{why}, resumed {counts['resumed']}, no history {counts['empty']}"
+
+
 def fit_user(run, backbone, user, variant: str = "oppu", ctx=None):
     """Inject a fresh LoRA and train it on `user`'s history: (PEFT model, step losses).
     The caller saves it and gives the base back with `detach(backbone, model)`."""
@@ -54,14 +84,8 @@ def train_users(run, variant: str = "oppu", users=None, backbone=None) -> dict:
     backbone = backbone or run.base()
     base_fp = backbone.fingerprint()
     store = run.store(variant)
-    done = skipped = empty = 0
-    for user in tqdm(users, desc=f"user LoRAs ({variant})", unit="user"):
-        if store.current(user.name, base_fp):
-            skipped += 1
-            continue
-        if not user.history:
-            empty += 1  # no history: this user is served by the population model
-            continue
+    todo, counts = plan_users(store, users, base_fp)
+    for user in tqdm(todo, desc=f"user LoRAs ({variant})", unit="user"):
         model, losses = fit_user(run, backbone, user, variant)
         try:
             store.save(
@@ -71,8 +95,5 @@ def train_users(run, variant: str = "oppu", users=None, backbone=None) -> dict:
             )
         finally:
             detach(backbone, model)
-        done += 1
-    log.info(
-        f"[bold]stage 3[/] {VARIANTS[variant]}: trained {done}, resumed {skipped}, no history {empty}"
-    )
-    return {"trained": done, "resumed": skipped, "empty": empty}
+    log.info(f"[bold]stage 3[/] {VARIANTS[variant]}: {stage_line(len(todo), counts)}")
+    return {"trained": len(todo), **counts}

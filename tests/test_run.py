@@ -95,6 +95,32 @@ def test_other_data_is_refused_with_what_changed(tiny_cfg, monkeypatch):
         Run(tiny_cfg)  # max_users=6 keeps the new user and drops the last one
 
 
+def test_a_test_users_new_history_is_accepted_a_train_users_is_not(tiny_cfg, monkeypatch):
+    from ownlm.data.records import User
+
+    run = Run(tiny_cfg)
+    test_ids = [u.user_id for u in run.split.test]
+
+    def edit_test_user(users):
+        i = next(i for i, u in enumerate(users) if u.user_id == test_ids[0])
+        users[i] = User(users[i].user_id, users[i].history[1:], users[i].queries)
+
+    _changed_demo(monkeypatch, edit_test_user)
+    again = Run(tiny_cfg)  # stages 1-2 never saw it: only that user is retrained
+    recorded = {u[0]: u[1] for u in json.loads((run.dir / "run.json").read_text())["data"]["users"]}
+    user = again.dataset.user(test_ids[0])
+    assert recorded[user.user_id] == user.history_digest()[:16]
+    Run.reopen(None, [f"output_dir={tiny_cfg.output_dir}", "name=t"])
+
+    def edit_train_user(users):
+        edit_test_user(users)
+        users[0] = User(users[0].user_id, users[0].history[1:], users[0].queries)
+
+    _changed_demo(monkeypatch, edit_train_user)  # on top of the first edit
+    with pytest.raises(DataError, match=r"2 histories changed; pass --overwrite"):
+        Run(tiny_cfg)
+
+
 def test_reopen_keeps_the_trained_config_and_refuses_other_training_keys(tiny_cfg, monkeypatch):
     run = Run(tiny_cfg)
     cfg_file = run.dir / "config.yaml"

@@ -111,7 +111,7 @@ class _Lines:
         if total is None and hasattr(iterable, "__len__"):
             total = len(iterable)
         self.total, self.n, self.postfix = total, 0, ""
-        self.every = every or max(1, (total or 10) // 10)
+        self.every = every or max(10, -(-(total or 0) // 10))
         self.start, self._last_logged = time.perf_counter(), 0
 
     def __iter__(self):
@@ -162,7 +162,7 @@ def progress(
     every: int | None = None,
 ):
     """A progress bar on a terminal; elsewhere a line every `every` items (default: a
-    tenth of `total`) and at the end. `leave=False` marks an inner loop (a stage's
+    tenth of `total`, at least 10) and at the end. `leave=False` marks an inner loop (a stage's
     steps): it draws a transient bar on a terminal and prints nothing elsewhere, where
     the stage's own lines say what happened. `desc=None` disables it altogether."""
     if interactive() or desc is None:

@@ -84,7 +84,7 @@ class Run:
         for key in sorted(given - trained.keys() - {"name", "output_dir"}):
             _set_key(run.cfg, key, _get_key(asked, key))
         recorded = run.recorded()
-        change = recorded and data_changes(recorded["data"], data_record(run.dataset))
+        change = recorded and run.data_change(recorded["data"], data_record(run.dataset))
         if change:
             raise DataError(
                 f"the data of {run.dir} changed since it was trained ({change}): its "
@@ -164,6 +164,26 @@ class Run:
 
     def store(self, variant: str = "oppu") -> AdapterStore:
         return AdapterStore(self.dir / ("adapters" if variant == "oppu" else f"adapters-{variant}"))
+
+    def data_change(self, old: dict, new: dict) -> str | None:
+        """What changed in the data that the run's trained stages depend on (None when
+        nothing did). Test users' histories and queries may change: stages 1 and 2 never
+        saw them, and each such user's adapter is retrained (its manifest records the
+        history it stood for); any change to the users or to a train user's data counts."""
+        change = data_changes(old, new)
+        if change is None:
+            return None
+        same_users = [u[0] for u in old.get("users", [])] == [u[0] for u in new["users"]]
+        test = {u.user_id for u in self.split.test}
+        before = {u[0]: u for u in old.get("users", [])}
+        moved = [u[0] for u in new["users"] if before.get(u[0]) != u]
+        if old.get("task") == new["task"] and same_users and set(moved) <= test:
+            log.info(
+                f"{len(moved)} test user(s) changed their history or queries since the run "
+                "was trained: their adapters are trained again"
+            )
+            return None
+        return change
 
     # -- the record: what the run was trained from ------------------------------------------
     def recorded(self) -> dict | None:
@@ -271,7 +291,7 @@ def _mismatch(run: Run, old: dict | None, new: dict) -> OwnlmError | None:
             f"{run.dir} was trained with other settings ({', '.join(changes[:3])}{more}); "
             f"rerun with the settings it was trained with, {fix}"
         )
-    change = old.get("data") and data_changes(old["data"], new["data"])
+    change = old.get("data") and run.data_change(old["data"], new["data"])
     if change:
         return DataError(f"the data of {run.dir} changed since it was trained: {change}; {fix}")
     return None

@@ -6,11 +6,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from tqdm.auto import tqdm
-
 from ownlm.evaluate.metrics import per_user_metrics
 from ownlm.evaluate.references import reference_predictions
 from ownlm.evaluate.report import MethodResult
+from ownlm.log import progress
 from ownlm.retrieval.prompts import query_prompt
 
 PRIMARY = {"classification": "accuracy", "rating": "mae", "generation": "rouge-1"}
@@ -102,7 +101,7 @@ def predict_by_user(
     use_profile = cfg.profile if use_profile is None else use_profile
     start = time.perf_counter()
     out = [""] * len(rows)
-    for uid, idx in tqdm(by_user(rows).items(), desc=f"eval {name}", unit="user", leave=False):
+    for uid, idx in progress(by_user(rows).items(), desc=f"eval {name}", unit="user"):
         user = rows[idx[0]][0]
         prompts = [query_prompt(task, contexts[uid], rows[i][1], k, use_profile) for i in idx]
         with answer_with(user) as model:

@@ -7,7 +7,7 @@ from pathlib import Path
 from rich.table import Table
 
 from ownlm.config import load_config
-from ownlm.errors import NotFoundError
+from ownlm.errors import NotFoundError, StoreError
 from ownlm.evaluate.runner import evaluate_run
 from ownlm.evaluate.scoring import PRIMARY
 from ownlm.log import console
@@ -30,7 +30,11 @@ def run_demo(configs: list[str], output_dir: str = "runs") -> Table:
         run = Run(load_config(Path(path), [f"output_dir={output_dir}"]))
         console.rule(f"[bold]{run.cfg.name}[/]: {run.task.description}")
         train_stages(run, ["population", "users"], ["oppu", "peft"])
-        results = {r.method: r.metrics for r in evaluate_run(run)}
+        evaluated = evaluate_run(run)
+        missing = [r.method for r in evaluated if r.not_run]
+        if missing:  # the demo trains every method it shows; a gap is a bug to report
+            raise StoreError(f"demo {run.cfg.name}: {', '.join(missing)} did not run (see above)")
+        results = {r.method: r.metrics for r in evaluated}
         metric = PRIMARY[run.task.kind]
         row = [results[m][metric] for m in ("user-majority", "base", "rag", "oppu")]
         summary.add_row(

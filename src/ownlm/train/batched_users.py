@@ -23,7 +23,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 
 from ownlm.adapters.lora import detach, inject
 from ownlm.adapters.multi_lora import (
@@ -35,7 +34,7 @@ from ownlm.adapters.multi_lora import (
 )
 from ownlm.config import LoraSettings
 from ownlm.errors import ConfigError
-from ownlm.log import get_logger
+from ownlm.log import get_logger, progress
 from ownlm.methods.oppu import VARIANTS, check_variant, user_pairs, user_seed
 from ownlm.train.loop import batch_plan
 from ownlm.train.users import plan_users, stage_line, train_users, user_manifest
@@ -245,7 +244,7 @@ def train_users_batched(
     base_fp = backbone.fingerprint()
     store = run.store(variant)
     todo, counts = plan_users(store, users, base_fp)
-    bar = tqdm(total=len(users), desc=f"user LoRAs ({variant}, {k} at once)", unit="user")
+    bar = progress(total=len(users), desc=f"user LoRAs ({variant}, {k} at once)", unit="user")
     bar.update(len(users) - len(todo))
     for start in range(0, len(todo), k):
         group = todo[start : start + k]

@@ -18,9 +18,9 @@ import random
 from collections.abc import Callable, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from ownlm.config import LoraSettings
+from ownlm.log import progress
 
 Schedule = Callable[[int, int], float]  # (step, total steps) -> learning-rate multiplier
 
@@ -85,7 +85,7 @@ def fit(
     losses: list[float] = []
     if module is not None:
         module.train()
-    bar = tqdm(plan, desc=desc, unit="step", leave=False, disable=desc is None)
+    bar = progress(plan, desc=desc, unit="step", leave=False)
     for indices in bar:
         loss = step_loss([items[i] for i in indices])
         loss.backward()

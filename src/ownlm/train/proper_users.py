@@ -5,9 +5,8 @@ how they are stored); resumable like OPPU's stage."""
 from __future__ import annotations
 
 import torch
-from tqdm.auto import tqdm
 
-from ownlm.log import get_logger
+from ownlm.log import get_logger, progress
 from ownlm.methods.oppu import user_seed
 from ownlm.methods.proper.groups import group_model, groups_fingerprint, history_vectors, settings
 from ownlm.methods.proper.users import (
@@ -56,7 +55,7 @@ def train_proper_users(run, router: str = "input", users=None, backbone=None) ->
     todo, counts = plan_users(store, users, fp)
     vectors = history_vectors(run, todo, backbone) if todo else []
     with group_model(run, backbone) as gm:
-        for user, vec in tqdm(
+        for user, vec in progress(
             list(zip(todo, vectors, strict=True)), desc=f"PROPER users ({router})", unit="user"
         ):
             gm.reset()

@@ -16,10 +16,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from ownlm.errors import ConfigError, StoreError
-from ownlm.log import get_logger
+from ownlm.log import get_logger, progress
 from ownlm.train.users import plan_users, stage_line
 
 log = get_logger(__name__)
@@ -143,7 +141,9 @@ def _fan_out(ray, run, variant, chunks, workers, max_retries) -> dict:
         actors[i % workers].train.remote(chunk): len(chunk) for i, chunk in enumerate(chunks)
     }
     totals = {"restarts": 0}
-    with tqdm(total=sum(pending.values()), desc=f"user LoRAs ({variant}, Ray)", unit="user") as bar:
+    with progress(
+        total=sum(pending.values()), desc=f"user LoRAs ({variant}, Ray)", unit="user"
+    ) as bar:
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             n = pending.pop(ready[0])

@@ -10,10 +10,8 @@ shared by every user stage).
 
 from __future__ import annotations
 
-from tqdm.auto import tqdm
-
 from ownlm.adapters.lora import detach, inject
-from ownlm.log import get_logger
+from ownlm.log import get_logger, progress
 from ownlm.methods.oppu import VARIANTS, check_variant, user_pairs, user_seed
 from ownlm.store import Manifest
 from ownlm.train.loop import train_pairs
@@ -85,7 +83,7 @@ def train_users(run, variant: str = "oppu", users=None, backbone=None) -> dict:
     base_fp = backbone.fingerprint()
     store = run.store(variant)
     todo, counts = plan_users(store, users, base_fp)
-    for user in tqdm(todo, desc=f"user LoRAs ({variant})", unit="user"):
+    for user in progress(todo, desc=f"user LoRAs ({variant})", unit="user"):
         model, losses = fit_user(run, backbone, user, variant)
         try:
             store.save(

@@ -132,4 +132,3 @@ def test_train_with_nonsense_settings_is_one_line_before_any_work(tmp_path, over
     lines = r.output.strip().splitlines()
     assert r.exit_code == 2 and len(lines) == 1 and message in lines[0], r.output
     assert not (tmp_path / "runs" / "cli").exists()
-

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from ownlm.train.loop import fit, warmup_cosine
+from ownlm.train.loop import EarlyStopping, fit, warmup_cosine
 
 
 def _fit(items, **kw):
@@ -70,3 +70,42 @@ def test_schedule_and_module_mode():
         schedule=warmup_cosine,
     )
     assert modes == [True, True] and not module.training
+
+
+def _walk_towards(target: float, val_target: float, patience: int, epochs: float = 20):
+    """One weight trained towards `target` (one item, one step an epoch), validated by its
+    distance to `val_target`: validation improves while the weight nears `val_target`."""
+    w = torch.nn.Parameter(torch.zeros(()))
+    stop = EarlyStopping(lambda: {"val_loss": (w.item() - val_target) ** 2}, patience=patience)
+    losses = fit(
+        lambda batch: (w - target) ** 2,
+        [0],
+        [{"params": [w], "lr": 0.3}],
+        epochs=epochs,
+        batch_size=1,
+        seed=0,
+        early_stopping=stop,
+    )
+    return w, stop, losses
+
+
+def test_early_stopping_stops_when_validation_rises_and_keeps_the_best_state():
+    w, stop, losses = _walk_towards(target=5.0, val_target=1.0, patience=2)
+    assert stop.stopped_early and len(losses) < 20
+    best = stop.best_record
+    assert best["val_loss"] == min(r["val_loss"] for r in stop.records)
+    assert len(stop.records) == stop.best + 3  # stopped after `patience` worse validations
+    assert (w.item() - 1.0) ** 2 == pytest.approx(best["val_loss"])  # best state restored
+    assert stop.records[0]["step"] == 0 and stop.records[0]["train_loss"] is None
+    assert stop.records[1]["train_loss"] == pytest.approx(losses[0])
+
+
+def test_no_early_stop_while_validation_improves():
+    w, stop, losses = _walk_towards(target=5.0, val_target=5.0, patience=2, epochs=6)
+    assert not stop.stopped_early and len(losses) == 6 and stop.best == len(stop.records) - 1
+    assert [r["epoch"] for r in stop.records] == [0, 1, 2, 3, 4, 5, 6]
+
+
+def test_when_training_only_hurts_the_initial_state_is_kept():
+    w, stop, _ = _walk_towards(target=5.0, val_target=-1.0, patience=1)
+    assert stop.best == 0 and w.item() == 0.0

@@ -9,6 +9,11 @@ and their learning rates, an optional learning-rate schedule, the weight decay.
 Batches: each epoch is a fresh seeded shuffle of `items`; a step takes the next
 `batch_size` of them (all of them when there are fewer), topping the order up with the
 next shuffle when it runs short, so `epochs` may be fractional.
+
+Validation: given an `EarlyStopping`, `fit` validates before the first step and after
+every epoch's worth of steps, stops once the monitored value has not improved for
+`patience` validations, and leaves the trainable parameters at their best validated
+state (`epochs` is then a maximum). The records say what happened, epoch by epoch.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 
@@ -54,6 +60,65 @@ def batch_plan(
     return plan
 
 
+@dataclass
+class EarlyStopping:
+    """Validation inside `fit`. `validate()` returns the held-out figures of the model as
+    it is now, e.g. {"val_loss": 2.1, "accuracy": 0.4}; `monitor` names the one that
+    decides ("val_loss" by default), `mode` whether lower ("min") or higher ("max") is
+    better. A validation improves when it beats the best by more than `min_delta`.
+    `records` gets one dict per validation: epoch, step, mean train loss since the last
+    one, and what `validate` returned; `best` is the index of the kept one."""
+
+    validate: Callable[[], dict]
+    patience: int = 2
+    monitor: str = "val_loss"
+    mode: str = "min"
+    min_delta: float = 0.0
+    records: list[dict] = field(default_factory=list)
+    best: int | None = None
+    stopped_early: bool = False
+
+    def __post_init__(self):
+        if self.mode not in ("min", "max"):
+            raise ValueError(f"mode must be 'min' or 'max', got {self.mode!r}")
+        self._state: list[torch.Tensor] | None = None
+
+    @property
+    def best_record(self) -> dict | None:
+        return None if self.best is None else self.records[self.best]
+
+    def check(self, params: list[torch.Tensor], step: int, epoch: float, losses: list[float]):
+        """Validate now; keep a copy of `params` if this is the best so far. Returns True
+        when training should stop (`patience` validations without improvement)."""
+        since = losses[self.records[-1]["step"] :] if self.records else []
+        figures = self.validate()
+        if self.monitor not in figures:
+            raise KeyError(f"validate() returned {sorted(figures)}, not {self.monitor!r}")
+        train_loss = sum(since) / len(since) if since else None
+        self.records.append({"epoch": epoch, "step": step, "train_loss": train_loss, **figures})
+        value = figures[self.monitor]
+        sign = 1.0 if self.mode == "min" else -1.0
+        if self.best is None or sign * (self.best_record[self.monitor] - value) > self.min_delta:
+            self.best = len(self.records) - 1
+            self._state = [p.detach().clone() for p in params]
+        waited = len(self.records) - 1 - self.best
+        self.stopped_early = waited >= self.patience
+        return self.stopped_early
+
+    def restore(self, params: list[torch.Tensor]) -> None:
+        """Put the best validated values back into `params`."""
+        if self._state is None:
+            return
+        with torch.no_grad():
+            for p, kept in zip(params, self._state, strict=True):
+                p.copy_(kept)
+
+
+def _validate_at(plan_len: int, steps_per_epoch: int) -> set[int]:
+    """Steps (1-based counts) after which a validation runs: every epoch and the last."""
+    return set(range(steps_per_epoch, plan_len + 1, steps_per_epoch)) | {plan_len}
+
+
 def fit(
     step_loss: Callable[[list], torch.Tensor],
     items: Sequence,
@@ -68,11 +133,15 @@ def fit(
     schedule: Schedule | None = None,
     clip: float = 1.0,
     desc: str | None = None,
+    early_stopping: EarlyStopping | None = None,
 ) -> list[float]:
     """AdamW over `param_groups` (dicts with "params" and "lr") for
     max(min_steps, ceil(len(items) * epochs / batch_size)) steps; each step's loss is
     `step_loss(batch)`, a list of items. `module` is put in train mode while it runs.
-    Gradients are clipped to norm `clip` over all parameters. Returns the step losses."""
+    Gradients are clipped to norm `clip` over all parameters. With `early_stopping`,
+    validation runs before the first step and after each epoch (see the module doc), in
+    eval mode, and the parameters end at the best validated state. Returns the step
+    losses (of the steps taken)."""
     if not items:
         return []
     params = [p for g in param_groups for p in g["params"]]
@@ -83,10 +152,14 @@ def fit(
         torch.optim.lr_scheduler.LambdaLR(opt, lambda s: schedule(s, steps)) if schedule else None
     )
     losses: list[float] = []
+    per_epoch = max(1, math.ceil(len(items) / batch_size))
+    checks = _validate_at(steps, per_epoch) if early_stopping else set()
+    if early_stopping is not None:
+        _validate(early_stopping, module, params, 0, 0.0, losses)
     if module is not None:
         module.train()
     bar = progress(plan, desc=desc, unit="step", leave=False)
-    for indices in bar:
+    for step, indices in enumerate(bar, start=1):
         loss = step_loss([items[i] for i in indices])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, clip)
@@ -96,9 +169,26 @@ def fit(
         opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        if step in checks and _validate(
+            early_stopping, module, params, step, step / per_epoch, losses
+        ):
+            break
+    if early_stopping is not None:
+        early_stopping.restore(params)
     if module is not None:
         module.eval()
     return losses
+
+
+def _validate(stopper: EarlyStopping, module, params, step: int, epoch: float, losses) -> bool:
+    """One validation, in eval mode and without gradients; True = stop."""
+    if module is not None:
+        module.eval()
+    with torch.no_grad():
+        stop = stopper.check(params, step, round(epoch, 3), losses)
+    if module is not None:
+        module.train()
+    return stop
 
 
 def train_pairs(

@@ -21,19 +21,21 @@ MAY_IMPORT = {
     "log": set(),
     "config": {"errors"},
     "data": {"errors", "log"},
+    "scores": {"data", "errors", "log"},
     "retrieval": {"data", "errors", "log"},
     "backbone": {"retrieval", "data"} | FOUNDATION,
     "adapters": FOUNDATION,
     "store": FOUNDATION,
     "run": {"backbone", "data", "store"} | FOUNDATION,
     "methods": {"adapters", "backbone", "data", "retrieval", "store", "run"} | FOUNDATION,
-    "train": {"methods", "adapters", "backbone", "data", "retrieval", "store", "run"} | FOUNDATION,
-    "evaluate": {"methods", "adapters", "backbone", "data", "retrieval", "store", "run"}
+    "train": {"methods", "adapters", "backbone", "data", "retrieval", "store", "run", "scores"}
+    | FOUNDATION,
+    "evaluate": {"methods", "adapters", "backbone", "data", "retrieval", "store", "run", "scores"}
     | FOUNDATION,
     "serve": {"adapters", "backbone", "data", "retrieval", "store", "run"} | FOUNDATION,
     "testing": {"adapters", "backbone", "store"} | FOUNDATION,
     "studies": {"train", "evaluate", "methods", "adapters", "backbone", "data", "retrieval"}
-    | {"store", "run"}
+    | {"store", "run", "scores"}
     | FOUNDATION,
     "cli": set(),  # the CLI may import every part: it is the last in line
 }

@@ -1,14 +1,5 @@
 """LaMP metrics (same numbers as the official script), trivial references, reports."""
 
-from ownlm.evaluate.metrics import (
-    LOWER_IS_BETTER,
-    classification_metrics,
-    compute_metrics,
-    generation_metrics,
-    per_user_metrics,
-    rating_metrics,
-)
-from ownlm.evaluate.references import population_majority, reference_predictions, user_majority
 from ownlm.evaluate.report import (
     MethodResult,
     NotRun,
@@ -19,6 +10,15 @@ from ownlm.evaluate.report import (
     write_json,
     write_lamp_predictions,
 )
+from ownlm.scores.metrics import (
+    LOWER_IS_BETTER,
+    classification_metrics,
+    compute_metrics,
+    generation_metrics,
+    per_user_metrics,
+    rating_metrics,
+)
+from ownlm.scores.references import population_majority, reference_predictions, user_majority
 
 __all__ = [
     "LOWER_IS_BETTER",

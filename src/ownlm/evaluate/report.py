@@ -19,8 +19,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ownlm.evaluate.metrics import LOWER_IS_BETTER
 from ownlm.log import console as default_console
+from ownlm.scores.metrics import LOWER_IS_BETTER
 
 # (query_id, user_id, prediction, gold)
 Prediction = tuple[str, str, str, str]

@@ -6,11 +6,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from ownlm.evaluate.metrics import per_user_metrics
-from ownlm.evaluate.references import reference_predictions
 from ownlm.evaluate.report import MethodResult
 from ownlm.log import progress
 from ownlm.retrieval.prompts import query_prompt
+from ownlm.scores.metrics import per_user_metrics
+from ownlm.scores.references import reference_predictions
 
 PRIMARY = {"classification": "accuracy", "rating": "mae", "generation": "rouge-1"}
 

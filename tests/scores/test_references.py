@@ -1,7 +1,7 @@
 import pytest
 
 from ownlm.errors import ConfigError, DataError
-from ownlm.evaluate.references import (
+from ownlm.scores.references import (
     population_majority,
     reference_predictions,
     user_majority,

@@ -8,7 +8,7 @@ from rouge_score import rouge_scorer
 from sklearn.metrics import f1_score
 
 from ownlm.errors import ConfigError, DataError
-from ownlm.evaluate.metrics import (
+from ownlm.scores.metrics import (
     classification_metrics,
     compute_metrics,
     generation_metrics,

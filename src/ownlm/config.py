@@ -124,6 +124,34 @@ class UserSettings(LoraSettings):
 
 
 @dataclass
+class ValidationSettings:
+    """Held-out users that tell whether a stage learned (stages that learn, #12). Dev
+    users are taken out of the train users by user, not by item: a stage exists to serve
+    users it never saw, so it is judged on users it never saw. Stages 1 and 2 (and the
+    tiny pre-training) validate on their items every epoch, stop early, keep the best
+    state; `ownlm tune` splits each dev user's history to choose the user stage's budget."""
+
+    dev_frac: float = field(
+        default=0.15,
+        metadata={
+            "help": "fraction of the non-test users held out as dev users (validation, "
+            "tuning); 0 = none: stages train the fixed epochs without validation"
+        },
+    )
+    patience: int = field(
+        default=2, metadata={"help": "validations without improvement before a stage stops"}
+    )
+    monitor: str = field(
+        default="loss",
+        metadata={"help": "what early stopping watches: loss (validation LM loss) or metric"},
+    )
+    max_items: int = field(
+        default=200,
+        metadata={"help": "at most this many dev items per validation (a seeded sample)"},
+    )
+
+
+@dataclass
 class ServeSettings:
     """`ownlm serve`: how many adapters stay loaded, how requests are batched, and the
     limits that keep one client from taking the server's memory or time."""
@@ -252,6 +280,10 @@ class ExperimentConfig:
     proper: ProperSettings = field(
         default_factory=ProperSettings,
         metadata={"help": "PROPER's group experts (stage 2) and user routers (stage 3)"},
+    )
+    validation: ValidationSettings = field(
+        default_factory=ValidationSettings,
+        metadata={"help": "dev users, early stopping and tuning (stages that learn)"},
     )
     methods: list[str] = field(
         default_factory=lambda: ["base", "rag", "pag", "peft", "oppu"],
@@ -402,6 +434,8 @@ VALID: dict[type, dict[str, Bound | Choice]] = {
                                       "user_epochs", "router_lr"), POSITIVE),
                      **dict.fromkeys(("top_k", "balance", "diversity"), AT_LEAST_0),
                      "new_user": Choice(("projection", "neighbours"))},
+    ValidationSettings: {"dev_frac": Bound(0, high=1), "patience": AT_LEAST_1,
+                         "monitor": Choice(("loss", "metric")), "max_items": AT_LEAST_1},
     ExperimentConfig: {"device": Choice(("auto", "cpu", "cuda", "cuda:N", "mps")),
                        "dtype": Choice(("auto", "float32", "bfloat16", "float16")),
                        "quantize": Choice(("4bit",)), "seed": AT_LEAST_0,

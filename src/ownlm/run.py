@@ -111,7 +111,14 @@ class Run:
 
     @cached_property
     def split(self) -> UserSplit:
-        return split_users(self.dataset, test_frac=self.cfg.test_frac)
+        """Train, dev and test users: test users are the last `test_frac` in file order;
+        dev users (`validation.dev_frac` of the others, the last of them) are held out
+        of stages 1 and 2 to validate them and to tune the user stage."""
+        split = split_users(self.dataset, test_frac=self.cfg.test_frac)
+        n_dev = round(len(split.train) * self.cfg.validation.dev_frac)
+        if n_dev and len(split.train) - n_dev >= 1:
+            split.train, split.dev = split.train[:-n_dev], split.train[-n_dev:]
+        return split
 
     def corpus(self) -> list[str]:
         """Pre-training text of the tiny backbone: the train users' history items, each

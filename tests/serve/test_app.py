@@ -232,3 +232,49 @@ def test_http_level_errors_come_in_openais_shape(live):
 def test_a_user_token_lists_only_its_own_model(live):
     ids = [m.id for m in client(live, "bob").models.list()]
     assert ids == [live.server.base, f"{live.server.base}:bob"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"model": "%s", "prompt": "bad \\ud800 text", "max_tokens": 2}',
+        b'{"model": "%s", "prompt": ["\\udc80"], "max_tokens": 2}',
+        b'{"model": "%s", "messages": [{"role": "user", "content": "x\\udfff"}], "max_tokens": 2}',
+    ],
+)
+def test_lone_surrogates_in_the_text_are_400_never_500(live, body):
+    h = {"Authorization": f"Bearer {live.tokens['alice']}", "Content-Type": "application/json"}
+    path = "chat/completions" if b"messages" in body else "completions"
+    r = httpx.post(
+        f"{live.url}/v1/{path}",
+        content=body % f"{live.server.base}:alice".encode(),
+        headers=h,
+        timeout=30,
+    )
+    err = r.json()["error"]
+    assert r.status_code == 400 and "UTF-8" in err["message"], r.text
+    assert err["param"] in ("prompt", "messages")
+
+
+def test_an_extreme_sampling_request_does_not_fail_the_batch_it_shares(live):
+    """temperature=1e-300 or top_p=1e-300 are in range; they once made the sampler raise,
+    failing (500) every other user's request decoded in the same batch."""
+    base = live.server.base
+
+    async def together():
+        async def one(u, **kw):
+            c = openai.AsyncOpenAI(base_url=f"{live.url}/v1", api_key=live.tokens[u], max_retries=0)
+            r = await c.completions.create(
+                model=f"{base}:{u}", prompt="the user likes", max_tokens=4, **kw
+            )
+            return r.choices[0].text
+
+        return await asyncio.gather(
+            one("alice", temperature=1e-300, seed=1),
+            one("bob", temperature=1.0, top_p=1e-300, seed=1),
+            one("carol", temperature=0),
+            one("carol", temperature=0.7, seed=3),
+        )
+
+    texts = asyncio.run(together())
+    assert len(texts) == 4 and all(isinstance(t, str) for t in texts)

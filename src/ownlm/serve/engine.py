@@ -98,11 +98,16 @@ def _pick(logits: torch.Tensor, rows: list[_Row], eos: int) -> list[int]:
     picks = logits.argmax(-1).tolist()
     for i, row in enumerate(rows):
         if row.req.temperature > 0 and not row.done:
-            # sampled on the host: a request's seeded generator lives there
-            probs = torch.softmax(logits[i].float().cpu() / row.req.temperature, -1)
+            # sampled on the host: a request's seeded generator lives there. In float64,
+            # shifted so the best logit is 0: any temperature the protocol accepts (1e-300
+            # included) gives finite probabilities, never a NaN that fails the whole batch
+            row_logits = logits[i].double().cpu()
+            shifted = row_logits - row_logits.max()
+            probs = torch.softmax(torch.nan_to_num(shifted / row.req.temperature, nan=0.0), -1)
             if row.req.top_p < 1.0:
                 p, order = probs.sort(descending=True)
                 keep = p.cumsum(-1) - p < row.req.top_p  # smallest prefix reaching top_p
+                keep[0] = True  # at least the most likely token (top_p may be 1e-300)
                 probs = torch.zeros_like(probs).scatter(0, order[keep], p[keep])
             picks[i] = int(torch.multinomial(probs, 1, generator=row.gen))
     return picks

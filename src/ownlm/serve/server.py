@@ -209,6 +209,16 @@ class Server:
                 field,
                 "context_length_exceeded",
             )
+        try:  # JSON's "\ud800" escapes give Python text no tokenizer takes (a 500 before)
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ApiError(
+                400,
+                f"{field} is not valid UTF-8 text: a lone surrogate ({text[e.start]!r}) at "
+                f"character {e.start}; send each character whole (an escaped pair "
+                r"'\ud83d\ude00' is fine)",
+                field,
+            ) from None
         ids = self.tokenize(text)
         if not ids:
             raise ApiError(400, f"{field} is empty; send at least one token of text", field)

@@ -325,6 +325,8 @@ def token_list(run_dir: Path = typer.Option(..., help="the served run directory"
     rows = TokenStore(run_dir).tokens()
     for row in rows:
         who = "admin" if row["admin"] else f"user {row['user']}"
+        if row.get("malformed"):  # edited by hand: never accepted
+            who = "malformed entry (never accepted; `ownlm token revoke --id` removes it)"
         console.print(f"{row['id']}  {who}  {row['created']}", soft_wrap=True, markup=False)
     if not rows:
         console.print(f"no tokens in {run_dir}; create one with `ownlm token create`")

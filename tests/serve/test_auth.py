@@ -38,3 +38,11 @@ def test_admin_routes_need_an_admin_token(server):
     assert e.value.status == 403 and e.value.type == "permission_error"
     boss = principal(server, f"Bearer {server.tokens.create(admin=True)}")
     assert admin(boss) is boss
+
+
+def test_an_unreadable_tokens_file_is_a_500_that_names_no_path(server):
+    server.tokens.path.write_text("[]")
+    with pytest.raises(ApiError) as e:
+        principal(server, "Bearer ownlm-abc-def")
+    assert e.value.status == 500 and e.value.type == "server_error"
+    assert str(server.tokens.path) not in e.value.message

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ownlm.cli import app
-from ownlm.errors import ConfigError, NotFoundError
+from ownlm.errors import ConfigError, NotFoundError, StoreError
 from ownlm.store import AdapterStore, Manifest
 from ownlm.store.tokens import TokenStore, stored_users
 
@@ -142,3 +142,46 @@ def test_cli_allows_a_user_of_the_runs_data(tmp_path):
     r = runner.invoke(app, ["token", "create", "--run-dir", str(tmp_path), "--user", "t000"])
     assert r.exit_code == 0, r.output
     assert TokenStore(tmp_path).tokens()[0]["user"] == "t000"
+
+
+@pytest.mark.parametrize("content", ["[]", "null", '"x"', "7", "\xff{"])
+def test_a_tokens_file_that_is_not_an_object_is_one_clear_error(tmp_path, content):
+    (tmp_path / "tokens.json").write_bytes(content.encode("latin-1"))
+    run = ["--run-dir", str(tmp_path)]
+    for cmd in (
+        ["token", "list"],
+        ["token", "revoke", "--user", "a"],
+        ["token", "create", "--admin"],
+    ):
+        r = runner.invoke(app, [*cmd, *run])
+        assert r.exit_code == 2 and "tokens.json is corrupt" in r.output, (cmd, r.output)
+    with pytest.raises(StoreError, match="corrupt"):
+        TokenStore(tmp_path).check("ownlm-abc-def")
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "x",
+        None,
+        {"user": "42"},
+        {"user": "42", "admin": False, "salt": "zz", "scrypt": "00"},
+        {"user": ["42"], "admin": False, "salt": "00", "scrypt": "00", "created": 5},
+        {"user": "42", "admin": True, "salt": "00", "scrypt": "00"},
+    ],
+)
+def test_a_hand_edited_entry_never_authenticates_and_can_be_revoked(tmp_path, entry):
+    store = TokenStore(tmp_path)
+    good = store.create(admin=True)
+    data = json.loads((tmp_path / "tokens.json").read_text())
+    (tmp_path / "tokens.json").write_text(json.dumps(data | {"abc": entry}))
+    assert TokenStore(tmp_path).check("ownlm-abc-def") is None
+    assert TokenStore(tmp_path).check(good).admin  # the others still work
+    run = ["--run-dir", str(tmp_path)]
+    listed = runner.invoke(app, ["token", "list", *run])
+    assert listed.exit_code == 0 and "abc  malformed entry" in listed.output, listed.output
+    assert runner.invoke(app, ["token", "revoke", *run, "--user", "42"]).exit_code == 0
+    data = json.loads((tmp_path / "tokens.json").read_text())
+    (tmp_path / "tokens.json").write_text(json.dumps(data | {"abc": entry}))
+    r = runner.invoke(app, ["token", "revoke", *run, "--id", "abc"])
+    assert r.exit_code == 0 and "abc" not in json.loads((tmp_path / "tokens.json").read_text())

@@ -11,9 +11,13 @@ from typing import Annotated
 
 from fastapi import Depends, Header
 
+from ownlm.errors import StoreError
+from ownlm.log import get_logger
 from ownlm.serve.errors import ApiError
 from ownlm.serve.server import Server, get_server
 from ownlm.store import Principal
+
+log = get_logger(__name__)
 
 HINT = "create one with `ownlm token create --run-dir RUN --user U`"
 
@@ -29,7 +33,16 @@ def principal(
             f"missing API key: send 'Authorization: Bearer <token>' ({HINT})",
             code="invalid_api_key",
         )
-    who = server.tokens.check(authorization.removeprefix("Bearer ").strip())
+    try:
+        who = server.tokens.check(authorization.removeprefix("Bearer ").strip())
+    except StoreError as e:  # tokens.json unreadable: the operator's to fix, not the client's
+        log.error("%s", e, extra={"markup": False})
+        raise ApiError(
+            500,
+            "the server cannot check API keys: its token file is unreadable (the server log "
+            "says why); its operator must restore it",
+            code="server_error",
+        ) from None
     if who is None:
         raise ApiError(401, f"unknown API key; {HINT}", code="invalid_api_key")
     return who

@@ -44,6 +44,21 @@ def _hash(secret: str, salt: bytes) -> str:
         return hashlib.scrypt(secret.encode(), salt=salt, n=2**14, r=8, p=1).hex()
 
 
+def well_formed(entry) -> bool:
+    """An entry as `create` writes it. Any other (a file edited by hand) never
+    authenticates; `tokens()` marks it and `revoke` removes it."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("admin", False), bool):
+        return False
+    salt, digest, user = entry.get("salt"), entry.get("scrypt"), entry.get("user")
+    try:
+        bytes.fromhex(salt)
+    except (TypeError, ValueError):
+        return False
+    if not (isinstance(digest, str) and digest) or not (user is None or isinstance(user, str)):
+        return False
+    return bool(entry.get("admin")) != bool(user)  # exactly one of admin or a user
+
+
 @dataclass(frozen=True)
 class Principal:
     token_id: str
@@ -83,13 +98,20 @@ class TokenStore:
 
     def _read(self) -> dict:
         try:
-            return json.loads(self.path.read_text())
+            data = json.loads(self.path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return {}
-        except json.JSONDecodeError as e:
+        except (ValueError, RecursionError) as e:  # JSONDecodeError, bad UTF-8 included
             raise StoreError(
-                f"{self.path} is corrupt ({e}); restore it, or delete it and create new tokens"
-            ) from e
+                f"{self.path} is corrupt ({str(e)[:120]}); restore it, or delete it and "
+                "create new tokens"
+            ) from None
+        if not isinstance(data, dict):
+            raise StoreError(
+                f"{self.path} is corrupt (a JSON {type(data).__name__}, not an object of "
+                "tokens); restore it, or delete it and create new tokens"
+            )
+        return data
 
     def _write(self, data: dict) -> None:
         """Replace the file atomically, mode 600 from its first byte, with an mtime past
@@ -168,36 +190,40 @@ class TokenStore:
     def tokens(self) -> list[dict]:
         """Every token's id, user (None for admin), admin flag and creation time; never
         secrets nor hashes. Oldest first."""
-        rows = [
-            {
+        rows = []
+        for k, v in self._read().items():
+            ok = well_formed(v)
+            row = {
                 "id": k,
-                "user": v.get("user"),
-                "admin": bool(v.get("admin")),
-                "created": v.get("created", ""),
+                "user": v.get("user") if ok else None,
+                "admin": bool(v.get("admin")) if ok else False,
+                "created": str(v.get("created", "")) if ok else "",
             }
-            for k, v in self._read().items()
-        ]
+            rows.append(row if ok else row | {"malformed": True})  # never accepted: revoke it
         return sorted(rows, key=lambda r: (r["created"], r["id"]))
 
     def has_admin(self) -> bool:
-        return any(e.get("admin") for e in self._read().values())
+        return any(well_formed(e) and e.get("admin") for e in self._read().values())
 
     def revoke(self, token_id: str) -> None:
         """Remove one token by its id (`ownlm token list` shows ids)."""
         with self._exclusive():
             data = self._read()
-            if data.pop(token_id, None) is None:
+            if token_id not in data:
                 raise NotFoundError(
                     f"no token with id {token_id!r} in {self.path}; "
                     f"`ownlm token list --run-dir {self.run_dir}` lists them"
                 )
+            del data[token_id]
             self._write(data)
 
     def revoke_user(self, user: str) -> int:
         """Remove every token of `user`; returns how many."""
         with self._exclusive():
             data = self._read()
-            keep = {k: v for k, v in data.items() if v.get("user") != user}
+            keep = {
+                k: v for k, v in data.items() if not (isinstance(v, dict) and v.get("user") == user)
+            }
             if len(keep) != len(data):
                 self._write(keep)
             return len(data) - len(keep)
@@ -213,6 +239,8 @@ class TokenStore:
         if len(parts) != 3 or parts[0] != "ownlm" or parts[1] not in entries:
             return None
         entry = entries[parts[1]]
+        if not well_formed(entry):
+            return None
         if not hmac.compare_digest(_hash(parts[2], bytes.fromhex(entry["salt"])), entry["scrypt"]):
             return None
         entries, seen = self._entries()  # scrypt took a while: is the token still there?

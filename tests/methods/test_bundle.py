@@ -133,3 +133,130 @@ def test_a_bundle_for_another_base_is_refused(tmp_path, made):
     with pytest.raises(StoreError, match="refused: it belongs to base .* has base"):
         import_bundle(made.done.path, tmp_path / "other")
     assert not AdapterStore(tmp_path / "other" / "adapters").exists("user:u1")
+
+
+def _resealed(src, dst, change_members, change_index=None, mode="w"):
+    """A bundle as an attacker writes it: members changed by `change_members(dict)`, and
+    the (unsigned) index re-sealed so every sha256 matches."""
+    import hashlib
+
+    with tarfile.open(src) as tar:
+        members = {i.name: tar.extractfile(i).read() for i in tar.getmembers()}
+    index = json.loads(members.pop(INDEX))
+    change_members(members)
+    index["members"] = {k: hashlib.sha256(v).hexdigest() for k, v in members.items()}
+    if change_index:
+        change_index(index)
+    with tarfile.open(dst, mode) as tar:
+        for name, data in {INDEX: json.dumps(index).encode(), **members}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return dst
+
+
+def _manifest(members, change):
+    """Change the oppu adapter's manifest in place, its sha256 table kept consistent."""
+    import hashlib
+
+    key = "adapters/oppu/ownlm.json"
+    m = json.loads(members[key])
+    change(m, members)
+    for rel in list(m["sha256"]) if isinstance(m.get("sha256"), dict) else []:
+        if f"adapters/oppu/{rel}" in members:
+            m["sha256"][rel] = hashlib.sha256(members[f"adapters/oppu/{rel}"]).hexdigest()
+    members[key] = json.dumps(m).encode()
+
+
+def _as_user(user):
+    def change(members):
+        _manifest(members, lambda m, _: m.__setitem__("name", f"user:{user}"))
+
+    return change, lambda index: index.__setitem__("user", user)
+
+
+@pytest.mark.parametrize("user", ["a" * 300, "u1\nx", "bad user", "u1:x", "é", "-x"])
+def test_a_user_id_no_data_file_could_hold_is_refused(tmp_path, made, user):
+    run_dir = _fresh_run(tmp_path, made)
+    bad = _resealed(made.done.path, tmp_path / "b.tar", *_as_user(user))
+    with pytest.raises(StoreError, match="refused: .*user id"):
+        import_bundle(bad, run_dir)
+    assert [p.name for p in (run_dir / "adapters" / "users").iterdir()] == ["u2"]
+
+
+@pytest.mark.parametrize(
+    "extra", ["adapter_model.bin", "junk.txt", "config.json", "evil.py", "proper_router.json"]
+)
+def test_a_file_the_adapters_manifest_does_not_vouch_for_is_refused(tmp_path, made, extra):
+    """The index is not signed: a crafted bundle re-seals it. A pickle (`.bin`, which
+    loaders may unpickle) or any other file outside the manifest never reaches the store."""
+    run_dir = _fresh_run(tmp_path, made)
+    bad = _resealed(
+        made.done.path,
+        tmp_path / "b.tar",
+        lambda m: m.__setitem__(f"adapters/oppu/{extra}", b"cos\nsystem\n(S'id'\ntR."),
+    )
+    with pytest.raises(StoreError, match=f"refused: .*{extra}"):
+        import_bundle(bad, run_dir)
+    assert not AdapterStore(run_dir / "adapters").exists("user:u1")
+
+
+def _bad_weights(members):
+    import struct
+
+    header = json.dumps(
+        {"w": {"dtype": "F32", "shape": [100000, 100000], "data_offsets": [0, 4]}}
+    ).encode()
+    members["adapters/oppu/adapter_model.safetensors"] = (
+        struct.pack("<Q", len(header)) + header + b"\0\0\0\0"
+    )
+    _manifest(members, lambda m, _: None)
+
+
+@pytest.mark.parametrize(
+    "change, change_index",
+    [
+        (lambda ms: _manifest(ms, lambda m, _: m.__setitem__("sha256", ["x"])), None),
+        (lambda ms: _manifest(ms, lambda m, _: m.__setitem__("extra", "x")), None),
+        (lambda ms: _manifest(ms, lambda m, _: m.__setitem__("name", 5)), None),
+        (lambda ms: ms.__setitem__("adapters/oppu/ownlm.json", b"[]"), None),
+        (lambda ms: None, lambda i: i.__setitem__("base", "x")),
+        (lambda ms: None, lambda i: i.__setitem__("adapters", ["oppu"])),
+        (_bad_weights, None),
+    ],
+)
+def test_a_malformed_index_manifest_or_weight_file_is_one_clear_refusal(
+    tmp_path, made, change, change_index
+):
+    run_dir = _fresh_run(tmp_path, made)
+    bad = _resealed(made.done.path, tmp_path / "b.tar", change, change_index)
+    with pytest.raises(StoreError, match="refused: "):
+        import_bundle(bad, run_dir)
+    assert not AdapterStore(run_dir / "adapters").exists("user:u1")
+
+
+def test_a_bundle_that_inflates_past_the_limit_is_refused_before_it_is_read(
+    tmp_path, made, monkeypatch
+):
+    """A gzip bomb (or a sparse member): the headers' sizes are summed before any member
+    is read into memory."""
+    import ownlm.methods.bundle as bundle_mod
+
+    monkeypatch.setattr(bundle_mod, "MAX_BUNDLE_BYTES", 1 << 20)
+    run_dir = _fresh_run(tmp_path, made)
+    bad = _resealed(
+        made.done.path,
+        tmp_path / "b.tar.gz",
+        lambda m: m.__setitem__("adapters/oppu/junk.txt", b"\0" * (4 << 20)),
+        mode="w:gz",
+    )
+    assert bad.stat().st_size < 100_000
+    with pytest.raises(StoreError, match="refused: .*larger than"):
+        import_bundle(bad, run_dir)
+    many = _resealed(
+        made.done.path,
+        tmp_path / "many.tar",
+        lambda m: m.update({f"adapters/oppu/f{i}": b"" for i in range(5000)}),
+    )
+    with pytest.raises(StoreError, match="refused: .*members"):
+        import_bundle(many, run_dir)

@@ -33,7 +33,7 @@ def shown(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else f"{text[: limit - 3]}... ({len(str(value))} chars)"
 
 
-def _user_id_problem(uid: str) -> str | None:
+def user_id_problem(uid: str) -> str | None:
     if not uid:
         return "is empty"
     if len(uid) > MAX_USER_ID:
@@ -51,7 +51,7 @@ def user_id(raw: Any, where: str) -> str:
             f"{where}: user_id {shown(raw)} is a {type(raw).__name__}; give a string or an integer"
         )
     uid = str(raw)
-    problem = _user_id_problem(uid)
+    problem = user_id_problem(uid)
     if problem:
         raise DataError(f"{where}: user_id {shown(uid)} {problem}; {USER_ID_RULE}: rename it")
     return uid

@@ -19,7 +19,12 @@ an archive that is not this (a member that is not a plain file, an absolute or `
 name, a member the index does not list or lists but lacks, any sha256 mismatch) or that
 belongs to another base; each adapter is written through the store's atomic swap. The
 index is not signed: it proves the archive is whole and unchanged since it was written
-together with it, not who wrote it.
+together with it, not who wrote it. So a crafted archive (its index re-sealed) gets no
+further than a real one could: the user id must be one a data file could hold
+(`ownlm.data.checks`), an adapter holds only the files its manifest vouches for (its
+weights and PEFT config by sha256, plus PEFT's README.md and PROPER's router JSON: never
+a pickle), its weights must parse as safetensors, and the archive's headers must declare
+at most MAX_BUNDLE_BYTES in MAX_MEMBERS members before anything is read (a gzip bomb).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from pathlib import Path, PurePosixPath
 
 from ownlm import __version__
 from ownlm.backbone.checksum import META_FILE
+from ownlm.data.checks import USER_ID_RULE, user_id_problem
 from ownlm.errors import ConfigError, NotFoundError, StoreError
 from ownlm.methods.forget import adapter_stores, variant_of
 from ownlm.methods.proper.groups import stage2_digest
@@ -45,6 +51,12 @@ INDEX = "ownlm_bundle.json"
 FORMAT = "ownlm-bundle/1"
 MANIFEST = "ownlm.json"  # the store's manifest file in each adapter directory
 MAX_INDEX_BYTES = 16 << 20
+MAX_BUNDLE_BYTES = 4 << 30  # the members' sizes together, as their headers declare them
+MAX_MEMBERS = 1000
+# files an adapter directory may hold besides those its manifest's sha256 lists
+UNHASHED = {"README.md": ("oppu", "peft", "proper-user", "proper-input")} | {
+    "proper_router.json": ("proper-user", "proper-input")
+}
 VARIANTS = ("oppu", "peft", "proper-user", "proper-input")  # adapters/<variant>/ members
 
 
@@ -248,8 +260,20 @@ def read_bundle(bundle: str | Path) -> tuple[dict, dict[str, bytes]]:
         raise NotFoundError(f"bundle {bundle} does not exist; check the path")
     try:
         with tarfile.open(bundle, "r:*") as tar:
+            infos, total = [], 0
+            for info in tar:  # headers only: nothing is read into memory before the sums
+                infos.append(info)
+                total += info.size
+                if len(infos) > MAX_MEMBERS:
+                    raise _refuse(bundle, f"it has more than {MAX_MEMBERS} members")
+                if total > MAX_BUNDLE_BYTES:
+                    raise _refuse(
+                        bundle,
+                        f"its members are larger than {MAX_BUNDLE_BYTES} bytes together "
+                        "(a user's adapters are far smaller)",
+                    )
             data = {}
-            for info in tar.getmembers():
+            for info in infos:
                 name = _member_name(bundle, info)
                 if name in data:
                     raise _refuse(bundle, f"member {name!r} appears twice")
@@ -285,6 +309,8 @@ def _index(bundle: Path, data: dict[str, bytes]) -> dict:
         raise _refuse(bundle, f"{INDEX} is not an {FORMAT} index")
     if not isinstance(index.get("members"), dict) or not isinstance(index.get("adapters"), dict):
         raise _refuse(bundle, f"{INDEX} lacks its members or adapters")
+    if not isinstance(index.get("base"), dict):
+        raise _refuse(bundle, f"{INDEX} does not name the base it belongs to")
     return index
 
 
@@ -304,14 +330,19 @@ def _plan(bundle: Path, run_dir: Path, user: str, variant: str, members: dict) -
     files = {k[len(prefix) :]: v for k, v in members.items() if k.startswith(prefix)}
     if MANIFEST not in files or any("/" in rel for rel in files):
         raise _refuse(bundle, f"{prefix} is not a flat adapter directory with its {MANIFEST}")
-    try:
-        m = Manifest(**json.loads(files.pop(MANIFEST)))
-    except (ValueError, TypeError) as e:
-        raise _refuse(bundle, f"{prefix}{MANIFEST} is not an adapter manifest ({e})") from e
+    m = _manifest(bundle, prefix, files.pop(MANIFEST))
     if m.name != f"user:{user}":
         raise _refuse(bundle, f"{prefix} holds adapter {m.name!r}, not user {user!r}'s")
     if any(rel not in files or _sha(files[rel]) != d for rel, d in m.sha256.items()):
         raise _refuse(bundle, f"{prefix} weights do not match its manifest's sha256")
+    loose = sorted(r for r in files if r not in m.sha256 and variant not in UNHASHED.get(r, ()))
+    if loose:
+        raise _refuse(
+            bundle,
+            f"{prefix}{loose[0]} is not vouched for by the adapter's manifest (ownlm stores "
+            "only the files it checksums, PEFT's README.md and PROPER's router JSON)",
+        )
+    _check_weights(bundle, prefix, files)
     want = expected_fingerprint(run_dir, variant)
     if m.base_fingerprint != want:
         raise _refuse(
@@ -323,11 +354,48 @@ def _plan(bundle: Path, run_dir: Path, user: str, variant: str, members: dict) -
     return _Plan(AdapterStore(store), variant, files, m)
 
 
+def _manifest(bundle: Path, prefix: str, blob: bytes) -> Manifest:
+    """The adapter's manifest, each field of the type the store writes."""
+    try:
+        raw = json.loads(blob)
+        m = Manifest(**raw) if isinstance(raw, dict) else None
+    except (ValueError, TypeError, RecursionError) as e:
+        raise _refuse(bundle, f"{prefix}{MANIFEST} is not an adapter manifest ({e})") from None
+    shaped = (
+        m is not None
+        and all(isinstance(getattr(m, k), str) for k in ("name", "stage", "task", "created"))
+        and isinstance(m.base_fingerprint, str)
+        and isinstance(m.extra, dict)
+        and isinstance(m.sha256, dict)
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in m.sha256.items())
+    )
+    if not shaped:
+        raise _refuse(bundle, f"{prefix}{MANIFEST} is not an adapter manifest (malformed fields)")
+    return m
+
+
+def _check_weights(bundle: Path, prefix: str, files: dict[str, bytes]) -> None:
+    """Every weight file parses as safetensors (shapes consistent with its bytes)."""
+    from safetensors.torch import load
+
+    for rel, blob in files.items():
+        if rel.endswith(".safetensors"):
+            try:
+                load(blob)
+            except Exception as e:  # safetensors raises its own error types
+                first = (str(e).splitlines() or [type(e).__name__])[0][:160]
+                raise _refuse(
+                    bundle, f"{prefix}{rel} is not a valid safetensors file ({first})"
+                ) from None
+
+
 def _plans(bundle: Path, run_dir: Path, index: dict, members: dict) -> list[_Plan]:
     user = index.get("user")
     if not isinstance(user, str) or not user:
         raise _refuse(bundle, f"{INDEX} names no user")
-    AdapterStore(run_dir).path(f"user:{user}")  # a StoreError for an id that is no name
+    problem = user_id_problem(user)
+    if problem:  # never a folder no data file could name (a newline, a space, 300 chars)
+        raise _refuse(bundle, f"its user id {user[:60]!r} {problem}; {USER_ID_RULE}")
     base = (index.get("base") or {}).get("fingerprint")
     fp = base_meta(run_dir)["fingerprint"]
     if base != fp:

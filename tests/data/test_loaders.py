@@ -367,3 +367,42 @@ def test_studemo_refuses_fractions_and_off_scale_scores(tmp_path: Path) -> None:
         root = write_studemo(tmp_path / value, bad_value=value)
         with pytest.raises(DataError, match=rf"row 7 of .*annotation_data.csv: {message}"):
             load_studemo(root)
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        (
+            '{"user_id": "ann", "history": [{"description": "a \\ud800 b", "tag": "comedy"}]}',
+            r"line 1 of .*: a lone surrogate '\\\\ud800' .* not text",
+        ),
+        (
+            '{"user_id": "ann", "history": [{"description": "x", "tag": "comedy"}], '
+            '"queries": [{"input": "q \\udc80", "gold": "comedy"}]}',
+            r"line 1 of .*: a lone surrogate '\\\\udc80'",
+        ),
+        (
+            '{"user_id": "ann", "user_id": "bob", "history": '
+            '[{"description": "x", "tag": "comedy"}]}',
+            r"line 1 of .* repeats key 'user_id'",
+        ),
+        (
+            '{"user_id": "ann", "history": [{"description": "x", "tag": "comedy", '
+            '"tag": "classic"}]}',
+            r"line 1 of .* repeats key 'tag'",
+        ),
+    ],
+)
+def test_jsonl_text_json_cannot_hold_as_data(tmp_path: Path, line: str, message: str) -> None:
+    """A lone surrogate (JSON's "\\ud800") is no text a tokenizer or a UTF-8 file takes
+    (a traceback at training before); a repeated key would silently keep its last value."""
+    path = write(tmp_path / "u.jsonl", line)
+    with pytest.raises(DataError, match=message) as err:
+        load_jsonl(path, "LaMP-2")
+    assert "\n" not in str(err.value)
+
+
+def test_jsonl_escaped_surrogate_pairs_are_fine(tmp_path: Path) -> None:
+    line = '{"user_id": "ann", "history": [{"description": "\\ud83d\\ude00", "tag": "comedy"}]}'
+    user = load_jsonl(write(tmp_path / "u.jsonl", line), "LaMP-2").users[0]
+    assert user.history[0].fields["description"] == "\U0001f600" and user.history_digest()

@@ -43,15 +43,65 @@ def read_text(path: Path) -> str:
         ) from None
 
 
+class _RepeatedKey(Exception):
+    pass
+
+
+def _unique_keys(pairs: list) -> dict:
+    """json's object hook: a key given twice would silently keep its last value."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set = set()
+        raise _RepeatedKey(next(k for k, _ in pairs if k in seen or seen.add(k)))
+    return out
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _lone_surrogate(obj: Any) -> str | None:
+    """The first lone surrogate in the strings of a parsed value (JSON's "\\ud800": half
+    of a character, which no UTF-8 file, tokenizer or digest takes), else None."""
+    stack = [obj]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                return value[exc.start]
+        elif isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return None
+
+
 def parse_json(text: str, where: str) -> Any:
     """`json.loads`, every failure a DataError naming `where` (numbers past Python's
-    4300-digit limit and absurd nesting raise other errors than JSONDecodeError)."""
+    4300-digit limit and absurd nesting raise other errors than JSONDecodeError). An
+    object that repeats a key, and a string holding a lone surrogate, are refused too."""
     try:
-        return json.loads(text)
+        obj = json.loads(text, object_pairs_hook=_unique_keys)
     except RecursionError:
         raise DataError(f"{where} is nested too deeply to be data; fix the file") from None
+    except _RepeatedKey as exc:
+        raise DataError(
+            f"{where} repeats key {checks.shown(exc.args[0])} in one object; JSON keeps only "
+            "the last value, so keep the one you mean"
+        ) from None
     except ValueError as exc:  # JSONDecodeError included
         raise DataError(f"{where} is not valid JSON ({exc}); fix or re-download the file") from None
+    if _SURROGATE_ESCAPE.search(text):  # only an escape can put a surrogate in the text
+        bad = _lone_surrogate(obj)
+        if bad is not None:
+            raise DataError(
+                f"{where}: a lone surrogate {bad.encode('unicode_escape').decode()!r} (half "
+                "of a character, escaped in the JSON) is not text; write the character "
+                "itself, or both halves of its escaped pair"
+            )
+    return obj
 
 
 def read_json(path: Path) -> Any:

@@ -39,3 +39,22 @@ def test_missing_model_carries_openais_code():
     )
     assert api_error(NotFoundError("none"), "user_id").code is None
     assert api_error(StoreError("corrupt"), "model").type == "invalid_request_error"
+
+
+def test_an_unexpected_error_is_a_500_in_openais_shape_without_internals():
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from ownlm.serve.errors import unexpected_error_handler
+
+    app = FastAPI()
+    app.add_exception_handler(Exception, unexpected_error_handler)
+
+    @app.get("/boom")
+    def boom():
+        raise RuntimeError("secret /path/to/run detail")
+
+    r = TestClient(app, raise_server_exceptions=False).get("/boom")
+    err = r.json()["error"]
+    assert r.status_code == 500 and err["type"] == "server_error"
+    assert "RuntimeError" in err["message"] and "secret" not in err["message"]

@@ -146,3 +146,54 @@ def test_server_generates_with_a_bfloat16_base(toy_run_dir):
     slot = bf16.cache.slots_for(["alice"])[0]
     out = bf16.engine.generate([Request(ids=ids, slot=slot, max_tokens=4)])[0]
     assert len(out.tokens) >= 1 and out.prompt_tokens == len(ids)
+
+
+def _corrupt_weights(store: AdapterStore, user: str) -> None:
+    """A weight file that does not parse, its manifest's sha256 updated to match (as a
+    store edited by hand, or written by an older import, could hold)."""
+    import hashlib
+    import json
+    import struct
+
+    path = store.path(f"user:{user}")
+    header = json.dumps({"w": {"dtype": "F32", "shape": [10**5, 10**5], "data_offsets": [0, 4]}})
+    blob = struct.pack("<Q", len(header)) + header.encode() + b"\0" * 4
+    (path / "adapter_model.safetensors").write_bytes(blob)
+    manifest = json.loads((path / "ownlm.json").read_text())
+    manifest["sha256"]["adapter_model.safetensors"] = hashlib.sha256(blob).hexdigest()
+    (path / "ownlm.json").write_text(json.dumps(manifest))
+
+
+def test_an_unreadable_adapter_neither_stops_the_server_nor_gets_a_500(tmp_path):
+    toy_run(tmp_path, ["hal", "ivy"])
+    store = AdapterStore(tmp_path / "adapters")
+    _corrupt_weights(store, "ivy")
+    server = build_server(tmp_path, ServeSettings(cache_size=2, max_batch_size=2))
+    with pytest.raises(StoreError, match="cannot be read") as e:
+        server.cache.reload("ivy")
+    assert status_of(e.value) == 409
+    assert server.cache.reload("hal") == 0  # the others are served
+
+
+def test_an_adapter_of_other_shapes_is_refused_and_leaves_no_half_written_slot(tmp_path):
+    backbone = toy_run(tmp_path, ["hal"])
+    server = build_server(tmp_path, ServeSettings(cache_size=2, max_batch_size=2))
+    other = toy_run(tmp_path / "other", ["ivy"], hidden=48)  # another model's shapes
+    import shutil
+
+    shutil.copytree(
+        AdapterStore(tmp_path / "other" / "adapters").path("user:ivy"),
+        server.store.path("user:ivy"),
+    )
+    manifest = server.store.path("user:ivy") / "ownlm.json"
+    import json
+
+    m = json.loads(manifest.read_text())
+    m["base_fingerprint"] = backbone.fingerprint()
+    manifest.write_text(json.dumps(m))
+    del other
+    with pytest.raises(StoreError, match="does not fit this base") as e:
+        server.cache.reload("ivy")
+    assert status_of(e.value) == 409 and "ivy" not in server.cache.loaded()
+    for layer in server.engine.lora.layers.values():  # every slot but hal's is all zeros
+        assert all(not layer.A[s].any() for s in range(2) if s != server.cache.slots.get("hal"))

@@ -29,6 +29,7 @@ from ownlm.serve.errors import (
     api_error_handler,
     http_error_handler,
     ownlm_error_handler,
+    unexpected_error_handler,
     validation_error_handler,
 )
 from ownlm.serve.limits import BodyLimit
@@ -55,6 +56,7 @@ def create_app(server: Server) -> FastAPI:
     app.add_exception_handler(OwnlmError, ownlm_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(HTTPException, http_error_handler)  # 404/405 of routing too
+    app.add_exception_handler(Exception, unexpected_error_handler)  # a bug: still OpenAI's shape
     for router in (openai.router, admin.router, health.router):
         app.include_router(router)
     return app

@@ -17,9 +17,13 @@ from collections import OrderedDict
 
 from ownlm.adapters.batched import BatchedLora
 from ownlm.adapters.peft_io import LoadedAdapter, read_peft_adapter
-from ownlm.errors import NotFoundError, StoreError
+from ownlm.errors import NotFoundError, OwnlmError, StoreError
 from ownlm.store import AdapterStore
 from ownlm.store.store import MANIFEST
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).splitlines() or [type(e).__name__])[0][:200]
 
 
 class AdapterRemoved(NotFoundError):
@@ -60,7 +64,16 @@ class AdapterCache:
         """Check the stored adapter against its manifest and our base; read its weights.
         Returns them with the manifest's stat from before the read."""
         seen = self.stat(user)
-        return read_peft_adapter(self.store.verify(f"user:{user}", self.fingerprint)), seen
+        path = self.store.verify(f"user:{user}", self.fingerprint)
+        try:
+            return read_peft_adapter(path), seen
+        except OwnlmError:
+            raise
+        except Exception as e:  # a weight file that matches its sha256 yet does not parse
+            raise StoreError(
+                f"stored adapter of user {user!r} ({path}) cannot be read "
+                f"({_first_line(e)}); retrain it"
+            ) from None
 
     def slots_for(self, users: list[str | None], pinned: set[str] = frozenset()) -> list[int]:
         """Slot per user (None -> -1), loading misses. Caller holds `lock`."""
@@ -100,7 +113,17 @@ class AdapterCache:
                     )
                 slot = self.slots.pop(victim)
                 self.seen.pop(victim, None)
-        self.lora.load(slot, adapter)
+        try:
+            self.lora.load(slot, adapter)
+        except Exception as e:  # e.g. shapes of another model: the slot may be half-written
+            self.lora.clear(slot)  # cleared and left free, never served half-copied
+            self.seen.pop(user, None)
+            if isinstance(e, OwnlmError):
+                raise
+            raise StoreError(
+                f"stored adapter of user {user!r} does not fit this base ({_first_line(e)}); "
+                "retrain it for this run"
+            ) from None
         self.slots[user] = slot
         self.seen[user] = seen
 

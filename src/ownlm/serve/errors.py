@@ -20,6 +20,9 @@ from ownlm.errors import (
     RequestError,
     StoreError,
 )
+from ownlm.log import get_logger
+
+log = get_logger(__name__)
 
 # Checked in order, so a subclass sits above its parent (NotFoundError is a StoreError).
 STATUS_BY_TYPE: tuple[tuple[type[OwnlmError], int], ...] = (
@@ -117,4 +120,16 @@ async def validation_error_handler(request: HttpRequest, e: RequestValidationErr
         f"invalid value for '{param}': {err.get('msg', 'invalid request')}",
         "invalid_request_error",
         param,
+    )
+
+
+async def unexpected_error_handler(request: HttpRequest, e: Exception) -> JSONResponse:
+    """An error no route expected (a bug): logged with its traceback, answered 500 in
+    OpenAI's shape without internals; the server keeps serving."""
+    log.error("%s %s failed", request.method, request.url.path, exc_info=e)
+    return error_response(
+        500,
+        f"internal error ({type(e).__name__}) while serving {request.url.path}; the server "
+        "log has the details",
+        "server_error",
     )

@@ -30,7 +30,27 @@ log = get_logger(__name__)
 
 
 def _user_paths(store: AdapterStore) -> list[Path]:
-    return [store.path(name) for name in store.names("user")]
+    """The stored user adapters whose PEFT config and weight header can be read; one
+    that cannot (a corrupt file) is left out with a warning, not a server that fails to
+    start: a request for it is refused (409) when the store's checks read it."""
+    paths = []
+    for name in store.names("user"):
+        path = store.path(name)
+        try:
+            peft_io.max_rank([path])
+            peft_io.target_names([path])
+        except Exception as e:  # safetensors, JSON and OS errors alike
+            first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+            log.warning(
+                "adapter %s in %s is unreadable (%s); not served until it is retrained",
+                name,
+                store.root,
+                first,
+                extra={"markup": False},
+            )
+            continue
+        paths.append(path)
+    return paths
 
 
 def stored_max_rank(store: AdapterStore, floor: int = 8) -> int:

@@ -146,3 +146,27 @@ def test_a_text_that_cannot_fit_is_refused_without_tokenizing(live, prompt_limit
 def test_default_prompt_limit_is_the_models_context(live):
     assert live.server.max_prompt_tokens == live.server.engine.max_len
     assert live.server.settings.max_body_bytes == 4 * 2**20
+
+
+def test_a_body_that_stops_arriving_is_a_408_not_a_connection_held_forever():
+    """A Content-Length larger than what is sent: the middleware stops waiting."""
+    sent = []
+
+    async def app(scope, receive, send):  # never reached
+        raise AssertionError("the app must not see an incomplete body")
+
+    async def receive():
+        if not sent and not getattr(receive, "once", False):
+            receive.once = True
+            return {"type": "http.request", "body": b'{"model"', "more_body": True}
+        await asyncio.sleep(3600)  # the client went silent
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "headers": [(b"content-length", b"1000")]}
+    start = time.perf_counter()
+    asyncio.run(BodyLimit(app, 1 << 20, timeout_s=0.2)(scope, receive, send))
+    assert time.perf_counter() - start < 2
+    assert sent[0]["status"] == 408 and (b"connection", b"close") in sent[0]["headers"]
+    assert json.loads(sent[1]["body"])["error"]["code"] == "request_timeout"

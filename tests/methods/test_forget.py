@@ -188,3 +188,36 @@ def test_forgetting_a_stage_2_train_user_leaves_stage_3_users_valid(tiny_cfg):
     gm = load_groups(run, backbone)  # the rewritten router verifies and loads
     assert gm.user_table.shape[0] == len(gm.meta["users"]) == len(run.split.train) - 1
     gm.close()
+
+
+def test_a_symlinked_user_folder_loses_the_link_and_names_its_target(tmp_path):
+    """A user folder linked in by hand: forget removed nothing and crashed on rmtree
+    (leaving a `.del-<user>-…` link behind); now the link goes, the target is named."""
+    run = tmp_path / "run"
+    store = AdapterStore(run / "adapters")
+    _adapter(store, "user:u1")
+    _adapter(store, "user:u2")
+    outside = tmp_path / "elsewhere"
+    store.path("user:u1").rename(outside)
+    store.path("user:u1").symlink_to(outside)
+    done = forget_user(run, "u1")
+    assert any("symbolic link" in r for r in done.removed)
+    assert any(str(outside) in n and "yourself" in n for n in done.notes)
+    assert not any(p.is_symlink() for p in (run / "adapters" / "users").iterdir())
+    assert (outside / "ownlm.json").exists() and not done.remaining
+    assert store.names("user") == ["user:u2"]
+
+
+@pytest.mark.parametrize("user", ["Model", "lora", "More"])
+def test_pefts_model_card_is_not_taken_for_a_mention_of_the_user(tmp_path, user):
+    """PEFT writes a boilerplate README.md beside every adapter; a user whose id is an
+    English word of it ("Model") was reported as still named by every other adapter."""
+    store = AdapterStore(tmp_path / "adapters")
+    for u in (user, "u2"):
+        _adapter(store, f"user:{u}")
+        (store.path(f"user:{u}") / "README.md").write_text(
+            "# Model Card for Model ID\n\n- lora\n[More Information Needed]\n"
+        )
+    done = forget_user(tmp_path, user)
+    assert done.removed and not done.remaining
+    assert (store.path("user:u2") / "README.md").exists()

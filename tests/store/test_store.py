@@ -138,3 +138,22 @@ def test_stale_reason_names_why_and_checks_the_files(tmp_path):
     assert store.current("user:1", "base-1", "h1")
     (path / "adapter_config.json").write_text('{"r": 64}')  # a config edited by hand
     assert store.stale_reason("user:1", "base-1", "h1").startswith("corrupt:")
+
+
+def test_delete_removes_a_symlinked_adapter_link_never_its_target(tmp_path):
+    store = AdapterStore(tmp_path / "store")
+    store.save("user:1", _writer(1.0), _manifest())
+    outside = tmp_path / "outside"
+    store.path("user:1").rename(outside)
+    store.path("user:1").symlink_to(outside)
+    assert store.delete("user:1") and not store.path("user:1").is_symlink()
+    assert (outside / "ownlm.json").exists()  # the target is not the store's to delete
+    store.path("user:2").parent.mkdir(parents=True, exist_ok=True)
+    store.path("user:2").symlink_to(tmp_path / "gone")  # dangling
+    assert store.delete("user:2") and not store.path("user:2").is_symlink()
+    from ownlm.store.store import _HOST
+
+    link = store.path("user:1").parent / f".del-1-999999999-{_HOST}-abcd1234"  # writer gone
+    link.symlink_to(outside)
+    assert store.sweep() == [f"removed {link}"] and not link.is_symlink()
+    assert (outside / "ownlm.json").exists()

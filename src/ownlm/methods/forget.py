@@ -138,14 +138,26 @@ def retrain_command(run_dir: Path) -> str:
     return f"ownlm train -c {run_dir / 'config.yaml'} --stages {stages}{flag}"
 
 
-def _delete_adapters(run_dir: Path, user: str) -> list[str]:
-    removed = []
+def _delete_adapters(run_dir: Path, user: str) -> tuple[list[str], list[str]]:
+    """(what was removed, notes). A user folder that is a symbolic link (put there by
+    hand) loses the link; what it points to is outside the store and is named instead."""
+    removed, notes = [], []
     for store_dir in adapter_stores(run_dir):
         store = AdapterStore(store_dir)
         store.sweep()  # a killed writer's scratch copy of their adapter goes too
+        path = store.path(f"user:{user}")
+        link = os.readlink(path) if path.is_symlink() else None
         if store.delete(f"user:{user}"):
-            removed.append(f"{store_dir.name}/users/{user} ({variant_of(store_dir)} adapter)")
-    return removed
+            rel = f"{store_dir.name}/users/{user}"
+            if link is None:
+                removed.append(f"{rel} ({variant_of(store_dir)} adapter)")
+                continue
+            removed.append(f"{rel} (a symbolic link to {link}: the link)")
+            notes.append(
+                f"{rel} was a symbolic link to {link}, outside ownlm's store: only the link "
+                f"was removed; delete {link} yourself if it holds user {user}'s adapter"
+            )
+    return removed, notes
 
 
 def _scrub_record(run_dir: Path, user: str) -> bool:
@@ -211,7 +223,8 @@ def forget_user(run_dir: str | Path, user: str) -> Forgotten:
     if not run_dir.is_dir():
         raise NotFoundError(f"run directory {run_dir} does not exist")
     m = membership(run_dir, user)
-    out = Forgotten(user, removed=_delete_adapters(run_dir, user))
+    removed, link_notes = _delete_adapters(run_dir, user)
+    out = Forgotten(user, removed=removed)
     tokens = TokenStore(run_dir).revoke_user(user)
     if tokens:
         out.removed.append(f"tokens.json ({tokens} token{'s' * (tokens > 1)} revoked)")
@@ -226,6 +239,7 @@ def forget_user(run_dir: str | Path, user: str) -> Forgotten:
     if not (out.removed or out.remaining or m.in_data or m.in_record or stage2):
         raise NotFoundError(not_known(run_dir, user, m))
     _advise(run_dir, user, m, stage2, out)
+    out.notes += link_notes
     return out
 
 
@@ -272,13 +286,16 @@ def not_known(run_dir: Path, user: str, m: Membership) -> str:
 
 def mentions(run_dir: Path, user: str) -> list[Path]:
     """Files under the run, outside base/ (the model itself), that still name the user:
-    in their path below a `users` folder, or in their text (`names_user`)."""
+    in their path below a `users` folder, or in their text (`names_user`). PEFT's model
+    card beside a stored adapter (`README.md` next to its manifest) is boilerplate that
+    holds no one's data: its text is not read (an id such as "Model" would match it)."""
     found = []
     for f in sorted(run_dir.rglob("*")):
         rel = f.relative_to(run_dir).parts
         if rel[0] == "base" or not f.is_file():
             continue
-        if _user_path(rel, user) or names_user(f, user):
+        card = f.name == "README.md" and (f.parent / "ownlm.json").is_file()
+        if _user_path(rel, user) or (not card and names_user(f, user)):
             found.append(f)
     return found
 

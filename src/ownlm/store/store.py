@@ -231,6 +231,9 @@ class AdapterStore:
 
     @staticmethod
     def _clear(entry: Path) -> str:
+        if entry.is_symlink():  # rmtree refuses links (and must not follow one)
+            entry.unlink()
+            return f"removed {entry}"
         if entry.name.startswith(".old-"):
             final = entry.parent / entry.name[len(".old-") :].rsplit("-", 3)[0]
             if not final.exists() and (entry / MANIFEST).exists():
@@ -274,6 +277,9 @@ class AdapterStore:
     def delete(self, name: str) -> bool:
         """Remove an adapter for good (a user's right to be forgotten). True if it existed."""
         path = self.path(name)
+        if path.is_symlink():  # a link put there by hand (dangling or not): the link goes,
+            path.unlink()  # never what it points to, which is not the store's to delete
+            return True
         if not path.exists():
             return False
         trash = _scratch_name(".del-", path)

@@ -221,3 +221,25 @@ def test_pefts_model_card_is_not_taken_for_a_mention_of_the_user(tmp_path, user)
     done = forget_user(tmp_path, user)
     assert done.removed and not done.remaining
     assert (store.path("user:u2") / "README.md").exists()
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        "{not json",
+        "[]",
+        '{"data": 5}',
+        '{"data": {"users": "x"}}',
+        '{"data": {"users": [5, null, []]}}',
+    ],
+)
+def test_a_corrupt_run_record_does_not_stop_forget(tmp_path, record):
+    """run.json edited by hand or cut short: forget used to stop with a traceback before
+    deleting anything; it deletes the adapters and names the file if it still holds them."""
+    _adapter(AdapterStore(tmp_path / "adapters"), "user:u1")
+    (tmp_path / "run.json").write_text(record.replace("5,", '5, ["u1", "d"],'))
+    done = forget_user(tmp_path, "u1")
+    assert done.removed[0].startswith("adapters/users/u1")
+    assert not AdapterStore(tmp_path / "adapters").exists("user:u1")
+    named = "u1" in (tmp_path / "run.json").read_text()
+    assert named == ("run.json" in done.remaining)

@@ -112,11 +112,32 @@ def membership(run_dir: Path, user: str) -> Membership:
     return m
 
 
+def _record(run_dir: Path) -> dict:
+    """run.json as a dict; {} when it is missing or unreadable (edited by hand, cut
+    short): forget still deletes what it can, and `mentions` then names the file."""
+    path = run_dir / RECORD
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _record_users(record: dict) -> list:
+    """The rows ([id, history digest, queries digest]) of a record's data, [] when the
+    record has none of that shape."""
+    data = record.get("data")
+    users = data.get("users") if isinstance(data, dict) else None
+    return users if isinstance(users, list) else []
+
+
+def _row_user(row) -> str | None:
+    return row[0] if isinstance(row, list) and row and isinstance(row[0], str) else None
+
+
 def _recorded_ids(run_dir: Path) -> list[str]:
     """The user ids of run.json's data record, in the data's order ([] without one)."""
-    path = run_dir / RECORD
-    record = json.loads(path.read_text()) if path.exists() else {}
-    return [row[0] for row in (record.get("data") or {}).get("users") or [] if row]
+    return [u for u in map(_row_user, _record_users(_record(run_dir))) if u is not None]
 
 
 def adapter_stores(run_dir: Path) -> list[Path]:
@@ -166,12 +187,12 @@ def _scrub_record(run_dir: Path, user: str) -> bool:
     computes: the record then describes the data without them, so once they are removed
     from the data, `ownlm train` resumes, retraining only the stages they were part of."""
     path = run_dir / RECORD
-    record = json.loads(path.read_text()) if path.exists() else {}
-    data = record.get("data") or {}
-    users = data.get("users") or []
-    keep = [row for row in users if not (row and row[0] == user)]
+    record = _record(run_dir)
+    users = _record_users(record)
+    keep = [row for row in users if _row_user(row) != user]
     if len(keep) == len(users):
         return False
+    data = record["data"]
     if data.get("sha256") == _data_sha256(data.get("task"), users):
         data["sha256"] = _data_sha256(data.get("task"), keep)
     data["users"] = keep

@@ -243,3 +243,12 @@ def test_a_corrupt_run_record_does_not_stop_forget(tmp_path, record):
     assert not AdapterStore(tmp_path / "adapters").exists("user:u1")
     named = "u1" in (tmp_path / "run.json").read_text()
     assert named == ("run.json" in done.remaining)
+
+
+def test_a_corrupt_tokens_file_does_not_stop_forget(tmp_path):
+    _adapter(AdapterStore(tmp_path / "adapters"), "user:u1")
+    (tmp_path / "tokens.json").write_text('{"abc": {"user": "u1"')
+    done = forget_user(tmp_path, "u1")
+    assert not AdapterStore(tmp_path / "adapters").exists("user:u1")
+    assert any("could not be revoked" in n and "tokens.json is corrupt" in n for n in done.notes)
+    assert "tokens.json" in done.remaining  # still names them: said, in red

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ownlm.data.records import Dataset, User
-from ownlm.errors import NotFoundError, OwnlmError
+from ownlm.errors import NotFoundError, OwnlmError, StoreError
 from ownlm.methods.mentions import names_user
 from ownlm.methods.proper.groups import ROUTER, forget_stage2_user
 from ownlm.store import AdapterStore, TokenStore
@@ -244,9 +244,16 @@ def forget_user(run_dir: str | Path, user: str) -> Forgotten:
     if not run_dir.is_dir():
         raise NotFoundError(f"run directory {run_dir} does not exist")
     m = membership(run_dir, user)
-    removed, link_notes = _delete_adapters(run_dir, user)
+    removed, notes = _delete_adapters(run_dir, user)
     out = Forgotten(user, removed=removed)
-    tokens = TokenStore(run_dir).revoke_user(user)
+    try:
+        tokens = TokenStore(run_dir).revoke_user(user)
+    except StoreError as e:  # tokens.json unreadable: the rest is still forgotten
+        tokens = 0
+        notes.append(
+            f"their tokens could not be revoked: {e}; then forget again (meanwhile a server "
+            "accepts no token of this run)"
+        )
     if tokens:
         out.removed.append(f"tokens.json ({tokens} token{'s' * (tokens > 1)} revoked)")
     stage2 = forget_stage2_user(AdapterStore(run_dir / "adapters"), user)
@@ -260,7 +267,7 @@ def forget_user(run_dir: str | Path, user: str) -> Forgotten:
     if not (out.removed or out.remaining or m.in_data or m.in_record or stage2):
         raise NotFoundError(not_known(run_dir, user, m))
     _advise(run_dir, user, m, stage2, out)
-    out.notes += link_notes
+    out.notes += notes
     return out
 
 

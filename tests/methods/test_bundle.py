@@ -260,3 +260,11 @@ def test_a_bundle_that_inflates_past_the_limit_is_refused_before_it_is_read(
     )
     with pytest.raises(StoreError, match="refused: .*members"):
         import_bundle(many, run_dir)
+
+
+def test_a_bundle_path_that_is_a_device_or_directory_says_so(tmp_path, made):
+    from ownlm.errors import NotFoundError
+
+    for path, what in [("/dev/zero", "not a regular file"), (tmp_path, "not a regular file")]:
+        with pytest.raises(NotFoundError, match=what):
+            import_bundle(path, made.run.dir)

@@ -257,7 +257,8 @@ def read_bundle(bundle: str | Path) -> tuple[dict, dict[str, bytes]]:
     with the sha256 it has; StoreError (one line) on anything else."""
     bundle = Path(bundle)
     if not bundle.is_file():
-        raise NotFoundError(f"bundle {bundle} does not exist; check the path")
+        what = "is not a regular file" if bundle.exists() else "does not exist"
+        raise NotFoundError(f"bundle {bundle} {what}; check the path")
     try:
         with tarfile.open(bundle, "r:*") as tar:
             infos, total = [], 0

@@ -65,7 +65,11 @@ class Personalizer:
         with self._lock:
             if user not in self.users:  # forgotten meanwhile: the batch will refuse it
                 return text + ANSWER_SEP
-            if user not in self._contexts:
-                self._contexts[user] = user_context(self.task, self.users[user])
-            ctx = self._contexts[user]
+            ctx, record = self._contexts.get(user), self.users[user]
+        if ctx is None:  # built outside the lock: a huge history holds up no other user
+            built = user_context(self.task, record)
+            with self._lock:
+                if user not in self.users:  # forgotten while it was built: not kept
+                    return text + ANSWER_SEP
+                ctx = self._contexts.setdefault(user, built)
         return personal_prompt(self.task, ctx, text, self.k, self.use_profile) + ANSWER_SEP

@@ -58,3 +58,29 @@ def test_a_digest_is_remembered_only_while_the_file_is_unchanged(tmp_path):
     assert file_sha256(f) == first
     f.write_bytes(b"b" * 100)  # same size, new content
     assert file_sha256(f) != first
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda m: [],
+        lambda m: {k: v for k, v in m.items() if k != "name"},
+        lambda m: m | {"kind": "pickle"},
+        lambda m: m | {"sha256": "x"},
+        lambda m: m | {"sha256": {"../../../etc/passwd": "00"}},
+    ],
+)
+def test_a_malformed_base_meta_is_one_clear_error(base_dir, change):
+    """ownlm_base.json edited by hand: `ownlm serve`/`eval` stopped with a KeyError or
+    AttributeError traceback; now a StoreError naming the file and the fix."""
+    from ownlm.backbone.checksum import read_base_meta
+
+    meta_file = base_dir / "ownlm_base.json"
+    meta_file.write_text(json.dumps(change(json.loads(meta_file.read_text()))))
+    with pytest.raises(StoreError, match="ownlm_base.json is corrupt .*retrain from stage 1"):
+        load_base(base_dir)
+    with pytest.raises(StoreError, match="ownlm_base.json is corrupt"):
+        read_base_meta(base_dir)
+    meta_file.write_text("{bad")
+    with pytest.raises(StoreError, match="ownlm_base.json is corrupt \\(not JSON"):
+        read_base_meta(base_dir)

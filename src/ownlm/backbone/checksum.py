@@ -13,6 +13,7 @@ process, pays once.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -52,11 +53,62 @@ def base_checksums(base_dir: str | Path) -> dict[str, str]:
     return {p.relative_to(base_dir).as_posix(): file_sha256(p) for p in files}
 
 
+KINDS = ("causal", "encoder")
+
+
+def _meta_problem(meta) -> str | None:
+    """What makes a parsed ownlm_base.json unusable (None when nothing does)."""
+    if not isinstance(meta, dict):
+        return f"it is a JSON {type(meta).__name__}, not an object"
+    if meta.get("kind") not in KINDS:
+        return f"its 'kind' is {str(meta.get('kind'))[:40]!r}, not one of {list(KINDS)}"
+    for key in ("name", "fingerprint"):
+        if not isinstance(meta.get(key), str) or not meta[key]:
+            return f"it has no {key!r}"
+    recorded = meta.get("sha256")
+    if recorded is not None and not (
+        isinstance(recorded, dict)
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in recorded.items())
+    ):
+        return "its 'sha256' is not a table of file -> digest"
+    for rel in recorded or {}:
+        parts = Path(rel).parts
+        if not rel or Path(rel).is_absolute() or ".." in parts:
+            return f"its 'sha256' names {rel[:80]!r}, a file outside the base"
+    return None
+
+
+def _corrupt_meta(base_dir: Path, why: str) -> StoreError:
+    return StoreError(
+        f"{base_dir / META_FILE} is corrupt ({why}): the base cannot be trusted. Restore "
+        "it from a backup, or retrain from stage 1 (`ownlm train -c CONFIG --stages "
+        "population,users`, with `groups` too for PROPER)"
+    )
+
+
+def read_base_meta(base_dir: str | Path) -> dict:
+    """The parsed ownlm_base.json of a base, checked for the fields ownlm reads;
+    StoreError (one line, the fix) when it is unreadable or malformed."""
+    base_dir = Path(base_dir)
+    try:
+        meta = json.loads((base_dir / META_FILE).read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and bad UTF-8 included
+        raise _corrupt_meta(base_dir, f"not JSON: {str(e)[:80]}") from None
+    problem = _meta_problem(meta)
+    if problem:
+        raise _corrupt_meta(base_dir, problem)
+    return meta
+
+
 def verify_base(base_dir: str | Path, meta: dict) -> None:
     """Check the files of `base_dir` against the sha256 recorded in its meta (`meta`,
     the parsed ownlm_base.json). A base written before checksums were recorded loads
-    with a warning; a missing or changed file raises StoreError naming it and the fix."""
+    with a warning; a missing or changed file raises StoreError naming it and the fix,
+    and so does a meta without the fields ownlm reads."""
     base_dir = Path(base_dir)
+    problem = _meta_problem(meta)
+    if problem:
+        raise _corrupt_meta(base_dir, problem)
     recorded = meta.get("sha256")
     if recorded is None:
         if str(base_dir.resolve()) not in _WARNED:

@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 
 from ownlm import __version__
-from ownlm.backbone.checksum import META_FILE
+from ownlm.backbone.checksum import META_FILE, read_base_meta
 from ownlm.data.checks import USER_ID_RULE, user_id_problem
 from ownlm.errors import ConfigError, NotFoundError, StoreError
 from ownlm.methods.forget import adapter_stores, variant_of
@@ -71,7 +71,7 @@ def base_meta(run_dir: Path) -> dict:
             f"run {run_dir} has no trained base ({path}); train stage 1 first: "
             f"`ownlm train -c {Path(run_dir) / 'config.yaml'} --stages population`"
         )
-    return json.loads(path.read_text())
+    return read_base_meta(path.parent)
 
 
 def expected_fingerprint(run_dir: Path, variant: str) -> str:

@@ -252,3 +252,25 @@ def test_a_corrupt_tokens_file_does_not_stop_forget(tmp_path):
     assert not AdapterStore(tmp_path / "adapters").exists("user:u1")
     assert any("could not be revoked" in n and "tokens.json is corrupt" in n for n in done.notes)
     assert "tokens.json" in done.remaining  # still names them: said, in red
+
+
+def test_a_bundle_exported_into_the_run_is_named_after_forget(tmp_path):
+    """`ownlm export --bundle RUN/exports/u1.tar --with-history` puts the user's history
+    in a tar inside the run; forget read no archive and never named it."""
+    import io
+    import tarfile
+
+    _adapter(AdapterStore(tmp_path / "adapters"), "user:u1")
+    (tmp_path / "exports").mkdir()
+    for name, mode in (("u1.tar", "w"), ("u1.tgz", "w:gz")):
+        with tarfile.open(tmp_path / "exports" / name, mode) as tar:
+            for member, data in {
+                "ownlm_bundle.json": json.dumps({"user": "u1"}).encode(),
+                "history.jsonl": f'{{"user_id": "u1", "text": "{MARKER}"}}\n'.encode(),
+            }.items():
+                info = tarfile.TarInfo(member)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    (tmp_path / "exports" / "other.tar").write_bytes(b"\0" * 1024)  # empty tar: nobody
+    done = forget_user(tmp_path, "u1")
+    assert done.remaining == ["exports/u1.tar", "exports/u1.tgz"]

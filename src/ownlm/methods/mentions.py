@@ -3,8 +3,10 @@
 A user id is often a short number ("42"), so a byte search would find it in every weight
 file and in every count. Only text is read: the strings of JSON and YAML files (numbers
 are never ids), the JSON header of safetensors files (their metadata and tensor names),
-and plain text files; an id counts where it stands as a word of its own (`user:42`,
-`42-q0`, `"42"`), not inside a longer number or word (`0.42`, `142`, `t420`).
+plain text files, and the member names and JSON/YAML/text members of tar archives (an
+ownership bundle exported into the run holds the user's history); an id counts where it
+stands as a word of its own (`user:42`, `42-q0`, `"42"`), not inside a longer number or
+word (`0.42`, `142`, `t420`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 import json
 import re
 import struct
+import tarfile
+import zlib
 from pathlib import Path
 
 import yaml
@@ -49,20 +53,56 @@ def safetensors_header(path: Path) -> dict:
         return json.loads(f.read(n))
 
 
+def _text_strings(name: str, read) -> list[str]:
+    """The strings of a JSON/YAML/text file named `name` whose bytes `read()` gives."""
+    suffix = Path(name).suffix.lower()
+    if suffix not in (".json", ".yaml", ".yml", *TEXT_SUFFIXES):
+        return []
+    data = read()
+    try:
+        if suffix == ".json":
+            return list(_strings(json.loads(data.decode("utf-8"))))
+        if suffix in (".yaml", ".yml"):
+            return list(_strings(yaml.safe_load(data.decode("utf-8"))))
+    except (ValueError, RecursionError, yaml.YAMLError):  # not what its suffix says
+        pass
+    return [data.decode("utf-8", errors="replace")]
+
+
+MAX_ARCHIVE_MEMBERS, MAX_MEMBER_BYTES = 1000, 16 << 20
+
+
+def archive_strings(path: Path) -> list[str]:
+    """Member names and the text of the JSON/YAML/text members of a tar archive (e.g. a
+    user's ownership bundle exported into the run: its index, profile and history)."""
+    out = []
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            for n, info in enumerate(tar):
+                if n >= MAX_ARCHIVE_MEMBERS:
+                    break
+                out.append(info.name)
+                if info.isreg() and info.size <= MAX_MEMBER_BYTES:
+                    out += _text_strings(info.name, lambda i=info: tar.extractfile(i).read())
+    except (tarfile.TarError, EOFError, OSError, zlib.error):
+        pass  # a cut-short archive: what was read so far
+    return out
+
+
 def file_strings(path: Path) -> list[str]:
     """The text of a file that could name a user ([] for binaries such as images)."""
     suffix = path.suffix.lower()
     try:
-        if suffix == ".json":
-            return list(_strings(json.loads(path.read_text(encoding="utf-8"))))
-        if suffix in (".yaml", ".yml"):
-            return list(_strings(yaml.safe_load(path.read_text(encoding="utf-8"))))
         if suffix == ".safetensors":
             return list(_strings(safetensors_header(path)))
-        if suffix in TEXT_SUFFIXES:
-            return [path.read_text(encoding="utf-8", errors="replace")]
-    except (ValueError, yaml.YAMLError):  # not what its suffix says: read it as text
+        if suffix in (".json", ".yaml", ".yml", *TEXT_SUFFIXES):
+            return _text_strings(path.name, path.read_bytes)
+        if tarfile.is_tarfile(path):
+            return archive_strings(path)
+    except (ValueError, RecursionError):  # not what its suffix says: read it as text
         return [path.read_bytes().decode("utf-8", errors="replace")]
+    except OSError:  # unreadable (a dangling link): nothing to read
+        return []
     return []
 
 

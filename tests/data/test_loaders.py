@@ -406,3 +406,12 @@ def test_jsonl_escaped_surrogate_pairs_are_fine(tmp_path: Path) -> None:
     line = '{"user_id": "ann", "history": [{"description": "\\ud83d\\ude00", "tag": "comedy"}]}'
     user = load_jsonl(write(tmp_path / "u.jsonl", line), "LaMP-2").users[0]
     assert user.history[0].fields["description"] == "\U0001f600" and user.history_digest()
+
+
+def test_a_fifo_or_device_is_not_read_as_data(tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "users.jsonl"
+    os.mkfifo(fifo)  # reading it would block until a writer came
+    with pytest.raises(DataError, match="is not a regular file"):
+        load_jsonl(fifo, "LaMP-2")

@@ -26,6 +26,8 @@ def read_text(path: Path) -> str:
     Any other encoding is a DataError naming the first bad byte, its offset and line."""
     if path.is_dir():
         raise DataError(f"{path} is a directory, not a file; give the data file's path")
+    if path.exists() and not path.is_file():  # a FIFO or a device would block or never end
+        raise DataError(f"{path} is not a regular file; give the data file's path")
     if not path.is_file():
         raise DataError(f"{path} does not exist; check the path (cwd: {Path.cwd()})")
     try:

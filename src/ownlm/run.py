@@ -103,7 +103,18 @@ class Run:
             ds.users = ds.users[: self.cfg.max_users]
         if self.cfg.max_history:
             ds.users = [truncate_history(u, self.cfg.max_history) for u in ds.users]
+        forgotten = set(self._forgotten())
+        if forgotten:  # users erased by `ownlm forget`: the run never sees them again
+            ds.users = [u for u in ds.users if forgotten_key(u.user_id) not in forgotten]
         return ds
+
+    def _forgotten(self) -> list[str]:
+        try:
+            record = self.recorded() or {}
+        except ConfigError:
+            return []
+        keys = record.get("forgotten") if isinstance(record, dict) else None
+        return [k for k in keys if isinstance(k, str)] if isinstance(keys, list) else []
 
     @cached_property
     def task(self):
@@ -214,6 +225,12 @@ class Run:
         record = self.recorded() or {}
         record.setdefault("stages", {})[stage] = info
         _write_json(self.dir / RECORD, record)
+
+
+def forgotten_key(user_id: str) -> str:
+    """The one-way key under which run.json remembers a user erased by `ownlm forget`, so
+    that the run leaves them out of its data from then on without naming them."""
+    return hashlib.sha256(f"ownlm-forgotten\0{user_id}".encode()).hexdigest()
 
 
 def data_record(ds: Dataset) -> dict:

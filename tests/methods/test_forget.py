@@ -274,3 +274,22 @@ def test_a_bundle_exported_into_the_run_is_named_after_forget(tmp_path):
     (tmp_path / "exports" / "other.tar").write_bytes(b"\0" * 1024)  # empty tar: nobody
     done = forget_user(tmp_path, "u1")
     assert done.remaining == ["exports/u1.tar", "exports/u1.tgz"]
+
+
+def test_a_forgotten_user_still_in_the_data_is_left_out_of_the_run_from_then_on(tiny_cfg):
+    """Built-in data cannot be edited: the run keeps a one-way key of the forgotten id and
+    leaves them out, so eval and train go on for the others (and stage 1 retrains)."""
+    from ownlm.run import Run, forgotten_key
+
+    run = Run(tiny_cfg)
+    test_user, train_user = run.split.test[0].user_id, run.split.train[0].user_id
+    where = [f"output_dir={tiny_cfg.output_dir}", f"name={tiny_cfg.name}"]
+    for user in (test_user, train_user):
+        done = forget_user(run.dir, user)
+        assert "leaves them out from now on" in " ".join(done.notes)
+        record = (run.dir / "run.json").read_text()
+        assert user not in record and forgotten_key(user) in record
+    again = Run.reopen(None, where)  # eval / export: no "data changed" refusal
+    ids = [u.user_id for u in again.dataset.users]
+    assert test_user not in ids and train_user not in ids and len(ids) == 4
+    Run(tiny_cfg)  # train: the record matches the data without them

@@ -32,6 +32,7 @@ from ownlm.data.records import Dataset, User
 from ownlm.errors import NotFoundError, OwnlmError, StoreError
 from ownlm.methods.mentions import names_user
 from ownlm.methods.proper.groups import ROUTER, forget_stage2_user
+from ownlm.run import forgotten_key
 from ownlm.store import AdapterStore, TokenStore
 
 RECORD = "run.json"  # `ownlm.run.RECORD`: what the run was trained from
@@ -181,16 +182,22 @@ def _delete_adapters(run_dir: Path, user: str) -> tuple[list[str], list[str]]:
     return removed, notes
 
 
-def _scrub_record(run_dir: Path, user: str) -> bool:
+def _scrub_record(run_dir: Path, user: str, tombstone: bool) -> bool:
     """Take the user's row out of run.json's data record ([id, history digest, queries
     digest] per user), and re-seal its sha256 when it is the one `ownlm.run.data_record`
-    computes: the record then describes the data without them, so once they are removed
-    from the data, `ownlm train` resumes, retraining only the stages they were part of."""
+    computes. With `tombstone`, also keep `forgotten_key(user)` (a one-way hash, not the
+    id) in the record: the run then leaves them out of its data from now on, so the
+    record describes the data without them and `ownlm train` resumes, retraining only
+    the stages they were part of, even before they are removed from the data file."""
     path = run_dir / RECORD
     record = _record(run_dir)
     users = _record_users(record)
     keep = [row for row in users if _row_user(row) != user]
-    if len(keep) == len(users):
+    key = forgotten_key(user)
+    marked = isinstance(record.get("data"), dict) and tombstone
+    if marked and key not in (record.get("forgotten") or []):
+        record["forgotten"] = [*(k for k in record.get("forgotten") or [] if k != key), key]
+    elif len(keep) == len(users):
         return False
     data = record["data"]
     if data.get("sha256") == _data_sha256(data.get("task"), users):
@@ -259,7 +266,7 @@ def forget_user(run_dir: str | Path, user: str) -> Forgotten:
     stage2 = forget_stage2_user(AdapterStore(run_dir / "adapters"), user)
     if stage2:
         out.removed.append("adapters/router (their stage-2 id, embedding and history vector)")
-    if _scrub_record(run_dir, user):
+    if _scrub_record(run_dir, user, tombstone=bool(m.in_data or m.in_record)):
         out.removed.append("run.json (their row of the data record)")
     if _drop_eval(run_dir, user):
         out.removed.append("eval/ (its scores and predictions included them)")
@@ -275,7 +282,7 @@ def _advise(run_dir: Path, user: str, m: Membership, stage2: bool, out: Forgotte
     out.trained_on = _trained_on(run_dir, m, stage2)
     if out.trained_on:
         out.retrain = retrain_command(run_dir)
-        if m.in_data is not False:
+        if m.in_data is not False and not m.in_record:
             out.retrain = f"remove user {user} from {m.data or 'the data'}, then {out.retrain}"
     elif not (m.in_data or m.in_record):
         why = m.why_unknown or (
@@ -286,15 +293,15 @@ def _advise(run_dir: Path, user: str, m: Membership, stage2: bool, out: Forgotte
             f"cannot tell whether user {user}'s history trained stage 1: {why}. If it did, "
             f"take them out of the data, then {retrain_command(run_dir)}"
         )
-    elif m.in_data:
+    if m.in_data:
         out.notes.append(
             f"user {user} is still in the run's data ({m.data}), which ownlm does not edit: "
-            "remove them there, or the next `ownlm train` trains them again"
+            "the run leaves them out from now on (run.json keeps a one-way hash of their "
+            "id, not the id); remove them from the data file too"
         )
     if any(r.startswith("eval/") for r in out.removed):
         out.notes.append(
-            f"re-run `ownlm eval -c {run_dir / 'config.yaml'}` for the other users' scores "
-            f"(once user {user} is out of the data)"
+            f"re-run `ownlm eval -c {run_dir / 'config.yaml'}` for the other users' scores"
         )
 
 

@@ -84,3 +84,9 @@ def test_a_malformed_base_meta_is_one_clear_error(base_dir, change):
     meta_file.write_text("{bad")
     with pytest.raises(StoreError, match="ownlm_base.json is corrupt \\(not JSON"):
         read_base_meta(base_dir)
+
+
+def test_a_base_meta_that_is_not_json_is_one_clear_error_at_load(base_dir):
+    (base_dir / "ownlm_base.json").write_text("{bad")
+    with pytest.raises(StoreError, match="ownlm_base.json is corrupt \\(not JSON"):
+        load_base(base_dir)  # eval, serve: was a JSONDecodeError traceback

@@ -3,11 +3,10 @@ a run's merged base. The `tiny` spec is built, not loaded: `ownlm.train.pretrain
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ownlm.backbone.base import CausalBackbone, EncoderBackbone
-from ownlm.backbone.checksum import META_FILE, verify_base
+from ownlm.backbone.checksum import META_FILE, read_base_meta, verify_base
 from ownlm.backbone.encoder import load_minilm_classifier
 from ownlm.errors import ConfigError
 
@@ -50,7 +49,7 @@ def load_base(path: Path, device=None, dtype=None):
     meta_path = Path(path) / META_FILE
     if not meta_path.exists():
         raise ConfigError(f"no trained base in {path}; run `ownlm train --stages population` first")
-    meta = json.loads(meta_path.read_text())
+    meta = read_base_meta(path)
     verify_base(path, meta)
     if meta["kind"] == "encoder":
         backbone = EncoderBackbone.from_pretrained(path, meta["name"], device, dtype)

@@ -7,11 +7,10 @@ The exported `adapter_config.json` names the run's base by absolute path, so
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ownlm.adapters.export import INPUT_ROUTER_MSG, peft_hint, point_to_base, vllm_hint
-from ownlm.backbone.checksum import META_FILE
+from ownlm.backbone.checksum import read_base_meta
 from ownlm.errors import ConfigError, NotFoundError
 from ownlm.methods import oppu, proper
 
@@ -62,7 +61,7 @@ def export_user(run, user_id: str, out: Path, variant: str = AUTO) -> tuple[Path
         raise ConfigError(INPUT_ROUTER_MSG)
     base, path = run.base_dir.resolve(), Path(path).resolve()
     point_to_base(path, base)
-    kind = json.loads((base / META_FILE).read_text())["kind"]  # as `load_base` reads it
+    kind = read_base_meta(base)["kind"]  # as `load_base` reads it
     return path, pairing(base, path, user_id, kind, variant)
 
 

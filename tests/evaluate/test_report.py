@@ -1,5 +1,6 @@
 import json
 
+import pytest
 from rich.console import Console
 
 from ownlm.evaluate.report import (
@@ -9,7 +10,10 @@ from ownlm.evaluate.report import (
     not_run_message,
     plot_buckets,
     plot_methods,
+    print_gaps,
     print_table,
+    reference_gaps,
+    stage_warnings,
     write_json,
     write_lamp_predictions,
 )
@@ -89,3 +93,45 @@ def test_not_run_message_names_five_users_and_the_fix():
     assert message.startswith("oppu not run, 7/9 users have no usable adapter: u0 (missing)")
     assert "u4 (missing) and 2 more. Train them with: ownlm x" in message
     assert "u5" not in message and not_run_message(_results()[2]) == ""
+
+
+def test_gaps_to_the_references_are_signed_plus_for_better():
+    gaps = reference_gaps([*_results(), _not_run()], "mae")  # lower mae is better
+    assert set(gaps) == {"OPPU", "RAG"}  # references and methods not run have no gap
+    assert gaps["OPPU"] == pytest.approx({"population": 0.4, "user": 0.2})
+    results = [
+        MethodResult("user-majority", {"accuracy": 0.5}, is_reference=True),
+        MethodResult("base", {"accuracy": 0.433}),
+    ]
+    console = Console(record=True, width=120)
+    assert print_gaps(results, "accuracy", console=console) == ["base: vs user-majority -0.0670"]
+    assert "+ = better" in console.export_text()
+
+
+def test_stage_warnings_are_read_from_the_run_record():
+    record = {
+        "stages": {
+            "population": {"inputs": "x", "warnings": ["stage 1 lost"]},
+            "groups": {"inputs": "y", "warnings": []},
+            "users": None,
+        }
+    }
+    assert stage_warnings(record) == ["stage 1 lost"]
+    assert stage_warnings(None) == [] and stage_warnings({"stages": {"population": {}}}) == []
+
+
+def test_eval_prints_the_gaps_and_the_stages_warnings(copy_run, capsys):
+    from ownlm.evaluate.runner import evaluate_run
+
+    run = copy_run("population")
+    record = json.loads((run.dir / "run.json").read_text())
+    record["stages"]["population"]["warnings"] = ["stage 1 (population): it lost to the majority"]
+    (run.dir / "run.json").write_text(json.dumps(record))
+    results = evaluate_run(run, ["base", "rag"])
+    out = capsys.readouterr().out
+    base = {r.method: r for r in results}["base"].metrics["accuracy"]
+    users = {r.method: r for r in results}["user-majority"].metrics["accuracy"]
+    assert "gap to the references on accuracy" in out
+    assert "base: vs population-majority" in out and f"vs user-majority {base - users:+.4f}" in out
+    assert "rag: vs population-majority" in out
+    assert "training warning: stage 1 (population): it lost to the majority" in out

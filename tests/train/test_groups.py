@@ -75,3 +75,19 @@ def test_groups_are_kept_while_their_inputs_hold(tiny_cfg):
     assert train_groups(run)["kept"]
     run.cfg.proper.lr *= 2
     assert "kept" not in train_groups(run)
+
+
+def test_stage_2_is_validated_on_dev_users_routed_as_new_users(tiny_cfg):
+    tiny_cfg.proper = small_proper(epochs=2.0)
+    run = Run(tiny_cfg)
+    train_population(run)
+    stats = train_groups(run)
+    record = run.stage_record("groups")
+    v = record["validation"]
+    assert record["inputs"] and record["identity"]  # what a resume checks, kept beside it
+    assert v["dev_users"] == len(run.split.dev) == 1 and v["metric"] == "accuracy"
+    assert [r["epoch"] for r in v["records"]][:2] == [0, 1] and v["records"][1]["train_loss"]
+    assert all({"val_loss", "accuracy", "reference"} <= set(r) for r in v["records"])
+    assert v["records"][v["kept"]]["val_loss"] == min(r["val_loss"] for r in v["records"])
+    assert record["warnings"] == stats["warnings"]
+    assert run.store().manifest("router").extra["validation"] == v

@@ -125,6 +125,53 @@ def print_table(
     return table
 
 
+def reference_gaps(results: Sequence[MethodResult], metric: str) -> dict[str, dict[str, float]]:
+    """{method: {reference: gap}} on `metric` for every method scored, the gap signed so
+    that + means better than the reference (for MAE: the reference's MAE minus the
+    method's). A method that does not beat the population reference has not learned the
+    task; one that does not beat the user's own majority has not learned the user."""
+    refs = [r for r in results if r.is_reference and metric in r.metrics]
+    sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
+    return {
+        r.method: {ref.method: sign * (r.metrics[metric] - ref.metrics[metric]) for ref in refs}
+        for r in results
+        if not r.is_reference and not r.not_run and metric in r.metrics
+    }
+
+
+def print_gaps(
+    results: Sequence[MethodResult], metric: str, console: Console | None = None
+) -> list[str]:
+    """After the table, one line per method: its gap to each reference on `metric`,
+    e.g. "base: vs population-majority +0.033, vs user-majority -0.067" (+ = better)."""
+    gaps = reference_gaps(results, metric)
+    if not gaps or not any(gaps.values()):
+        return []
+    lines = [
+        f"{method}: " + ", ".join(f"vs {ref} {gap:+.4f}" for ref, gap in by_ref.items())
+        for method, by_ref in gaps.items()
+    ]
+    out = console or default_console
+    out.print(f"gap to the references on {metric} (+ = better than the reference):")
+    for line in lines:
+        out.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
+    return lines
+
+
+def stage_warnings(record: Mapping | None) -> list[str]:
+    """The warnings the run's stages recorded in run.json (`train.validation.finish`),
+    in stage order."""
+    stages = (record or {}).get("stages") or {}
+    return [w for info in stages.values() if info for w in info.get("warnings") or []]
+
+
+def print_stage_warnings(warnings: Sequence[str], console: Console | None = None) -> None:
+    """The stages' warnings, after the table: a table is read with them in mind."""
+    out = console or default_console
+    for warning in warnings:
+        out.print(f"training warning: {warning}", style="yellow", markup=False, soft_wrap=True)
+
+
 def _write_atomic(path: str | os.PathLike[str], payload: object) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -36,7 +36,10 @@ from ownlm.evaluate.report import (
     MethodResult,
     not_run_message,
     plot_methods,
+    print_gaps,
+    print_stage_warnings,
     print_table,
+    stage_warnings,
     write_json,
     write_lamp_predictions,
 )
@@ -137,6 +140,8 @@ def report(run, results, out_dir: Path) -> None:
         primary,
         console=console,
     )
+    print_gaps(results, primary, console=console)
+    print_stage_warnings(stage_warnings(run.recorded()), console=console)
     write_json(out_dir / "results.json", run.task.name, results)
     for r in results:
         path = out_dir / f"predictions_{r.method}.json"

@@ -9,17 +9,10 @@ from collections.abc import Callable
 from ownlm.evaluate.report import MethodResult
 from ownlm.log import progress
 from ownlm.retrieval.prompts import query_prompt
-from ownlm.scores.metrics import per_user_metrics
+from ownlm.scores.metrics import PRIMARY, per_user_metrics, scale
 from ownlm.scores.references import reference_predictions
 
-PRIMARY = {"classification": "accuracy", "rating": "mae", "generation": "rouge-1"}
-
-
-def scale(task) -> tuple[float | None, float | None]:
-    if task.kind != "rating":
-        return None, None
-    values = [float(x) for x in task.labels]
-    return min(values), max(values)
+__all__ = ["PRIMARY", "scale"]  # re-exported: evaluation and studies read them here
 
 
 def test_queries(run):

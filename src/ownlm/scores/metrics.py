@@ -24,6 +24,16 @@ from ownlm.data.tasks import check_kind
 from ownlm.errors import DataError
 
 LOWER_IS_BETTER = frozenset({"mae", "rmse", "user_mae"})
+PRIMARY = {"classification": "accuracy", "rating": "mae", "generation": "rouge-1"}  # by kind
+
+
+def scale(task) -> tuple[float | None, float | None]:
+    """A rating task's [lo, hi] from its labels, which `parse_rating` needs for the worst
+    case; (None, None) for other kinds."""
+    if task.kind != "rating":
+        return None, None
+    values = [float(x) for x in task.labels]
+    return min(values), max(values)
 
 
 def _check_lengths(preds: Sequence[str], golds: Sequence[str]) -> None:

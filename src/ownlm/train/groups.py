@@ -8,6 +8,11 @@ user embeddings with the LM loss plus the switch load-balancing and user-group t
 (`ownlm.methods.proper.groups` holds the model, its storage and the user vectors).
 A resumed run keeps the stored stage when it was trained from the same base, users,
 pairs and settings (`train.resume`).
+
+With dev users it is validated each epoch on their items (`train.validation`), each dev
+user placed on the router as stage 3 places a user stage 2 never saw (`dev_embeddings`):
+it stops early, keeps its best epoch, prints its table and warns when the kept mixture
+loses to the population reference.
 """
 
 from __future__ import annotations
@@ -40,6 +45,16 @@ from ownlm.methods.proper.groups import (
 from ownlm.retrieval.prompts import training_pairs, user_context
 from ownlm.train.loop import fit_mixture
 from ownlm.train.resume import inputs_digest, mark_done, still_valid
+from ownlm.train.validation import (
+    dev_users,
+    early_stopping,
+    finish,
+    pair_validator,
+    settings_record,
+    summary,
+    tuning_hints,
+    validation_set,
+)
 
 log = get_logger(__name__)
 
@@ -56,9 +71,10 @@ def stage2_pairs(run, users) -> list[tuple[str, str, int]]:
     ]
 
 
-def stage2_inputs(run, base_fp: str, users, pairs) -> str:
+def stage2_inputs(run, base_fp: str, users, pairs, vset=None) -> str:
     """Digest of what stage 2 learns from: the base, the train users' histories (their
-    vectors), the pairs, stage 2's settings (stage 3's `user_*` aside) and the seed."""
+    vectors), the pairs, stage 2's settings (stage 3's `user_*` aside), the seed, and
+    what validates it."""
     s = asdict(settings(run))
     return inputs_digest(
         base=base_fp,
@@ -66,6 +82,7 @@ def stage2_inputs(run, base_fp: str, users, pairs) -> str:
         pairs=pairs,
         settings={k: v for k, v in s.items() if not k.startswith("user_")},
         seed=run.cfg.seed,
+        validation=settings_record(run, vset),
     )
 
 
@@ -77,7 +94,9 @@ def train_groups(run, backbone=None) -> dict:
     base_fp = backbone.fingerprint()
     users = [u for u in run.split.train if u.history]
     pairs = stage2_pairs(run, users)
-    inputs = stage2_inputs(run, base_fp, users, pairs)
+    dev = dev_users(run)
+    vset = validation_set(run, stage2_pairs(run, dev))
+    inputs = stage2_inputs(run, base_fp, users, pairs, vset)
 
     def identity():  # the base and the stored stage-2 weights
         return groups_fingerprint(run, base_fp)
@@ -88,17 +107,24 @@ def train_groups(run, backbone=None) -> dict:
             f"{len(users)} users and {len(pairs)} pairs"
         )
         return {"pairs": len(pairs), "kept": True}
-    stats = fit_groups(run, backbone, users, pairs)
+    stats = fit_groups(run, backbone, users, pairs, dev, vset)
     mark_done(run, "groups", inputs, identity)
+    s = settings(run)
+    record = stats.pop("validation")
+    stats["warnings"] = finish(
+        run, "groups", "stage 2 (groups)", record, tuning_hints("proper", s.epochs, s.lr)
+    )
     return stats
 
 
-def fit_groups(run, backbone, users, pairs) -> dict:
+def fit_groups(run, backbone, users, pairs, dev=(), vset=None) -> dict:
     """Stage 2 proper: initialise the user table from history vectors, train experts,
-    routers and table together, report the routing, save."""
+    routers and table together (validated on `vset` when given), report the routing,
+    save."""
     cfg, s = run.cfg, settings(run)
     base_fp = backbone.fingerprint()
     vectors = history_vectors(run, users, backbone)
+    dev_vectors = history_vectors(run, dev, backbone) if vset else None
     mu, proj = fit_projection(vectors, s.user_dim)
     device = model_device(backbone.model)
     table = torch.nn.Parameter(torch.from_numpy((vectors - mu) @ proj).to(device))  # (U, d_u)
@@ -119,6 +145,11 @@ def fit_groups(run, backbone, users, pairs) -> dict:
         f"[bold]stage 2[/] {s.groups} experts (r={s.r}), {len(layers)} modules, {len(pairs)} pairs"
     )
     try:
+        stopper = None
+        if vset:
+            emb = dev_embeddings(run, dev_vectors, vectors, mu, proj, table)
+            validate = routed_validator(backbone, state, run.task, vset, emb)
+            stopper = early_stopping(run, vset, validate)
         losses = fit_mixture(
             backbone,
             state,
@@ -129,17 +160,12 @@ def fit_groups(run, backbone, users, pairs) -> dict:
             cfg.seed,
             lambda rows: table[rows],
             {"balance": s.balance, "diversity": s.diversity},
+            early_stopping=stopper,
         )
         used = expert_usage(backbone, state, pairs, table)
-        meta = {
-            **{k: getattr(s, k) for k in ("groups", "r", "alpha", "user_dim", "top_k")},
-            **{k: getattr(s, k) for k in ("new_user", "neighbours")},
-            "targets": targets_for(backbone, s),
-            "layers": list(layers),
-            "users": [u.user_id for u in users],
-            "base_fingerprint": base_fp,
-        }
-        save_groups(run, layers, table, mu, proj, meta, base_fp, losses, vectors)
+        meta = router_meta(s, backbone, layers, users, base_fp)
+        record = summary(stopper, vset)
+        save_groups(run, layers, table, mu, proj, meta, base_fp, losses, vectors, record)
     finally:
         uninstall_mixture(backbone.model)
     stats = {"pairs": len(pairs), "loss_first": losses[0], "loss_last": losses[-1], **used}
@@ -148,7 +174,45 @@ def fit_groups(run, backbone, users, pairs) -> dict:
         f"{used['tokens']}, of users {used['users']}; users' mean top gate "
         f"{used['user_top_gate']} (uniform {1 / s.groups:.2f})"
     )
-    return stats
+    return {**stats, "validation": record}
+
+
+def router_meta(s, backbone, layers, users, base_fp: str) -> dict:
+    """router.json: the mixture's shape, the train users' rows, the base it stands on."""
+    return {
+        **{k: getattr(s, k) for k in ("groups", "r", "alpha", "user_dim", "top_k")},
+        **{k: getattr(s, k) for k in ("new_user", "neighbours")},
+        "targets": targets_for(backbone, s),
+        "layers": list(layers),
+        "users": [u.user_id for u in users],
+        "base_fingerprint": base_fp,
+    }
+
+
+def dev_embeddings(run, dev_vectors, vectors, mu, proj, table):
+    """`emb()`: (n_dev, d_u) the dev users' embeddings, placed as stage 3 places a user
+    stage 2 has no row for (`GroupModel.embed`): the projection of their history vector,
+    or with new_user='neighbours' the mean learned row of their most similar train users
+    (read from the table as it trains)."""
+    s = settings(run)
+    if s.new_user != "neighbours":
+        fixed = torch.from_numpy((dev_vectors - mu) @ proj).to(table.device)
+        return lambda: fixed
+    train, dev = torch.from_numpy(vectors), torch.from_numpy(dev_vectors)
+    sims = torch.nn.functional.cosine_similarity(dev[:, None], train[None], dim=-1)  # (D, U)
+    nearest = sims.topk(max(1, min(s.neighbours, len(train))), dim=-1).indices  # (D, k)
+    nearest = nearest.to(table.device)
+    return lambda: table[nearest].mean(1)
+
+
+def routed_validator(backbone, state, task, vset, emb):
+    """`pair_validator` on the mixture, each batch routed with its dev users' embeddings."""
+
+    def wrap(batch):
+        rows = torch.tensor([b[2] for b in batch])
+        return routing(state, user_emb=emb()[rows])  # (B, d_u)
+
+    return pair_validator(backbone, backbone.model, task, vset, wrap)
 
 
 @torch.no_grad()

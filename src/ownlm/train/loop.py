@@ -198,8 +198,10 @@ def train_pairs(
     s: LoraSettings,
     seed: int,
     desc: str | None = None,
+    early_stopping: EarlyStopping | None = None,
 ) -> list[float]:
-    """Train `model`'s trainable parameters on (prompt, target) pairs; returns step losses."""
+    """Train `model`'s trainable parameters on (prompt, target) pairs; returns step losses.
+    With `early_stopping`, validated as `fit` says and left at the best state."""
     params = [p for p in model.parameters() if p.requires_grad]
     return fit(
         lambda batch: backbone.loss(model, [p for p, _ in batch], [t for _, t in batch]),
@@ -210,15 +212,28 @@ def train_pairs(
         seed=seed,
         module=model,
         desc=desc,
+        early_stopping=early_stopping,
     )
 
 
-def fit_mixture(backbone, state, pairs, groups, epochs, batch_size, seed, user_emb, losses=None):
+def fit_mixture(
+    backbone,
+    state,
+    pairs,
+    groups,
+    epochs,
+    batch_size,
+    seed,
+    user_emb,
+    losses=None,
+    early_stopping: EarlyStopping | None = None,
+):
     """`fit` for PROPER's mixture: AdamW over the param `groups` on (prompt, target,
     user_row) triples. `user_emb(rows)` gives the batch's (B, d_u) embeddings (None for
     the user-only router); `losses` maps a routing term to its weight ("balance": switch
     load balancing over tokens, "diversity": `group_loss` over the batch's users).
-    Returns the step losses (LM loss plus the weighted terms)."""
+    With `early_stopping`, validated as `fit` says (stage 2). Returns the step losses
+    (LM loss plus the weighted terms)."""
     from ownlm.adapters.mixture import balance_loss, group_loss, routing
 
     weights = {k: w for k, w in (losses or {}).items() if w > 0}
@@ -243,4 +258,5 @@ def fit_mixture(backbone, state, pairs, groups, epochs, batch_size, seed, user_e
         seed=seed,
         module=backbone.model,
         desc=None if len(pairs) < 200 else "mixture",
+        early_stopping=early_stopping,
     )

@@ -1,6 +1,10 @@
 """Stage 1 (OPPU's task-level LoRA; PROPER's population level): one LoRA trained on the
 histories of all train users, saved to the store, then merged into the backbone.
 
+With dev users it is validated each epoch on their items, as stage-1 pairs
+(`train.validation`): it stops early, keeps its best epoch, prints its table and warns
+when the kept LoRA loses to the population reference.
+
 A resumed run keeps the stored stage (base/ untouched, no training) when it was trained
 from the same initial backbone, the same pairs and the same LoRA settings
 (`train.resume`); anything else trains it again.
@@ -20,16 +24,27 @@ from ownlm.store import Manifest
 from ownlm.train.loop import train_pairs
 from ownlm.train.pretrain import initial_backbone
 from ownlm.train.resume import inputs_digest, mark_done, still_valid
+from ownlm.train.validation import (
+    dev_users,
+    early_stopping,
+    finish,
+    pair_validator,
+    settings_record,
+    summary,
+    tuning_hints,
+    validation_set,
+)
 
 log = get_logger(__name__)
 
 
-def stage1_pairs(run) -> list[tuple[str, str]]:
-    """(prompt, target) pairs of every train user's history, sampled as OPPU's stage 1."""
+def stage1_pairs(run, users=None) -> list[tuple[str, str]]:
+    """(prompt, target) pairs of every history item of `users` (default: the train
+    users), sampled as OPPU's stage 1."""
     cfg = run.cfg
     rng = random.Random(cfg.seed)
     pairs = []
-    for user in run.split.train:
+    for user in run.split.train if users is None else users:
         if user.history:
             pairs += population_pairs(
                 run.task, user_context(run.task, user), cfg.retrieval_k, cfg.profile, rng
@@ -48,8 +63,13 @@ def train_population(run) -> dict:
     backbone = initial_backbone(run)
     base_fp = backbone.fingerprint()
     pairs = stage1_pairs(run)
+    vset = validation_set(run, stage1_pairs(run, dev_users(run)))
     inputs = inputs_digest(
-        backbone=base_fp, pairs=pairs, lora=asdict(cfg.population), seed=cfg.seed
+        backbone=base_fp,
+        pairs=pairs,
+        lora=asdict(cfg.population),
+        seed=cfg.seed,
+        validation=settings_record(run, vset),
     )
     if still_valid(run, "population", inputs, lambda: stored_identity(run)):
         log.info(
@@ -61,7 +81,14 @@ def train_population(run) -> dict:
         f"[bold]stage 1[/] population LoRA on {len(pairs)} pairs from {len(run.split.train)} train users ({backbone.name})"
     )
     model = inject(backbone, cfg.population, cfg.seed, cfg.gradient_checkpointing)
-    losses = train_pairs(backbone, model, pairs, cfg.population, cfg.seed, desc="population LoRA")
+    stopper = None
+    if vset:  # validated on the dev users each epoch, kept at its best
+        stopper = early_stopping(run, vset, pair_validator(backbone, model, run.task, vset))
+    losses = train_pairs(
+        backbone, model, pairs, cfg.population, cfg.seed, "population LoRA", stopper
+    )
+    record = summary(stopper, vset)
+    stats = {"pairs": len(pairs), "loss_first": losses[0], "loss_last": losses[-1]}
     run.store().save(
         "population",
         model.save_pretrained,
@@ -70,15 +97,22 @@ def train_population(run) -> dict:
             stage="population",
             task=run.task.name,
             base_fingerprint=base_fp,
-            extra={"pairs": len(pairs), "loss_first": losses[0], "loss_last": losses[-1]},
+            extra={**stats, "validation": record},
         ),
     )
     backbone.model = model.merge_and_unload().eval()
+    write_base(run, backbone)
+    mark_done(run, "population", inputs, lambda: stored_identity(run))
+    hints = tuning_hints("population", cfg.population.epochs, cfg.population.lr)
+    warnings = finish(run, "population", "stage 1 (population)", record, hints)
+    return {**stats, "warnings": warnings}
+
+
+def write_base(run, backbone) -> None:
+    """Save the merged backbone as base/, replacing the old one only once it is whole."""
     tmp = run.base_dir.with_name("base.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     backbone.save(tmp)
     write_base_meta(tmp, backbone, task=run.task.name, max_len=getattr(backbone, "max_len", 384))
     shutil.rmtree(run.base_dir, ignore_errors=True)
     tmp.replace(run.base_dir)
-    mark_done(run, "population", inputs, lambda: stored_identity(run))
-    return {"pairs": len(pairs), "loss_first": losses[0], "loss_last": losses[-1]}

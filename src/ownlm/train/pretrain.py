@@ -2,13 +2,20 @@
 users' text, with the stages' loop (causal-LM loss on packed sequences, AdamW with
 weight decay 0.01, warm-up then cosine decay); any other spec is loaded as it is.
 
-The tiny model is cached under `cache_dir/tiny-<key>`, keyed by the corpus and the
-config, as a plain Hugging Face directory that `from_pretrained` loads.
+With dev users (`validation.dev_frac`), the pre-training is validated as the stages are
+(`train.validation`): the LM loss on the dev users' text, packed the same way, before
+training and after each epoch; it stops on the patience rule and keeps the best state.
+`tiny.epochs` is then a maximum. Its records are kept in `ownlm_pretrain.json`.
+
+The tiny model is cached under `cache_dir/tiny-<key>`, keyed by the corpus, the config
+and the validation text, as a plain Hugging Face directory that `from_pretrained` loads.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -18,11 +25,15 @@ from ownlm.backbone.tiny import build_model, corpus_key, lm_batch, pack_corpus
 from ownlm.backbone.tokenizer import train_tokenizer
 from ownlm.config import TinyConfig
 from ownlm.errors import ConfigError, DataError
-from ownlm.train.loop import fit, warmup_cosine
+from ownlm.train.loop import EarlyStopping, fit, warmup_cosine
+from ownlm.train.validation import dev_corpus, dev_users, print_table
 
 
-def pretrain(model, tokenizer, texts: list[str], cfg: TinyConfig) -> list[float]:
-    """Causal-LM pre-training on packed text; returns the loss curve (one value a step)."""
+def pretrain(
+    model, tokenizer, texts: list[str], cfg: TinyConfig, stopper: EarlyStopping | None = None
+) -> list[float]:
+    """Causal-LM pre-training on packed text; returns the loss curve (one value a step).
+    With `stopper`, validated each epoch and left at its best state."""
     chunks = pack_corpus(tokenizer, texts, cfg.max_len)
 
     def step_loss(batch):
@@ -41,26 +52,65 @@ def pretrain(model, tokenizer, texts: list[str], cfg: TinyConfig) -> list[float]
         weight_decay=0.01,
         schedule=warmup_cosine,
         desc="pre-training tiny Llama",
+        early_stopping=stopper,
     )
 
 
+def lm_validator(model, tokenizer, texts: list[str], cfg: TinyConfig):
+    """`validate()` for the pre-training: {"val_loss", "seconds"}, the mean LM loss of
+    `model` on `texts` packed as the corpus is (each chunk weighing by its tokens)."""
+    chunks = pack_corpus(tokenizer, texts, cfg.max_len)
+
+    def validate() -> dict:
+        start, total, tokens = time.perf_counter(), 0.0, 0
+        for i in range(0, len(chunks), cfg.batch_size):
+            batch = chunks[i : i + cfg.batch_size]
+            ids, mask, labels = lm_batch(batch, tokenizer.pad_token_id, model.device)
+            n = int((labels[:, 1:] != -100).sum())
+            total += model(input_ids=ids, attention_mask=mask, labels=labels).loss.item() * n
+            tokens += n
+        return {"val_loss": total / max(tokens, 1), "seconds": time.perf_counter() - start}
+
+    return validate
+
+
+def cache_key(texts: list[str], cfg: TinyConfig, dev_texts: list[str], patience: int) -> str:
+    """The tiny model's cache key: the corpus and config, and what validated it (a model
+    kept at its best dev epoch differs from one trained all its epochs)."""
+    key = corpus_key(texts, cfg)
+    if not dev_texts:
+        return key
+    h = hashlib.sha256(json.dumps([key, patience, dev_texts], ensure_ascii=False).encode())
+    return h.hexdigest()[:16]
+
+
 def build_or_load_tiny(
-    texts: list[str], cache_dir: Path, cfg: TinyConfig | None = None, device=None
+    texts: list[str],
+    cache_dir: Path,
+    cfg: TinyConfig | None = None,
+    device=None,
+    dev_texts: list[str] = (),
+    patience: int = 2,
 ) -> Path:
     """Return a directory holding the pre-trained tiny Llama and its tokenizer, built once
-    per (corpus, config). Pre-training runs on `device` in float32 (a model trained from
-    scratch needs full-precision weights; it is cast to the run's dtype when loaded)."""
+    per (corpus, config, dev text). Pre-training runs on `device` in float32 (a model
+    trained from scratch needs full-precision weights; it is cast to the run's dtype when
+    loaded). With `dev_texts`, validated on them and kept at its best epoch."""
     cfg = cfg or TinyConfig()
     if not texts:
         raise DataError(
             "cannot pre-train the tiny backbone on an empty corpus; the train users need history items"
         )
-    target = Path(cache_dir) / f"tiny-{corpus_key(texts, cfg)}"
+    dev_texts = list(dev_texts)
+    target = Path(cache_dir) / f"tiny-{cache_key(texts, cfg, dev_texts, patience)}"
     if (target / "config.json").exists() and (target / "ownlm_pretrain.json").exists():
         return target
     tokenizer = train_tokenizer(texts, cfg.vocab_size)
     model = build_model(cfg, len(tokenizer)).to(device or "cpu")
-    losses = pretrain(model, tokenizer, texts, cfg)
+    stopper = None
+    if dev_texts:
+        stopper = EarlyStopping(lm_validator(model, tokenizer, dev_texts, cfg), patience)
+    losses = pretrain(model, tokenizer, texts, cfg, stopper)
     tmp = target.with_name(target.name + ".tmp")
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
@@ -69,10 +119,28 @@ def build_or_load_tiny(
         "texts": len(texts),
         "loss_first": losses[0],
         "loss_last": losses[-1],
+        "validation": validation_record(stopper, len(dev_texts)),
     }
     (tmp / "ownlm_pretrain.json").write_text(json.dumps(meta, indent=2))
     tmp.replace(target)
     return target
+
+
+def validation_record(stopper: EarlyStopping | None, texts: int) -> dict | None:
+    """The pre-training's validation, for ownlm_pretrain.json (None: unvalidated)."""
+    if stopper is None:
+        return None
+    record = {
+        "monitor": "val_loss",
+        "dev_texts": texts,
+        "kept_epoch": stopper.best_record["epoch"],
+        "kept": stopper.best,
+        "stopped_early": stopper.stopped_early,
+        "seconds": round(sum(r["seconds"] for r in stopper.records), 2),
+        "records": stopper.records,
+    }
+    print_table(f"pre-training (tiny): validation on {texts} dev texts", record)
+    return record
 
 
 def initial_backbone(run):
@@ -84,7 +152,11 @@ def initial_backbone(run):
             f"the {cfg.backbone} backbone is small enough to train as it is"
         )
     if cfg.backbone == "tiny":
-        path = build_or_load_tiny(run.corpus(), run.cache_dir, cfg.tiny, run.device)
+        dev = dev_corpus(run, dev_users(run))
+        v = cfg.validation
+        path = build_or_load_tiny(
+            run.corpus(), run.cache_dir, cfg.tiny, run.device, dev, v.patience
+        )
         return CausalBackbone.from_pretrained(path, "tiny", cfg.tiny.max_len, run.device, run.dtype)
     return load_backbone(
         cfg.backbone, run.task, device=run.device, dtype=run.dtype, quantize=cfg.quantize

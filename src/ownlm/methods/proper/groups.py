@@ -107,8 +107,11 @@ def fit_projection(vectors: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarra
 
 
 # -- storage -----------------------------------------------------------------------------
-def save_groups(run, layers, table, mu, proj, meta, base_fp, losses, vectors) -> None:
-    """Write the experts (`group:<g>`, PEFT) and the routing state (`router`) to the store."""
+def save_groups(
+    run, layers, table, mu, proj, meta, base_fp, losses, vectors, validation=None
+) -> None:
+    """Write the experts (`group:<g>`, PEFT) and the routing state (`router`) to the store;
+    the router's manifest keeps the stage's `validation` record (`train.validation`)."""
     store = run.store()
     for g in range(meta["groups"]):
         weights = {name: (layer.A[g], layer.B[g]) for name, layer in layers.items()}
@@ -143,7 +146,7 @@ def save_groups(run, layers, table, mu, proj, meta, base_fp, losses, vectors) ->
             stage="group-router",
             task=run.task.name,
             base_fingerprint=base_fp,
-            extra={"loss_first": losses[0], "loss_last": losses[-1]},
+            extra={"loss_first": losses[0], "loss_last": losses[-1], "validation": validation},
         ),
     )
 

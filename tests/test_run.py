@@ -3,6 +3,7 @@ keeps it from being silently overwritten or mixed."""
 
 import dataclasses
 import json
+import os
 
 import pytest
 
@@ -206,3 +207,19 @@ def test_cli_refuses_a_run_name_that_escapes_output_dir(tmp_path):
     r = CliRunner().invoke(app, ["prepare", *sets])
     assert r.exit_code == 2 and "plain folder name" in r.output
     assert not (tmp_path / "escape").exists() and not out.exists()
+
+
+def test_a_second_process_cannot_claim_a_run_being_trained(tiny_cfg):
+    import subprocess
+    import sys
+
+    Run(tiny_cfg)  # this process holds the run's lock now
+    code = (
+        "from ownlm.config import load_config; from ownlm.run import Run; "
+        f"Run(load_config(None, ['output_dir={tiny_cfg.output_dir}', 'name={tiny_cfg.name}', "
+        "'data=demo-tags', 'max_users=6']))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode != 0
+    assert f"is being trained by another process (pid {os.getpid()})" in out.stderr
+    Run(tiny_cfg)  # the holder itself claims it again freely

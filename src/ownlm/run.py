@@ -279,10 +279,40 @@ def config_changes(old: dict, new: dict) -> list[str]:
     return changes
 
 
+_HELD: dict[str, int] = {}  # run lock path -> open descriptor, held for the process's life
+
+
+def hold_lock(run_dir: Path) -> None:
+    """Take `<output_dir>/.<name>.lock` (an exclusive flock, released when the process
+    ends) before a run is claimed, so that two `ownlm train` on one run directory never
+    write its base and adapters at once: the second stops, naming the first's pid. The
+    lock sits beside the directory so that `--overwrite` can move the directory aside."""
+    import fcntl
+
+    path = run_dir.parent / f".{run_dir.name}.lock"
+    if str(path) in _HELD:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise ConfigError(
+            f"run {run_dir} is being trained by another process (pid {holder}); wait for it "
+            "to finish, or train under another name (--set name=...)"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    _HELD[str(path)] = fd
+
+
 def _claim(run: Run, overwrite: bool) -> None:
     """Make `run.dir` this run's before any work: refuse a directory trained from other
     training keys or data (moved aside first with `overwrite`), then write config.yaml
     and run.json."""
+    hold_lock(run.dir)
     if overwrite and run.dir.is_dir() and any(run.dir.iterdir()):
         log.info(f"moved the old run aside to {move_aside(run.dir)}")
     new = {"config": training_values(run.cfg), "data": data_record(run.dataset)}

@@ -223,3 +223,13 @@ def test_a_second_process_cannot_claim_a_run_being_trained(tiny_cfg):
     assert out.returncode != 0
     assert f"is being trained by another process (pid {os.getpid()})" in out.stderr
     Run(tiny_cfg)  # the holder itself claims it again freely
+
+
+def test_a_hand_edited_config_yaml_is_refused_not_used(tiny_cfg):
+    run = Run(tiny_cfg)
+    cfg_file = run.dir / "config.yaml"
+    cfg_file.write_text(cfg_file.read_text().replace("retrieval_k: 1", "retrieval_k: 7"))
+    with pytest.raises(
+        ConfigError, match=r"differs from what the run was trained with \(retrieval_k 1 -> 7"
+    ):
+        Run.open(run.dir)  # serve, export, eval: was used silently

@@ -61,7 +61,17 @@ class Run:
             )
         cfg = load_config(cfg_file)
         cfg.output_dir, cfg.name = str(run_dir.parent), run_dir.name
-        return cls(cfg, write=False)
+        run = cls(cfg, write=False)
+        recorded = run.recorded()
+        trained = recorded.get("config") if isinstance(recorded, dict) else None
+        changes = config_changes(trained, training_values(cfg)) if trained else []
+        if changes:  # config.yaml edited by hand: not what the adapters were trained with
+            raise ConfigError(
+                f"{cfg_file} differs from what the run was trained with ({', '.join(changes[:3])}"
+                f"; run.json records the training settings): restore config.yaml, or train "
+                "again with those settings (`ownlm train --overwrite`)"
+            )
+        return run
 
     @classmethod
     def reopen(cls, config: str | Path | None = None, overrides: list[str] = ()) -> Run:

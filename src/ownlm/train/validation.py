@@ -215,7 +215,7 @@ def print_table(title: str, record: dict) -> Table:
     columns = ["epoch", "train loss", "val loss"]
     if metric:
         columns += [f"val {metric}", "reference"]
-    table = Table(title=title)
+    table = Table()
     for name in columns:
         table.add_column(name, justify="right")
     for i, r in enumerate(record["records"]):
@@ -223,6 +223,7 @@ def print_table(title: str, record: dict) -> Table:
         if metric:
             cells += [_num(r.get(metric)), _num(r.get("reference"))]
         table.add_row(*cells, style="bold" if i == record["kept"] else None)
+    console.print(title, markup=False, highlight=False, soft_wrap=True)  # not padded, not wrapped
     console.print(table)
     return table
 

@@ -20,6 +20,7 @@ TINY_OVERRIDES = [
     "population.epochs=0.5",
     "user.epochs=1",
     "user.batch_size=8",
+    "validation.max_items=8",  # validation runs in every tiny stage: keep it cheap
 ]
 
 

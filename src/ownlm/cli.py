@@ -1,4 +1,4 @@
-"""The `ownlm` command line: demo | prepare | train | eval | export | import | forget | serve | token.
+"""The `ownlm` command line: demo | prepare | train | tune | eval | export | import | forget | serve | token.
 
 Every experiment command takes `--config FILE.yaml` (see configs/) and any number of
 `--set key=value` overrides (dotted for nested keys, e.g. `--set user.lr=1e-3`).
@@ -107,6 +107,9 @@ def train(
         None, help="join this Ray cluster (default: start a local Ray) (--executor ray)"
     ),
     overwrite: bool = OverwriteOpt,
+    tune: bool = typer.Option(
+        False, "--tune", help="choose the user stage's lr and epochs on the dev users first"
+    ),
 ):
     """Train the stages. A stopped run resumes: stages and users already trained from
     the same data and settings are kept; a run trained from others is refused."""
@@ -114,7 +117,27 @@ def train(
 
     check_plan(_list(stages), _list(variants), executor)  # before any work
     run = _run(config, set_, overwrite=overwrite)
-    train_stages(run, _list(stages), _list(variants), executor, workers, ray_address)
+    train_stages(run, _list(stages), _list(variants), executor, workers, ray_address, tune)
+
+
+@app.command(name="tune", epilog=CONFIG_HELP)
+@friendly
+def tune_(
+    config: Path = ConfigOpt,
+    set_: list[str] = SetOpt,
+    variants: str = typer.Option(
+        "oppu,peft", help="user stages to tune: oppu, peft, proper-input, proper-user"
+    ),
+):
+    """Choose the user stage's learning rate and epochs on the dev users (a run with
+    its stage 1), print the table chosen from, and record the choice in the run: the
+    user stage trains with it from then on (users of another budget are retrained)."""
+    from ownlm.train.tune import open_for_tuning, tune_run
+
+    start = time.perf_counter()
+    run = open_for_tuning(config, set_)
+    tune_run(run, _list(variants), config=str(config) if config else None)
+    console.print(f"tune wall time: {time.perf_counter() - start:.0f} s")
 
 
 @app.command(name="eval", epilog=CONFIG_HELP)

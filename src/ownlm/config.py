@@ -152,6 +152,43 @@ class ValidationSettings:
 
 
 @dataclass
+class TuneSettings:
+    """`ownlm tune`: the user stage's learning rate and epochs chosen on the dev users
+    (#12). Each dev user's history is split in history order, the last `val_frac`
+    validating what a user LoRA trained on the rest learned; every learning rate of the
+    grid trains once per dev user for up to `max_epochs`, validated after each epoch,
+    and the (lr, epochs) with the best mean validation metric is the run's."""
+
+    lr_factors: list[float] = field(
+        default_factory=lambda: [1 / 3, 1.0, 3.0],
+        metadata={"help": "learning rates tried, as multiples of the configured one"},
+    )
+    max_epochs: int = field(
+        default=0,
+        metadata={"help": "longest budget tried, in epochs; 0 = twice the configured (at least 4)"},
+    )
+    val_frac: float = field(
+        default=0.25,
+        metadata={"help": "each dev user's last fraction of history items validates (>= 1 item)"},
+    )
+    min_items: int = field(
+        default=3, metadata={"help": "dev users with fewer history items are left out"}
+    )
+    max_users: int | None = field(
+        default=None, metadata={"help": "tune on at most the first N dev users (empty: all)"}
+    )
+
+    def __post_init__(self):
+        """Every factor a positive finite number: a learning rate of 0 learns nothing."""
+        bad = [f for f in self.lr_factors if not (isinstance(f, int | float) and 0 < f < math.inf)]
+        if not self.lr_factors or bad:
+            raise ConfigError(
+                f"config key 'tune.lr_factors' is {self.lr_factors!r}; it must list positive "
+                "numbers, e.g. --set tune.lr_factors=[0.333,1,3]"
+            )
+
+
+@dataclass
 class ServeSettings:
     """`ownlm serve`: how many adapters stay loaded, how requests are batched, and the
     limits that keep one client from taking the server's memory or time."""
@@ -285,6 +322,10 @@ class ExperimentConfig:
         default_factory=ValidationSettings,
         metadata={"help": "dev users, early stopping and tuning (stages that learn)"},
     )
+    tune: TuneSettings = field(
+        default_factory=TuneSettings,
+        metadata={"help": "how `ownlm tune` chooses the user stage's lr and epochs"},
+    )
     methods: list[str] = field(
         default_factory=lambda: ["base", "rag", "pag", "peft", "oppu"],
         metadata={"help": "methods to evaluate side by side (references are always added)"},
@@ -313,6 +354,11 @@ RUNTIME_KEYS = (  # where the run lives and how fast it runs: the same adapters 
     "gradient_checkpointing",
     "user.users_per_batch",  # batched users learn what each would alone
 )
+# How `ownlm tune` searches: what it chose is recorded in run.json, and each user
+# adapter records the lr and epochs it was trained with, so another search is no
+# change of what the run was trained from (adapters of another budget are retrained).
+TUNE_KEYS = ("tune.lr_factors", "tune.max_epochs", "tune.val_frac", "tune.min_items",
+             "tune.max_users")  # fmt: skip
 
 
 def training_values(cfg: ExperimentConfig) -> dict:
@@ -328,7 +374,9 @@ def training_values(cfg: ExperimentConfig) -> dict:
         return out
 
     return {
-        k: v for k, v in flat(dataclasses.asdict(cfg)).items() if k not in EVAL_KEYS + RUNTIME_KEYS
+        k: v
+        for k, v in flat(dataclasses.asdict(cfg)).items()
+        if k not in EVAL_KEYS + RUNTIME_KEYS + TUNE_KEYS
     }
 
 
@@ -436,6 +484,8 @@ VALID: dict[type, dict[str, Bound | Choice]] = {
                      "new_user": Choice(("projection", "neighbours"))},
     ValidationSettings: {"dev_frac": Bound(0, high=1), "patience": AT_LEAST_1,
                          "monitor": Choice(("loss", "metric")), "max_items": AT_LEAST_1},
+    TuneSettings: {"max_epochs": AT_LEAST_0, "val_frac": Bound(0, strict=True, high=1),
+                   "min_items": Bound(2), "max_users": AT_LEAST_1},
     ExperimentConfig: {"device": Choice(("auto", "cpu", "cuda", "cuda:N", "mps")),
                        "dtype": Choice(("auto", "float32", "bfloat16", "float16")),
                        "quantize": Choice(("4bit",)), "seed": AT_LEAST_0,

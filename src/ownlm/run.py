@@ -236,6 +236,19 @@ class Run:
         record.setdefault("stages", {})[stage] = info
         _write_json(self.dir / RECORD, record)
 
+    def record_tuned(self, variant: str, info: dict) -> None:
+        """Note in run.json the user-stage budget `ownlm tune` chose for `variant` (the
+        run's own choice, not a training key: a resume keeps it, the stage reads it)."""
+        record = self.recorded() or {}
+        record.setdefault("tuned", {})[variant] = info
+        _write_json(self.dir / RECORD, record)
+
+
+def forgotten_key(user_id: str) -> str:
+    """The one-way key under which run.json remembers a user erased by `ownlm forget`, so
+    that the run leaves them out of its data from then on without naming them."""
+    return hashlib.sha256(f"ownlm-forgotten\0{user_id}".encode()).hexdigest()
+
 
 def forgotten_key(user_id: str) -> str:
     """The one-way key under which run.json remembers a user erased by `ownlm forget`, so

@@ -83,7 +83,13 @@ def test_batched_sgd_equals_the_sequential_reference(tiny_cfg):
         chunk_rows=3,  # chunks mix users and split a user's rows
         optimizer=lambda groups: torch.optim.SGD(groups),
     )
-    assert stats == {"trained": 3, "resumed": 0, "empty": 0, "history_changed": 0}
+    assert stats == {
+        "trained": 3,
+        "resumed": 0,
+        "empty": 0,
+        "history_changed": 0,
+        "budget_changed": 0,
+    }
     after = backbone.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # the base is back, exactly
     for user, got in zip(users, _stored(run, users), strict=True):
@@ -108,7 +114,13 @@ def test_batched_adamw_equals_train_users_and_loads_in_vanilla_peft(tiny_cfg):
     backbone = _backbone(seq)
     assert train_users(seq, users=users, backbone=backbone)["trained"] == 3
     stats = train_users_batched(bat, users=users, backbone=backbone, users_per_batch=2)
-    assert stats == {"trained": 3, "resumed": 0, "empty": 1, "history_changed": 0}
+    assert stats == {
+        "trained": 3,
+        "resumed": 0,
+        "empty": 1,
+        "history_changed": 0,
+        "budget_changed": 0,
+    }
     for want, got in zip(_stored(seq, users[:3]), _stored(bat, users[:3]), strict=True):
         assert got.keys() == want.keys()
         assert max((got[k] - want[k]).abs().max().item() for k in want) < 1e-4
@@ -129,7 +141,13 @@ def test_batched_adamw_equals_train_users_and_loads_in_vanilla_peft(tiny_cfg):
         assert m_bat.extra["loss_last"] == pytest.approx(m_seq.extra["loss_last"], abs=1e-4)
     # resume: everything stored for this base is skipped
     again = train_users_batched(bat, users=users, backbone=backbone, users_per_batch=2)
-    assert again == {"trained": 0, "resumed": 3, "empty": 1, "history_changed": 0}
+    assert again == {
+        "trained": 0,
+        "resumed": 3,
+        "empty": 1,
+        "history_changed": 0,
+        "budget_changed": 0,
+    }
 
 
 def test_a_step_trains_in_bfloat16(tiny_cfg):

@@ -45,7 +45,13 @@ def test_user_loras_resume_and_isolation(tiny_cfg):
     first = store.path(users[0].name) / "adapter_model.safetensors"
     stamp = first.stat().st_mtime_ns
     again = train_users(run, "oppu")
-    assert again == {"trained": 0, "resumed": len(users), "empty": 0, "history_changed": 0}
+    assert again == {
+        "trained": 0,
+        "resumed": len(users),
+        "empty": 0,
+        "history_changed": 0,
+        "budget_changed": 0,
+    }
     assert first.stat().st_mtime_ns == stamp
     # every user got their own, different adapter
     from safetensors.torch import load_file
@@ -87,7 +93,13 @@ def test_a_user_whose_history_changed_is_trained_again(tiny_cfg, trainer):
     changed = [users[0], truncate_history(users[1], len(users[1].history) - 1)]
     changed.append(truncate_history(users[2], 0))
     stats = trainer(run, "oppu", users=changed, backbone=backbone)
-    assert stats == {"trained": 1, "resumed": 1, "empty": 1, "history_changed": 1}
+    assert stats == {
+        "trained": 1,
+        "resumed": 1,
+        "empty": 1,
+        "history_changed": 1,
+        "budget_changed": 0,
+    }
     assert store.manifest(users[1].name).extra["history_sha256"] == changed[1].history_digest()
     assert not store.exists(users[2].name)  # an adapter of a history the user no longer has
     assert kept.stat().st_mtime_ns == stamp

@@ -36,6 +36,7 @@ from ownlm.config import LoraSettings
 from ownlm.errors import ConfigError
 from ownlm.log import get_logger, progress
 from ownlm.methods.oppu import VARIANTS, check_variant, user_pairs, user_seed
+from ownlm.train.budget import user_budget
 from ownlm.train.loop import batch_plan
 from ownlm.train.users import plan_users, stage_line, train_users, user_manifest
 
@@ -203,14 +204,14 @@ def group_step(multi: MultiLora, batch: dict[int, list[Row]], pad_id: int, chunk
     return total[slots].tolist()
 
 
-def save_group(run, store, backbone, group, results, variant: str, base_fp: str) -> None:
+def save_group(run, store, backbone, group, results, variant: str, base_fp: str, budget) -> None:
     """Save each trained user as the sequential stage does: a PEFT model's
-    `save_pretrained`, through the store, with the user manifest."""
+    `save_pretrained`, through the store, with the user manifest (and its `budget`)."""
     vessel = inject(backbone, run.cfg.user, seed=run.cfg.seed)  # weights overwritten per user
     try:
         for user, (weights, losses) in zip(group, results, strict=True):
             copy_into_peft(vessel, weights)
-            manifest = user_manifest(run, user, f"user/{variant}", base_fp, losses)
+            manifest = user_manifest(run, user, f"user/{variant}", base_fp, losses, budget)
             store.save(user.name, vessel.save_pretrained, manifest)
     finally:
         detach(backbone, vessel)
@@ -243,7 +244,8 @@ def train_users_batched(
         raise ConfigError(f"users_per_batch must be at least 1, got {k}")
     base_fp = backbone.fingerprint()
     store = run.store(variant)
-    todo, counts = plan_users(store, users, base_fp)
+    budget = user_budget(run, variant, base_fp)  # the run's lr and epochs, tuned or not
+    todo, counts = plan_users(store, users, base_fp, budget)
     bar = progress(total=len(users), desc=f"user LoRAs ({variant}, {k} at once)", unit="user")
     bar.update(len(users) - len(todo))
     for start in range(0, len(todo), k):
@@ -255,14 +257,17 @@ def train_users_batched(
         results = train_group(
             backbone,
             jobs,
-            run.cfg.user,
+            budget.lora(run.cfg.user),
             chunk_rows,
             optimizer,
             gradient_checkpointing=run.cfg.gradient_checkpointing,
         )
-        save_group(run, store, backbone, group, results, variant, base_fp)
+        save_group(run, store, backbone, group, results, variant, base_fp, budget)
         del results  # the group's weights leave memory before the next group
         bar.update(len(group))
     bar.close()
-    log.info(f"[bold]stage 3[/] {VARIANTS[variant]} ({k} at once): {stage_line(len(todo), counts)}")
+    log.info(
+        f"[bold]stage 3[/] {VARIANTS[variant]} ({k} at once, {budget}): "
+        f"{stage_line(len(todo), counts)}"
+    )
     return {"trained": len(todo), **counts}

@@ -114,9 +114,18 @@ class EarlyStopping:
                 p.copy_(kept)
 
 
-def _validate_at(plan_len: int, steps_per_epoch: int) -> set[int]:
-    """Steps (1-based counts) after which a validation runs: every epoch and the last."""
-    return set(range(steps_per_epoch, plan_len + 1, steps_per_epoch)) | {plan_len}
+def _validate_at(n: int, batch_size: int, plan_len: int) -> dict[int, float]:
+    """{step (1-based count): epoch} of the validations: for every whole k, the step at
+    which `fit(epochs=k)` ends (`batch_plan`'s ceil(n * k / batch_size)), and the last
+    step. A validation at epoch k thus sees the very state that training k epochs ends
+    in (`ownlm tune` reads every budget off one run); when several k end at one step
+    (fewer items than a batch), the largest names it."""
+    at, k = {}, 1
+    while (step := math.ceil(n * k / batch_size)) <= plan_len:
+        at[step] = float(k)
+        k += 1
+    at.setdefault(plan_len, plan_len * batch_size / n)
+    return at
 
 
 def fit(
@@ -152,8 +161,7 @@ def fit(
         torch.optim.lr_scheduler.LambdaLR(opt, lambda s: schedule(s, steps)) if schedule else None
     )
     losses: list[float] = []
-    per_epoch = max(1, math.ceil(len(items) / batch_size))
-    checks = _validate_at(steps, per_epoch) if early_stopping else set()
+    checks = _validate_at(len(items), batch_size, steps) if early_stopping else {}
     if early_stopping is not None:
         _validate(early_stopping, module, params, 0, 0.0, losses)
     if module is not None:
@@ -169,9 +177,7 @@ def fit(
         opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
-        if step in checks and _validate(
-            early_stopping, module, params, step, step / per_epoch, losses
-        ):
+        if step in checks and _validate(early_stopping, module, params, step, checks[step], losses):
             break
     if early_stopping is not None:
         early_stopping.restore(params)

@@ -1,6 +1,7 @@
 """Stage 3 (PROPER's user level): per test user, a residual LoRA and a router trained on
 the frozen group model of stage 2 (`ownlm.methods.proper.users` says what they are and
-how they are stored); resumable like OPPU's stage."""
+how they are stored); resumable like OPPU's stage, with the run's budget (`train.budget`:
+`proper.user_lr` and `proper.user_epochs`, or those `ownlm tune` chose)."""
 
 from __future__ import annotations
 
@@ -17,16 +18,22 @@ from ownlm.methods.proper.users import (
     user_pairs,
     write_user,
 )
+from ownlm.train.budget import user_budget
 from ownlm.train.loop import fit_mixture
 from ownlm.train.users import plan_users, stage_line, user_manifest
 
 log = get_logger(__name__)
 
 
-def fit_user(run, gm, user, vector, router: str) -> list[float]:
+def fit_user(run, gm, user, vector, router: str, budget=None, early_stopping=None) -> list[float]:
     """Train one user's residual LoRA and router on the frozen group model. Leaves the
-    model set up for this user (call `gm.reset()` before the next one)."""
+    model set up for this user (call `gm.reset()` before the next one). `budget`: the
+    residual's lr and the epochs (default: the run's, `user_budget`); `early_stopping`
+    validates it (`ownlm tune`)."""
     s, seed = settings(run), user_seed(run.cfg.seed, user.user_id)
+    if budget is None:
+        fp = groups_fingerprint(run, gm.backbone.fingerprint())
+        budget = user_budget(run, f"proper-{router}", fp)
     torch.manual_seed(seed)
     pairs = user_pairs(run, user)
     routing_params, shared, emb_fn = new_user_params(gm, run, pairs, vector, router)
@@ -34,11 +41,12 @@ def fit_user(run, gm, user, vector, router: str) -> list[float]:
         gm.backbone,
         gm.state,
         pairs,
-        [{"params": routing_params, "lr": s.router_lr}, {"params": shared, "lr": s.user_lr}],
-        s.user_epochs,
+        [{"params": routing_params, "lr": s.router_lr}, {"params": shared, "lr": budget.lr}],
+        budget.epochs,
         s.batch_size,
         seed,
         emb_fn,
+        early_stopping=early_stopping,
     )
     finish_user(gm, router)
     return losses
@@ -52,18 +60,21 @@ def train_proper_users(run, router: str = "input", users=None, backbone=None) ->
     backbone = backbone or run.base()
     fp = groups_fingerprint(run, backbone.fingerprint())  # base + stage-2 weights
     store = run.store(f"proper-{router}")
-    todo, counts = plan_users(store, users, fp)
+    budget = user_budget(run, f"proper-{router}", fp)
+    todo, counts = plan_users(store, users, fp, budget)
     vectors = history_vectors(run, todo, backbone) if todo else []
     with group_model(run, backbone) as gm:
         for user, vec in progress(
             list(zip(todo, vectors, strict=True)), desc=f"PROPER users ({router})", unit="user"
         ):
             gm.reset()
-            losses = fit_user(run, gm, user, vec, router)
+            losses = fit_user(run, gm, user, vec, router, budget)
             store.save(
                 user.name,
                 lambda d: write_user(d, gm, router, s.user_alpha),
-                user_manifest(run, user, f"user/proper-{router}", fp, losses),
+                user_manifest(run, user, f"user/proper-{router}", fp, losses, budget),
             )
-    log.info(f"[bold]stage 3[/] PROPER ({ROUTERS[router]}): {stage_line(len(todo), counts)}")
+    log.info(
+        f"[bold]stage 3[/] PROPER ({ROUTERS[router]}, {budget}): {stage_line(len(todo), counts)}"
+    )
     return {"trained": len(todo), **counts}

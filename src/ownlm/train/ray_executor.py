@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ownlm.errors import ConfigError, StoreError
 from ownlm.log import get_logger, progress
+from ownlm.train.budget import user_budget
 from ownlm.train.users import plan_users, stage_line
 
 log = get_logger(__name__)
@@ -77,14 +78,15 @@ def train_users_ray(
     max_retries: int = 2,
 ) -> dict:
     """Train the user stage of `users` (default: the test users) on `workers` Ray actors.
-    Returns {"trained", "resumed", "empty", "history_changed", "restarts"} like the
-    in-process stage."""
+    Returns {"trained", "resumed", "empty", "history_changed", "budget_changed",
+    "restarts"} like the in-process stage."""
     ray = import_ray()
     if workers < 1:
         raise ConfigError(f"--workers must be a positive integer, got {workers}")
     users = run.split.test if users is None else users
     store, fp = run.store(variant), run.base_fingerprint()
-    todo, counts = plan_users(store, users, fp)
+    budget = user_budget(run, variant, fp)  # each actor reads the same from run.json
+    todo, counts = plan_users(store, users, fp, budget)
     size = max(1, run.cfg.user.users_per_batch)
     chunks = [[u.user_id for u in todo[i : i + size]] for i in range(0, len(todo), size)]
     started = _start(ray, address, workers)
@@ -103,7 +105,8 @@ def train_users_ray(
             "command (finished users are skipped)"
         )
     log.info(
-        f"[bold]stage 3[/] on Ray ({workers} workers): {stage_line(len(trained), counts)}, "
+        f"[bold]stage 3[/] on Ray ({workers} workers, {budget}): "
+        f"{stage_line(len(trained), counts)}, "
         f"actor restarts {stats['restarts']}"
     )
     return {"trained": len(trained), **counts, **stats}

@@ -37,9 +37,12 @@ def train_stages(
     executor: str = "inprocess",
     workers: int = 2,
     address: str | None = None,
+    tune: bool = False,
 ) -> None:
     """Train `stages` of `run`; the user stage once per variant (oppu, peft, proper-*),
-    OPPU's on `executor` ("inprocess", or "ray" with `workers` actors)."""
+    OPPU's on `executor` ("inprocess", or "ray" with `workers` actors). `tune`: choose
+    the tunable variants' budgets on the dev users first (`train.tune`; a recorded
+    tune of the same base and settings is kept)."""
     from ownlm.train.groups import train_groups
     from ownlm.train.population import train_population
     from ownlm.train.proper_users import train_proper_users
@@ -49,6 +52,10 @@ def train_stages(
         train_population(run)
     if "groups" in stages:
         train_groups(run)
+    if tune:
+        from ownlm.train.tune import TUNABLE, tune_run
+
+        tune_run(run, [v for v in variants if v in TUNABLE], reuse=True)
     if "users" in stages:
         for variant in variants:
             if variant not in VARIANTS:

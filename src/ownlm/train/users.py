@@ -5,7 +5,8 @@ then unloaded, so nothing of one user reaches the next (OPPU's public code lets 
 users' training sets accumulate earlier users' items; ownlm does not). Users whose
 adapter is already stored for this base and their present history are skipped, so a
 stopped run resumes; a user whose history changed since is trained again (`plan_users`,
-shared by every user stage).
+shared by every user stage), as is one trained with another budget than the run's
+(`train.budget`: the configured lr and epochs, or those `ownlm tune` chose).
 """
 
 from __future__ import annotations
@@ -14,13 +15,17 @@ from ownlm.adapters.lora import detach, inject
 from ownlm.log import get_logger, progress
 from ownlm.methods.oppu import VARIANTS, check_variant, user_pairs, user_seed
 from ownlm.store import Manifest
+from ownlm.train.budget import Budget, budget_reason, user_budget
 from ownlm.train.loop import train_pairs
 
 log = get_logger(__name__)
 
 
-def user_manifest(run, user, stage: str, fingerprint: str, losses: list[float]) -> Manifest:
-    """What a user stage records next to the weights: what it was trained on and how."""
+def user_manifest(
+    run, user, stage: str, fingerprint: str, losses: list[float], budget: Budget | None = None
+) -> Manifest:
+    """What a user stage records next to the weights: what it was trained on and how
+    (the lr and epochs of `budget`, so that another budget retrains it)."""
     return Manifest(
         name=user.name,
         stage=stage,
@@ -31,19 +36,23 @@ def user_manifest(run, user, stage: str, fingerprint: str, losses: list[float]) 
             "history_sha256": user.history_digest(),
             "loss_first": losses[0],
             "loss_last": losses[-1],
+            **(budget.extra() if budget else {}),
         },
     )
 
 
-def plan_users(store, users, fingerprint: str) -> tuple[list, dict]:
+def plan_users(store, users, fingerprint: str, budget: Budget | None = None) -> tuple[list, dict]:
     """Which of `users` a user stage trains: (users to train, counts). Skipped: those
-    whose stored adapter stands for this base (`fingerprint`) and their history
-    ("resumed"), and those without history ("empty": the population model serves them;
-    an adapter they still have is of a history they no longer have, and is removed).
-    "history_changed" counts the users trained again because their history changed."""
-    todo, counts = [], {"resumed": 0, "empty": 0, "history_changed": 0}
+    whose stored adapter stands for this base (`fingerprint`), their history and
+    `budget` ("resumed"), and those without history ("empty": the population model
+    serves them; an adapter they still have is of a history they no longer have, and is
+    removed). "history_changed" and "budget_changed" count the users trained again
+    because their history changed, or because the run's budget did (`ownlm tune`)."""
+    todo, counts = [], {"resumed": 0, "empty": 0, "history_changed": 0, "budget_changed": 0}
     for user in users:
         reason = store.stale_reason(user.name, fingerprint, user.history_digest())
+        if reason is None and budget is not None:
+            reason = budget_reason(store, user.name, budget)
         if reason is None:
             counts["resumed"] += 1
         elif not user.history:
@@ -53,24 +62,37 @@ def plan_users(store, users, fingerprint: str) -> tuple[list, dict]:
         else:
             todo.append(user)
             counts["history_changed"] += reason == "history changed"
+            counts["budget_changed"] += reason == "other budget"
     return todo, counts
 
 
 def stage_line(trained: int, counts: dict) -> str:
-    """`trained 3 (1 because their history changed), resumed 2, no history 1`."""
-    changed = counts["history_changed"]
-    why = f" ({changed} because their history changed)" if changed else ""
+    """`trained 3 (1 because their history changed, 2 for a new budget), resumed 2, ...`."""
+    why = [
+        f"{n} {what}"
+        for n, what in (
+            (counts["history_changed"], "because their history changed"),
+            (counts.get("budget_changed", 0), "for a new budget"),
+        )
+        if n
+    ]
+    why = f" ({', '.join(why)})" if why else ""
     return f"trained {trained}{why}, resumed {counts['resumed']}, no history {counts['empty']}"
 
 
-def fit_user(run, backbone, user, variant: str = "oppu", ctx=None):
+def fit_user(run, backbone, user, variant: str = "oppu", ctx=None, budget=None, watch=None):
     """Inject a fresh LoRA and train it on `user`'s history: (PEFT model, step losses).
-    The caller saves it and gives the base back with `detach(backbone, model)`."""
+    `budget`: its lr and epochs (default: the run's, `user_budget`). `watch(model)`
+    may give an `EarlyStopping` that validates it (`ownlm tune`). The caller saves the
+    model and gives the base back with `detach(backbone, model)`."""
+    budget = budget or user_budget(run, variant, backbone.fingerprint())
+    s = budget.lora(run.cfg.user)
     seed = user_seed(run.cfg.seed, user.user_id)
     pairs = user_pairs(run, user, variant, ctx)
-    model = inject(backbone, run.cfg.user, seed, run.cfg.gradient_checkpointing)
+    model = inject(backbone, s, seed, run.cfg.gradient_checkpointing)
     try:
-        return model, train_pairs(backbone, model, pairs, run.cfg.user, seed)
+        stopper = watch(model) if watch else None
+        return model, train_pairs(backbone, model, pairs, s, seed, early_stopping=stopper)
     except BaseException:
         detach(backbone, model)
         raise
@@ -82,16 +104,17 @@ def train_users(run, variant: str = "oppu", users=None, backbone=None) -> dict:
     backbone = backbone or run.base()
     base_fp = backbone.fingerprint()
     store = run.store(variant)
-    todo, counts = plan_users(store, users, base_fp)
+    budget = user_budget(run, variant, base_fp)
+    todo, counts = plan_users(store, users, base_fp, budget)
     for user in progress(todo, desc=f"user LoRAs ({variant})", unit="user"):
-        model, losses = fit_user(run, backbone, user, variant)
+        model, losses = fit_user(run, backbone, user, variant, budget=budget)
         try:
             store.save(
                 user.name,
                 model.save_pretrained,
-                user_manifest(run, user, f"user/{variant}", base_fp, losses),
+                user_manifest(run, user, f"user/{variant}", base_fp, losses, budget),
             )
         finally:
             detach(backbone, model)
-    log.info(f"[bold]stage 3[/] {VARIANTS[variant]}: {stage_line(len(todo), counts)}")
+    log.info(f"[bold]stage 3[/] {VARIANTS[variant]} ({budget}): {stage_line(len(todo), counts)}")
     return {"trained": len(todo), **counts}

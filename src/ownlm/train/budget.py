@@ -1,0 +1,86 @@
+"""The user stage's budget: the learning rate and epochs each user LoRA trains with.
+
+A budget is the configured one (`user.lr` and `user.epochs` for OPPU's variants,
+`proper.user_lr` and `proper.user_epochs` for PROPER's) unless `ownlm tune` chose
+another on the dev users, for this variant and this base (run.json "tuned",
+`train.tune`). Every user stage asks `user_budget`, trains with it, writes it into each
+user's manifest, and retrains a stored user trained with another (`budget_reason`): the
+run's adapters always stand for the run's present choice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from ownlm.log import get_logger
+
+log = get_logger(__name__)
+KEYS = {"oppu": ("user.lr", "user.epochs"), "proper": ("proper.user_lr", "proper.user_epochs")}
+_WARNED: set[tuple[str, str]] = set()  # (run dir, variant) already told their tune is stale
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What one user LoRA trains with. `source`: "config" or "tuned". `configured`: the
+    configured (lr, epochs), which adapters stored without a budget were trained with."""
+
+    lr: float
+    epochs: float
+    source: str
+    configured: tuple[float, float]
+
+    def lora(self, s):
+        """`s` (LoraSettings) with this budget's lr and epochs."""
+        return replace(s, lr=self.lr, epochs=self.epochs)
+
+    def extra(self) -> dict:
+        """The manifest's record of it."""
+        return {"lr": self.lr, "epochs": self.epochs, "budget": self.source}
+
+    def __str__(self) -> str:
+        return f"lr {self.lr:.3g}, {self.epochs:g} epochs ({self.source})"
+
+
+def budget_keys(variant: str) -> tuple[str, str]:
+    """The config keys of the variant's budget, dotted as `--set` spells them."""
+    return KEYS["proper" if variant.startswith("proper-") else "oppu"]
+
+
+def configured(run, variant: str) -> Budget:
+    """The variant's budget as configured."""
+    if variant.startswith("proper-"):
+        lr, epochs = run.cfg.proper.user_lr, run.cfg.proper.user_epochs
+    else:
+        lr, epochs = run.cfg.user.lr, run.cfg.user.epochs
+    return Budget(lr, epochs, "config", (lr, epochs))
+
+
+def user_budget(run, variant: str, fingerprint: str) -> Budget:
+    """The budget `variant`'s user stage trains with on the base `fingerprint` (OPPU:
+    the merged base's; PROPER: base + stage 2, `groups_fingerprint`): the tuned one
+    when `ownlm tune` chose it on that base, else the configured one (with one warning
+    when a tune stands on a base trained since)."""
+    base = configured(run, variant)
+    tuned = ((run.recorded() or {}).get("tuned") or {}).get(variant)
+    if not tuned:
+        return base
+    if tuned.get("fingerprint") != fingerprint:
+        if (str(run.dir), variant) not in _WARNED:
+            _WARNED.add((str(run.dir), variant))
+            log.warning(
+                f"the {variant} budget tuned in {run.dir} was chosen on another base (trained "
+                f"again since): training with the configured {', '.join(budget_keys(variant))}; "
+                f"choose again with `ownlm tune -c {run.dir / 'config.yaml'} --variants {variant}`"
+            )
+        return base
+    lr_key, epochs_key = budget_keys(variant)
+    return Budget(tuned[lr_key], tuned[epochs_key], "tuned", base.configured)
+
+
+def budget_reason(store, name: str, budget: Budget) -> str | None:
+    """ "other budget" when the stored adapter `name` was trained with another lr or
+    epochs than `budget` (None when the same); one stored before adapters recorded
+    their budget was trained with the configured one."""
+    extra = store.manifest(name).extra
+    used = (extra.get("lr", budget.configured[0]), extra.get("epochs", budget.configured[1]))
+    return None if used == (budget.lr, budget.epochs) else "other budget"

@@ -15,6 +15,9 @@ for name in $configs; do
     stages=population,groups,users
     variants=oppu,proper-input,proper-user
     if grep -q "^methods:.*peft" "$cfg"; then variants=oppu,peft,proper-input,proper-user; fi
+    if grep -q "^methods:.*oppu-control" "$cfg"; then  # the fair control (docs/proper.md)
+      stages=population,groups,control,users; variants=$variants,oppu-control
+    fi
     extra=(--groups-view --active-levels 2,5,10)
   fi
   echo "== $name: ownlm train -c $cfg --stages $stages --variants $variants && ownlm eval -c $cfg ${extra[*]}"

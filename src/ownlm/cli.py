@@ -92,11 +92,12 @@ def train(
     config: Path = ConfigOpt,
     set_: list[str] = SetOpt,
     stages: str = typer.Option(
-        "population,users", help="comma-separated stages: population, groups, users"
+        "population,users",
+        help="comma-separated stages: population, groups, control (OPPU's control for PROPER), users",
     ),
     variants: str = typer.Option(
         "oppu,peft",
-        help="user-stage variants: oppu (PEFT+retrieval+profile), peft (PEFT only), proper-input, proper-user",
+        help="user-stage variants: oppu (PEFT+retrieval+profile), peft (PEFT only), oppu-control (OPPU on the control base), proper-input, proper-user",
     ),
     executor: str = typer.Option(
         "inprocess",

@@ -7,6 +7,7 @@ runs/<name>/
   base/                backbone with the population LoRA merged (HF directory)
   adapters/            AdapterStore: population/, users/<id>/ (OPPU: PEFT + retrieval + profile)
   adapters-peft/       AdapterStore of the "PEFT only" ablation (trained on bare prompts)
+  base-control/        OPPU's control base: base/ + the control pass merged (docs/proper.md)
   eval/                tables, JSON, official-format predictions, charts
 
 A run is never silently overwritten or mixed: `Run(cfg)` (train, prepare) refuses a
@@ -176,19 +177,22 @@ class Run:
 
         return resolve_dtype(self.cfg.dtype, self.device)
 
-    def base_fingerprint(self) -> str:
-        """The merged base's identity, as recorded when it was written (no model loaded)."""
-        meta = self.base_dir / "ownlm_base.json"
+    def base_fingerprint(self, name: str = "base") -> str:
+        """The merged base's identity, as recorded when it was written (no model loaded).
+        `name`: the base's directory in the run ("base-control": see `base`)."""
+        meta = self.dir / name / "ownlm_base.json"
         if not meta.exists():
+            stage = "population" if name == "base" else "population,control"
             raise ConfigError(
-                f"no trained base in {self.base_dir}; run `ownlm train --stages population` first"
+                f"no trained base in {self.dir / name}; run `ownlm train --stages {stage}` first"
             )
         return json.loads(meta.read_text())["fingerprint"]
 
-    def base(self):
+    def base(self, name: str = "base"):
         """The backbone with the population LoRA merged in (after stage 1), on the run's
-        device in the run's precision."""
-        return load_base(self.base_dir, self.device, self.dtype)
+        device in the run's precision. `name="base-control"`: OPPU's control base, stage 1
+        plus the control pass merged (docs/proper.md, "A fair control")."""
+        return load_base(self.dir / name, self.device, self.dtype)
 
     def store(self, variant: str = "oppu") -> AdapterStore:
         return AdapterStore(self.dir / ("adapters" if variant == "oppu" else f"adapters-{variant}"))

@@ -13,7 +13,9 @@ from ownlm.config import LoraSettings
 from ownlm.errors import ConfigError
 
 
-def lora_config(backbone, s: LoraSettings) -> LoraConfig:
+def lora_config(backbone, s: LoraSettings, head: bool = True) -> LoraConfig:
+    """PEFT's config for `s` on `backbone`; `head=False` leaves the backbone's trained
+    head (the encoder's label head, `modules_to_save`) frozen and out of the adapter."""
     if s.r <= 0:
         raise ConfigError(f"LoRA rank r must be a positive integer, got {s.r}")
     return LoraConfig(
@@ -24,12 +26,14 @@ def lora_config(backbone, s: LoraSettings) -> LoraConfig:
         target_modules="all-linear"
         if s.targets == ["all-linear"]
         else list(s.targets or backbone.default_targets),
-        modules_to_save=list(getattr(backbone, "modules_to_save", ())) or None,
+        modules_to_save=(list(getattr(backbone, "modules_to_save", ())) or None) if head else None,
         bias="none",
     )
 
 
-def inject(backbone, s: LoraSettings, seed: int, gradient_checkpointing: bool = False):
+def inject(
+    backbone, s: LoraSettings, seed: int, gradient_checkpointing: bool = False, head: bool = True
+):
     """Wrap the backbone's model with a fresh LoRA (deterministic init per seed). The
     LoRA weights are float32 whatever the base's precision (PEFT's adapter autocast), so
     they train and are saved exactly. With `gradient_checkpointing` the base recomputes
@@ -43,7 +47,7 @@ def inject(backbone, s: LoraSettings, seed: int, gradient_checkpointing: bool = 
         # QLoRA: norms in float32, inputs that carry gradients through the frozen 4-bit base
         prepare_model_for_kbit_training(backbone.model, use_gradient_checkpointing=False)
         backbone.model._ownlm_kbit_ready = True
-    model = get_peft_model(backbone.model, lora_config(backbone, s))
+    model = get_peft_model(backbone.model, lora_config(backbone, s, head))
     if gradient_checkpointing:
         if not hasattr(backbone.model, "gradient_checkpointing_enable"):
             raise ConfigError(

@@ -179,6 +179,16 @@ def _matches(name: str, targets) -> bool:
     )
 
 
+def matching_linears(model: nn.Module, targets) -> list[tuple[str, nn.Linear]]:
+    """(name, module) of every nn.Linear of `model` that the mixture wraps for `targets`;
+    also what a plain LoRA must adapt to sit on exactly the experts' modules."""
+    return [
+        (n, m)
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Linear) and _matches(n, targets)
+    ]
+
+
 def install_mixture(
     model: nn.Module,
     targets,
@@ -192,11 +202,7 @@ def install_mixture(
     `gate_proj` or a regex such as `.*intermediate\\.dense`) in a MixtureLoRALinear.
     `make_router(linear)` builds each layer's router. Returns the shared state."""
     state = state or MixtureState()
-    hits = [
-        (n, m)
-        for n, m in model.named_modules()
-        if isinstance(m, nn.Linear) and _matches(n, targets)
-    ]
+    hits = matching_linears(model, targets)
     if not hits:
         raise ConfigError(
             f"no nn.Linear of {type(model).__name__} matches targets {list(targets)}; "

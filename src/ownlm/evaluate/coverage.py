@@ -20,6 +20,7 @@ from contextlib import ExitStack, contextmanager
 
 from ownlm.errors import NotFoundError, StoreError
 from ownlm.evaluate.report import MethodResult, NotRun
+from ownlm.methods.oppu import CONTROL, CONTROL_BASE
 from ownlm.methods.proper.groups import ROUTER
 from ownlm.methods.proper.users import METHODS as PROPER_METHODS
 
@@ -73,6 +74,7 @@ def train_command(run, method: str) -> str:
     """The exact command that trains what `method` needs for this run (stages resume:
     what is already current is skipped)."""
     stages = "groups,users" if method in PROPER_METHODS else "users"
+    stages = "control,users" if method == CONTROL else stages
     return f"ownlm train -c {run.dir / 'config.yaml'} --stages {stages} --variants {method}"
 
 
@@ -86,6 +88,13 @@ def not_run(run, method: str, problems: dict[str, str], users) -> MethodResult:
 def groups_not_run(run, method: str, problem: str) -> MethodResult:
     """A PROPER method whose stage-2 group experts cannot be used: no user can be scored."""
     nr = NotRun(f"PROPER stage-2 groups {problem}", {}, train_command(run, method))
+    return MethodResult(method, {}, not_run=nr)
+
+
+def control_not_run(run, method: str, problem: str) -> MethodResult:
+    """OPPU's control whose base (stage 1 + the control pass) cannot be used: no user
+    can be scored, and their LoRAs, if any, stand on that base."""
+    nr = NotRun(f"control base ({CONTROL_BASE}) {problem}", {}, train_command(run, method))
     return MethodResult(method, {}, not_run=nr)
 
 

@@ -8,6 +8,7 @@ what training stored and scores it; it never trains.
 | pag    | population-merged base     | profile + retrieved + input     |
 | peft   | base + user LoRA (bare)    | task input                      |
 | oppu   | base + user LoRA           | profile + retrieved + input     |
+| oppu-control | control base + user LoRA (docs/proper.md) | as oppu            |
 | proper-input / proper-user: see `ownlm.evaluate.proper`                   |
 
 Every table also carries the trivial references (population majority / mean, each
@@ -24,9 +25,10 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-from ownlm.errors import ConfigError
+from ownlm.errors import ConfigError, StoreError
 from ownlm.evaluate.coverage import (
     AdapterUnusable,
+    control_not_run,
     evaluated_users,
     loading,
     not_run,
@@ -45,7 +47,7 @@ from ownlm.evaluate.report import (
 )
 from ownlm.evaluate.scoring import PRIMARY, predict_by_user, references, test_queries
 from ownlm.log import console, get_logger
-from ownlm.methods.oppu import user_model
+from ownlm.methods.oppu import CONTROL, CONTROL_BASE, control_problem, user_model
 from ownlm.methods.proper.users import METHODS as PROPER_METHODS
 from ownlm.retrieval.prompts import user_context
 
@@ -67,6 +69,7 @@ METHODS = {
     "pag": Method("pag", None, True, True, "PAG: retrieval + profile"),
     "peft": Method("peft", "peft", False, False, "PEFT only"),
     "oppu": Method("oppu", "oppu", True, True, "OPPU: PEFT + retrieval + profile"),
+    CONTROL: Method(CONTROL, CONTROL, True, True, "OPPU on the control base (no groups)"),
 }
 
 
@@ -100,6 +103,20 @@ def run_method(run, backbone, method: Method, rows, contexts) -> MethodResult:
         return not_run(run, method.name, {e.user_id: e.reason}, users)
 
 
+def run_control(run, rows, contexts) -> MethodResult:
+    """OPPU on the control base (stage 1 + stage 2's pass, no groups): its users'
+    LoRAs answer with the base they were trained on, checked against its fingerprint.
+    Not run, with the command that trains it, while that base is missing or stale."""
+    problem = control_problem(run)
+    if problem is not None:
+        return control_not_run(run, CONTROL, problem)
+    try:
+        backbone = run.base(CONTROL_BASE)  # its files checked against their sha256
+    except StoreError as e:
+        return control_not_run(run, CONTROL, f"corrupt: {e}")
+    return run_method(run, backbone, METHODS[CONTROL], rows, contexts)
+
+
 def evaluate_run(
     run, methods: list[str] | None = None, out_dir: Path | None = None
 ) -> list[MethodResult]:
@@ -118,7 +135,9 @@ def evaluate_run(
     contexts = {u.user_id: user_context(run.task, u) for u, _ in rows}
     results = references(run, rows)
     for name in methods:
-        if name in METHODS:
+        if name == CONTROL:
+            results.append(run_control(run, rows, contexts))
+        elif name in METHODS:
             results.append(run_method(run, backbone, METHODS[name], rows, contexts))
     routers = tuple(PROPER_METHODS[m] for m in methods if m in PROPER_METHODS)
     if routers:

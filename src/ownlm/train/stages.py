@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 from ownlm.errors import ConfigError
-from ownlm.methods.oppu import VARIANTS
+from ownlm.methods.oppu import CONTROL, VARIANTS
 from ownlm.methods.proper.users import METHODS as PROPER_VARIANTS
 
-STAGES = ("population", "groups", "users")
+STAGES = ("population", "groups", "control", "users")  # control: docs/proper.md
 EXECUTORS = ("inprocess", "ray")  # where OPPU's user stage runs
 
 
@@ -19,6 +19,11 @@ def check_plan(stages: list[str], variants: list[str], executor: str = "inproces
         from ownlm.train.ray_executor import import_ray
 
         import_ray()  # not installed: say how to install it now, not after stage 1
+    if executor == "ray" and CONTROL in variants:
+        raise ConfigError(
+            f"{CONTROL} trains in this process (Ray workers load stage 1's base, not the "
+            f"control base): train it in its own command, without --executor ray"
+        )
     unknown = sorted(set(stages) - set(STAGES))
     if unknown:
         raise ConfigError(f"unknown stage(s) {unknown}; choose from {', '.join(STAGES)}")
@@ -52,6 +57,10 @@ def train_stages(
         train_population(run)
     if "groups" in stages:
         train_groups(run)
+    if "control" in stages:
+        from ownlm.train.control import train_control
+
+        train_control(run)
     if tune:
         from ownlm.train.tune import TUNABLE, tune_run
 
@@ -60,6 +69,10 @@ def train_stages(
         for variant in variants:
             if variant not in VARIANTS:
                 train_proper_users(run, router=PROPER_VARIANTS[variant])
+            elif variant == CONTROL:
+                from ownlm.train.control import train_control_users
+
+                train_control_users(run)
             elif executor == "ray":
                 from ownlm.train.ray_executor import train_users_ray
 

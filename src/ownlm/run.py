@@ -254,12 +254,6 @@ def forgotten_key(user_id: str) -> str:
     return hashlib.sha256(f"ownlm-forgotten\0{user_id}".encode()).hexdigest()
 
 
-def forgotten_key(user_id: str) -> str:
-    """The one-way key under which run.json remembers a user erased by `ownlm forget`, so
-    that the run leaves them out of its data from then on without naming them."""
-    return hashlib.sha256(f"ownlm-forgotten\0{user_id}".encode()).hexdigest()
-
-
 def data_record(ds: Dataset) -> dict:
     """The data a run is trained from, as loaded (after max_users, max_history): per user
     [id, history digest, queries digest] (16 hex digits each), and one sha256 of it all."""

@@ -20,12 +20,10 @@ base exactly as OPPU's are on base/ (`train_control_users`).
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import asdict
 
 from ownlm.adapters.lora import inject
 from ownlm.adapters.mixture import matching_linears
-from ownlm.backbone.base import write_base_meta
 from ownlm.config import LoraSettings
 from ownlm.log import get_logger
 from ownlm.methods.oppu import CONTROL, CONTROL_BASE, load_control
@@ -33,6 +31,7 @@ from ownlm.methods.proper.groups import settings, targets_for
 from ownlm.store import Manifest
 from ownlm.train.groups import stage2_pairs
 from ownlm.train.loop import fit
+from ownlm.train.population import write_merged
 from ownlm.train.resume import inputs_digest, mark_done, still_valid
 from ownlm.train.validation import (
     dev_users,
@@ -146,17 +145,7 @@ def fit_control(run, backbone, pairs, lora: LoraSettings, vset=None) -> dict:
 def write_control_base(run, backbone, parent: str) -> None:
     """Save the merged control base to <run>/base-control whole or not at all, recording
     the stage-1 base it stands on (`methods.oppu.control_problem` checks it)."""
-    final = run.dir / CONTROL_BASE
-    tmp, old = final.with_name(f"{CONTROL_BASE}.tmp"), final.with_name(f"{CONTROL_BASE}.old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    backbone.save(tmp)
-    max_len = getattr(backbone, "max_len", 384)
-    write_base_meta(tmp, backbone, task=run.task.name, max_len=max_len, parent_fingerprint=parent)
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        final.replace(old)
-    tmp.replace(final)
-    shutil.rmtree(old, ignore_errors=True)
+    write_merged(run, backbone, run.dir / CONTROL_BASE, parent_fingerprint=parent)
 
 
 def train_control_users(run, users=None) -> dict:

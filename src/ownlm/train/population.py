@@ -110,9 +110,19 @@ def train_population(run) -> dict:
 
 def write_base(run, backbone) -> None:
     """Save the merged backbone as base/, replacing the old one only once it is whole."""
-    tmp = run.base_dir.with_name("base.tmp")
+    write_merged(run, backbone, run.base_dir)
+
+
+def write_merged(run, backbone, final, **meta) -> None:
+    """Save a merged backbone to `final` (with `write_base_meta` and `meta`) whole or not
+    at all: written beside it, the old one moved aside, the new one renamed in."""
+    tmp, old = final.with_name(f"{final.name}.tmp"), final.with_name(f"{final.name}.old")
     shutil.rmtree(tmp, ignore_errors=True)
     backbone.save(tmp)
-    write_base_meta(tmp, backbone, task=run.task.name, max_len=getattr(backbone, "max_len", 384))
-    shutil.rmtree(run.base_dir, ignore_errors=True)
-    tmp.replace(run.base_dir)
+    max_len = getattr(backbone, "max_len", 384)
+    write_base_meta(tmp, backbone, task=run.task.name, max_len=max_len, **meta)
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.replace(old)
+    tmp.replace(final)
+    shutil.rmtree(old, ignore_errors=True)

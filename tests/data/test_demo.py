@@ -1,15 +1,24 @@
-"""Demo data: determinism, sizes, and planted preferences (trivial baselines vs an oracle)."""
+"""Demo data: determinism, sizes, planted preferences (trivial baselines vs an oracle) and
+planted groups (demo-tags: a group habit plus a personal one; demo-headlines: styles)."""
 
 from __future__ import annotations
 
+import dataclasses
+import random
 from collections import Counter
 from collections.abc import Callable
+from itertools import combinations
 
 from ownlm.data.demo import (
+    ASPECTS,
     HEADLINE_STYLES,
+    TAG_GROUPS,
     TOPICS,
+    TagHabit,
+    group_habits,
     make_demo_headlines,
     make_demo_tags,
+    plant_tag_habits,
     style_headline,
 )
 from ownlm.data.records import Dataset, Query, User
@@ -131,3 +140,91 @@ def test_headlines_personalization_is_needed_and_learnable() -> None:
     assert accuracy(data, best_single_style) <= 0.3
     assert accuracy(data, copy_last_headline) <= 0.1
     assert accuracy(data, user_style) == 1.0
+
+
+def habits_of(data: Dataset, seed: int = 0) -> dict[str, TagHabit]:
+    """The habits make_demo_tags planted (its first draws from random.Random(seed))."""
+    habits = plant_tag_habits(random.Random(seed), len(data.users))
+    return {u.user_id: h for u, h in zip(data.users, habits, strict=True)}
+
+
+def test_tags_groups_share_a_habit_and_members_add_a_personal_one() -> None:
+    data = make_demo_tags()
+    habits = habits_of(data)
+    groups = {h.group: h for h in group_habits(random.Random(0))}
+    assert len(groups) == TAG_GROUPS
+    assert Counter(h.group for h in habits.values()) == {g: 10 for g in groups}  # balanced
+    for a, b in combinations(groups.values(), 2):  # groups of one aspect differ everywhere
+        if a.aspect == b.aspect:
+            assert all(a.mapping[v] != b.mapping[v] for v in ASPECTS[a.aspect])
+    for group in groups.values():
+        members = [h for h in habits.values() if h.group == group.group]
+        for h in members:
+            assert h.aspect == group.aspect and len(set(h.mapping.values())) == 4  # injective
+            shared = {v for v in ASPECTS[h.aspect] if v != h.personal}
+            assert all(h.mapping[v] == group.mapping[v] for v in shared)
+            assert h.mapping[h.personal] not in group.mapping.values()
+        for a, b in combinations(members, 2):  # members agree beyond their personal values
+            differ = {v for v in ASPECTS[a.aspect] if a.mapping[v] != b.mapping[v]}
+            assert differ <= {a.personal, b.personal}
+        personal = {(h.personal, h.mapping[h.personal]) for h in members}
+        assert len(personal) >= len(members) // 2  # the personal part differs between members
+    # the data follows the habits, up to HABIT_NOISE
+    items = [(u, it) for u in data.users for it in [*u.history, *u.queries]]
+    follows = [
+        habits[u.user_id].tag(it.fields["genre"], it.fields["mood"]) == it.fields["tag"]
+        for u, it in items
+    ]
+    assert 0.85 <= sum(follows) / len(follows) <= 0.95
+
+
+def test_tags_group_knowledge_helps_and_user_knowledge_helps_more() -> None:
+    """docs/data.md's group rows (seed 0): the group's habit gets the 3 shared values,
+    the user's the 4th; with 3 history items the group, inferred from them, beats them."""
+    data = make_demo_tags()
+    habits = habits_of(data)
+    groups = {h.group: h for h in group_habits(random.Random(0))}
+
+    def group_habit(u: User, q: Query) -> str:
+        return groups[habits[u.user_id].group].tag(q.fields["genre"], q.fields["mood"])
+
+    def user_habit(u: User, q: Query) -> str:
+        return habits[u.user_id].tag(q.fields["genre"], q.fields["mood"])
+
+    def own_three(u: User, q: Query) -> str | None:  # the value's tag among 3 items, if seen
+        aspect = habits[u.user_id].aspect
+        seen = [it.fields["tag"] for it in u.history[:3] if it.fields[aspect] == q.fields[aspect]]
+        return Counter(seen).most_common(1)[0][0] if seen else None
+
+    def group_of_three(u: User, q: Query) -> str:  # the group that best explains 3 items
+        def fit(g: TagHabit) -> int:
+            return sum(g.tag(it.fields["genre"], it.fields["mood"]) == it.fields["tag"]
+                       for it in u.history[:3])  # fmt: skip
+
+        return max(groups.values(), key=fit).tag(q.fields["genre"], q.fields["mood"])
+
+    assert 0.6 <= accuracy(data, group_habit) <= 0.8
+    assert accuracy(data, user_habit) >= accuracy(data, group_habit) + 0.15
+    assert accuracy(data, group_of_three) >= accuracy(data, own_three) + 0.15
+
+
+def test_every_demo_item_carries_its_group_and_no_prompt_shows_it() -> None:
+    for data, task in (
+        (make_demo_tags(n_users=8, history=6, queries=2), get_task("demo-tags")),
+        (make_demo_headlines(n_users=8, history=6, queries=2), get_task("demo-headlines")),
+    ):
+        for user in data.users:
+            group = user.history[0].fields["group"]
+            for it in user.history:
+                assert it.fields["group"] == group
+                if "style" in it.fields:
+                    assert group == it.fields["style"]
+                hidden = dataclasses.replace(
+                    it, fields={k: v for k, v in it.fields.items() if k != "group"}
+                )
+                assert task.item_pair(it) == task.item_pair(hidden)
+                assert task.render_item(it) == task.render_item(hidden)
+            for q in user.queries:
+                assert q.fields["group"] == group
+                bare = {k: v for k, v in q.fields.items() if k != "group"}
+                assert q.input == task.query_prompt(bare)

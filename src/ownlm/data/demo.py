@@ -1,15 +1,22 @@
-"""Built-in demo data with planted, learnable individual preferences (seeded, no downloads).
+"""Built-in demo data with planted, learnable preferences (seeded, no downloads).
 
 demo-tags: every movie description has a genre aspect (space, magic, heist, love) and
-a mood aspect (grim, funny, tense, hopeful), plus filler. Each user has a hidden habit:
-the aspect they tag by and their own injective mapping from that aspect's 4 values to 4
-of the 10 `DEMO_TAGS`. A user's tag is a function of (content, user); users disagree on
-the same movie, so a non-personalized model is near chance, and each user spreads over
-4 tags, so their majority tag is not enough. `HABIT_NOISE` of items get another tag.
+a mood aspect (grim, funny, tense, hopeful), plus filler. Users fall into `TAG_GROUPS`
+planted groups (balanced). A group has a habit: the aspect its members tag by and an
+injective mapping from that aspect's 4 values to 4 of the 10 `DEMO_TAGS`; groups that
+share an aspect disagree on every value. Each user adds a personal habit: one of the 4
+values re-mapped to a tag of their own (one the group's mapping does not use). A user's
+tag is a function of (content, group, user): a non-personalized model is weak, a model
+that knows the group gets the 3 shared values right, only one that knows the user gets
+the 4th; each user spreads over 4 tags, so their majority tag is not enough.
+`HABIT_NOISE` of items get another tag. Items carry ground truth (`genre`, `mood`,
+`group`) that no prompt shows (PROPER's meso level, Zhang et al. 2025: users who share
+habits should share an expert; `ownlm.data.groups` measures that).
 
 demo-headlines: articles from templates (topic, entity, event, number, day). The key
 facts make a core headline "{Entity} {verb}s {object}"; each user has one style
 (`HEADLINE_STYLES`) that wraps it, so the right headline depends on article and user.
+Users of one style form a planted group (`group` = `style` on every item).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from ownlm.data.tasks import DEMO_TAGS, get_task
 from ownlm.errors import ConfigError
 
 HABIT_NOISE = 0.1  # fraction of demo-tags items whose tag is replaced by a random other tag
+TAG_GROUPS = 4  # planted demo-tags groups: 2 tag by genre, 2 by mood (PROPER's default 4 experts)
 
 # aspect value -> description sentences (two per value; one is drawn per movie)
 GENRES = {
@@ -79,6 +87,8 @@ class TagHabit:
 
     aspect: str  # "genre" | "mood"
     mapping: dict[str, str]  # aspect value -> tag, injective
+    group: str = ""  # planted group, "g0".."g3"
+    personal: str = ""  # the aspect value this user tags unlike their group
 
     def tag(self, genre: str, mood: str) -> str:
         return self.mapping[genre if self.aspect == "genre" else mood]
@@ -90,10 +100,37 @@ def _description(rng: random.Random, genre: str, mood: str) -> str:
     return " ".join(sentences)  # ~20-40 words
 
 
-def make_tag_habit(rng: random.Random) -> TagHabit:
-    aspect = rng.choice(tuple(ASPECTS))
-    values = ASPECTS[aspect]
-    return TagHabit(aspect, dict(zip(values, rng.sample(DEMO_TAGS, len(values)), strict=True)))
+def group_habits(rng: random.Random, n_groups: int = TAG_GROUPS) -> list[TagHabit]:
+    """The groups' habits: group g tags by genre (even g) or mood (odd g), each with its
+    own injective 4-value vocabulary; groups of one aspect differ on every value."""
+    habits: list[TagHabit] = []
+    for g in range(n_groups):
+        aspect = tuple(ASPECTS)[g % len(ASPECTS)]
+        values = ASPECTS[aspect]
+        taken = [h.mapping for h in habits if h.aspect == aspect]
+        while True:  # rejection sampling; with 10 tags and 4 values it ends at once
+            mapping = dict(zip(values, rng.sample(DEMO_TAGS, len(values)), strict=True))
+            if all(m[v] != mapping[v] for m in taken for v in values):
+                break
+        habits.append(TagHabit(aspect, mapping, f"g{g}"))
+    return habits
+
+
+def plant_tag_habits(rng: random.Random, n_users: int) -> list[TagHabit]:
+    """Every user's habit: their group's, with one value re-mapped to a personal tag
+    (outside the group's vocabulary). Groups are balanced: each run of `TAG_GROUPS`
+    users holds one member of each group, in a shuffled order, so any prefix of users
+    (`max_users`) and the train/test split keep the groups near equal."""
+    groups = group_habits(rng)
+    habits = []
+    for start in range(0, n_users, len(groups)):
+        for g in rng.sample(range(len(groups)), len(groups))[: n_users - start]:
+            group = groups[g]
+            personal = rng.choice(ASPECTS[group.aspect])
+            own = rng.choice([t for t in DEMO_TAGS if t not in group.mapping.values()])
+            mapping = {**group.mapping, personal: own}
+            habits.append(TagHabit(group.aspect, mapping, group.group, personal))
+    return habits
 
 
 def _tag_item(rng: random.Random, habit: TagHabit, genre: str, mood: str, item_id: str) -> Item:
@@ -105,25 +142,26 @@ def _tag_item(rng: random.Random, habit: TagHabit, genre: str, mood: str, item_i
         "tag": tag,
         "genre": genre,
         "mood": mood,
-    }  # genre/mood: ground truth for analysis
+        "group": habit.group,
+    }  # genre/mood/group: ground truth for analysis
     return Item(item_id, fields)
 
 
 def make_demo_tags(
     n_users: int = 40, history: int = 20, queries: int = 5, seed: int = 0
 ) -> Dataset:
-    """Users tagging movie descriptions by a hidden habit (see module docstring).
+    """Users tagging movie descriptions by their group's habit and a personal one (see
+    the module docstring; the habits are `plant_tag_habits(random.Random(seed), n_users)`).
 
     History covers each value of the user's aspect equally often (shuffled), so the
     habit is identifiable from history; query contents are drawn uniformly. Items keep
-    "genre" and "mood" fields (ground truth for analysis; prompts never show them).
+    "genre", "mood" and "group" fields (ground truth for analysis; prompts never show them).
     """
     rng = random.Random(seed)
     task = get_task("demo-tags")
     users = []
-    for u in range(n_users):
+    for u, habit in enumerate(plant_tag_habits(rng, n_users)):
         uid = f"t{u:03d}"
-        habit = make_tag_habit(rng)
         own = list(ASPECTS[habit.aspect])
         # balanced cover of the user's aspect values: (history,) values cycling over 4
         covered = [own[i % len(own)] for i in range(history)]
@@ -236,7 +274,8 @@ def make_demo_headlines(
 ) -> Dataset:
     """Users writing headlines for template articles in their own style (see module doc).
 
-    Items keep a "style" field (ground truth for analysis; prompts never show it).
+    Items keep "style" and "group" (= style) fields (ground truth for analysis; prompts
+    never show them), so both demos expose planted groups the same way.
     """
     rng = random.Random(seed)
     task = get_task("demo-headlines")
@@ -247,7 +286,8 @@ def make_demo_headlines(
         items = []
         for i in range(history + queries):
             text, facts = _article(rng)
-            fields = {"text": text, "title": style_headline(style, facts), "style": style}
+            title = style_headline(style, facts)
+            fields = {"text": text, "title": title, "style": style, "group": style}
             items.append(
                 Item(
                     f"{uid}-{'h' if i < history else 'q'}{i if i < history else i - history}",

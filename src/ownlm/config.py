@@ -330,6 +330,17 @@ class ExperimentConfig:
         default_factory=lambda: ["base", "rag", "pag", "peft", "oppu"],
         metadata={"help": "methods to evaluate side by side (references are always added)"},
     )
+    n_boot: int = field(
+        default=1000,
+        metadata={
+            "help": "bootstrap resamples of the test users behind each table's 95% intervals "
+            "and paired tests (docs/evaluation.md)"
+        },
+    )
+    boot_seed: int = field(
+        default=0,
+        metadata={"help": "seed of the bootstrap draws, the same draws for every method"},
+    )
 
     @property
     def run_dir(self) -> Path:
@@ -345,7 +356,7 @@ class ExperimentConfig:
 # Keys that leave what a run learns unchanged. A run records every other key, its
 # training keys, in <run>/run.json: `ownlm train` refuses to resume a run under other
 # training keys, and `ownlm eval` takes only these from the command line.
-EVAL_KEYS = ("methods", "max_queries")  # what is evaluated, not what is trained
+EVAL_KEYS = ("methods", "max_queries", "n_boot", "boot_seed")  # evaluated, not trained
 RUNTIME_KEYS = (  # where the run lives and how fast it runs: the same adapters come out
     "name",
     "output_dir",
@@ -489,6 +500,7 @@ VALID: dict[type, dict[str, Bound | Choice]] = {
     ExperimentConfig: {"device": Choice(("auto", "cpu", "cuda", "cuda:N", "mps")),
                        "dtype": Choice(("auto", "float32", "bfloat16", "float16")),
                        "quantize": Choice(("4bit",)), "seed": AT_LEAST_0,
+                       "n_boot": AT_LEAST_1, "boot_seed": AT_LEAST_0,
                        "test_frac": Bound(0, strict=True, high=1), "retrieval_k": AT_LEAST_0,
                        **dict.fromkeys(("max_users", "max_history", "max_queries"), AT_LEAST_1)},
 }  # fmt: skip

@@ -44,6 +44,30 @@ class ProperSettings:
     """PROPER's group and user stages (Zhang et al. 2025). Defaults sized for the demo."""
 
     groups: int = field(default=4, metadata={"help": "number of group LoRA experts G"})
+    assignment: str = field(
+        default="user",
+        metadata={
+            "help": "how stage 2 routes: 'user' (each train user is in one group, found by "
+            "likelihood EM from a k-means start; one gate vector per user for every layer) "
+            "or 'token' (per-layer, per-token routers on the token and a user embedding)"
+        },
+    )
+    em_rounds: int = field(
+        default=4,
+        metadata={
+            "help": "assignment 'user': rounds of (train each expert on its members for "
+            "epochs/em_rounds, reassign every train user to the expert that best explains "
+            "their history)"
+        },
+    )
+    features: str = field(
+        default="outputs",
+        metadata={
+            "help": "assignment 'user': what k-means starts the groups from: 'outputs' (a "
+            "user's label histogram, or mean MiniLM embedding of their answers) or "
+            "'outputs+inputs' (with their history embedding concatenated)"
+        },
+    )
     r: int = field(default=8, metadata={"help": "rank of each group expert"})
     alpha: float = field(default=8.0, metadata={"help": "group experts' LoRA alpha"})
     targets: list[str] | None = field(
@@ -492,7 +516,9 @@ VALID: dict[type, dict[str, Bound | Choice]] = {
                      **dict.fromkeys(("alpha", "lr", "epochs", "user_alpha", "user_lr",
                                       "user_epochs", "router_lr"), POSITIVE),
                      **dict.fromkeys(("top_k", "balance", "diversity"), AT_LEAST_0),
-                     "new_user": Choice(("projection", "neighbours"))},
+                     "new_user": Choice(("projection", "neighbours")),
+                     "assignment": Choice(("user", "token")), "em_rounds": AT_LEAST_1,
+                     "features": Choice(("outputs", "outputs+inputs"))},
     ValidationSettings: {"dev_frac": Bound(0, high=1), "patience": AT_LEAST_1,
                          "monitor": Choice(("loss", "metric")), "max_items": AT_LEAST_1},
     TuneSettings: {"max_epochs": AT_LEAST_0, "val_frac": Bound(0, strict=True, high=1),

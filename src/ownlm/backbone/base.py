@@ -47,6 +47,11 @@ class Backbone(Protocol):
         """Mean training loss of `model` on (prompt, target) pairs."""
         ...
 
+    def item_losses(self, model, prompts: list[str], targets: list[str]) -> torch.Tensor:
+        """(N,) each pair's own loss (its mean over its target tokens), without the batch
+        averaging of `loss`: what PROPER's likelihood assignment sums per user."""
+        ...
+
     def score_labels(self, model, prompts: list[str], labels: tuple[str, ...]) -> torch.Tensor:
         """(N, L) log-probability of each label after each prompt."""
         ...
@@ -144,6 +149,16 @@ class CausalBackbone:
     def loss(self, model, prompts: list[str], targets: list[str]) -> torch.Tensor:
         ids, mask, labels = _to(model_device(model), *self.encode_pairs(prompts, targets))
         return model(input_ids=ids, attention_mask=mask, labels=labels).loss
+
+    def item_losses(self, model, prompts: list[str], targets: list[str]) -> torch.Tensor:
+        ids, mask, labels = _to(model_device(model), *self.encode_pairs(prompts, targets))
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()  # (B, T-1, V)
+        tgt = labels[:, 1:]  # token t predicts t+1, as the model's own loss shifts
+        tok = nn.functional.cross_entropy(
+            logits.transpose(1, 2), tgt, ignore_index=-100, reduction="none"
+        )  # (B, T-1)
+        keep = (tgt != -100).float()
+        return (tok * keep).sum(-1) / keep.sum(-1).clamp_min(1)
 
     # -- inference ------------------------------------------------------------------
     @torch.no_grad()
@@ -262,6 +277,14 @@ class EncoderBackbone:
         y = torch.tensor([index[t] for t in targets], device=device)
         logits = model(input_ids=ids, attention_mask=mask).float()
         return nn.functional.cross_entropy(logits, y)
+
+    def item_losses(self, model, prompts: list[str], targets: list[str]) -> torch.Tensor:
+        index = {label: i for i, label in enumerate(self.model.labels)}
+        device = model_device(model)
+        ids, mask = _to(device, *self._batch(prompts))
+        y = torch.tensor([index[t] for t in targets], device=device)
+        logits = model(input_ids=ids, attention_mask=mask).float()
+        return nn.functional.cross_entropy(logits, y, reduction="none")
 
     @torch.no_grad()
     def score_labels(self, model, prompts: list[str], labels: tuple[str, ...]) -> torch.Tensor:

@@ -233,10 +233,12 @@ def fit_mixture(
     user_emb,
     losses=None,
     early_stopping: EarlyStopping | None = None,
+    user_ids=None,
 ):
     """`fit` for PROPER's mixture: AdamW over the param `groups` on (prompt, target,
     user_row) triples. `user_emb(rows)` gives the batch's (B, d_u) embeddings (None for
-    the user-only router); `losses` maps a routing term to its weight ("balance": switch
+    the user-only router); `user_ids(rows)` the rows of a `UserRouter`'s table (stage 2
+    with `assignment: user`; default the state's fixed ids); `losses` maps a routing term to its weight ("balance": switch
     load balancing over tokens, "diversity": `group_loss` over the batch's users).
     With `early_stopping`, validated as `fit` says (stage 2). Returns the step losses
     (LM loss plus the weighted terms)."""
@@ -247,7 +249,8 @@ def fit_mixture(
     def step_loss(batch):
         rows = torch.tensor([b[2] for b in batch])
         emb = user_emb(rows) if user_emb else None
-        with routing(state, user_emb=emb, user_ids=state.user_ids, record=bool(weights)):
+        ids = user_ids(rows) if user_ids else state.user_ids
+        with routing(state, user_emb=emb, user_ids=ids, record=bool(weights)):
             loss = backbone.loss(backbone.model, [b[0] for b in batch], [b[1] for b in batch])
             if "balance" in weights:
                 loss = loss + weights["balance"] * balance_loss(state.gates)

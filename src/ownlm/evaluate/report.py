@@ -48,6 +48,8 @@ class MethodResult:
     seconds: float = 0.0
     is_reference: bool = False
     not_run: NotRun | None = None
+    # metric -> [low, high]: 95% bootstrap interval over users (`evaluate.intervals`)
+    intervals: dict[str, list[float]] = field(default_factory=dict)
 
 
 def not_run_message(result: MethodResult, shown: int = 5) -> str:
@@ -81,7 +83,16 @@ def _metric_columns(results: Sequence[MethodResult], primary: str) -> list[str]:
     return sorted(names, key=lambda m: (m != primary, names.index(m)))
 
 
+def interval_text(value: float, interval: Sequence[float] | None, digits: int = 3) -> str:
+    """ "0.486 [0.343, 0.629]", or the bare value when there is no interval."""
+    if not interval:
+        return f"{value:.{digits}f}"
+    low, high = interval
+    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
 def _score_cells(r: MethodResult, columns: list[str], best: dict) -> list[str]:
+    """Metric cells; the primary (first) column with its interval when there is one."""
     cells = []
     for m in columns:
         if m not in r.metrics:
@@ -89,7 +100,8 @@ def _score_cells(r: MethodResult, columns: list[str], best: dict) -> list[str]:
         elif m in COUNT_KEYS:  # a count, not a score: no "best"
             cells.append(f"{r.metrics[m]:.0f}")
         else:
-            text = f"{r.metrics[m]:.4f}"
+            interval = r.intervals.get(m) if m == columns[0] else None
+            text = interval_text(r.metrics[m], interval) if interval else f"{r.metrics[m]:.4f}"
             cells.append(f"[bold]{text}[/bold]" if r.metrics[m] == best[m] else text)
     return cells
 
@@ -100,8 +112,9 @@ def print_table(
     primary_metric: str,
     console: Console | None = None,
 ) -> Table:
-    """Methods as rows (references first, in italics), metrics as columns, best in bold.
-    Methods not run get dashes and, in a "status" column, why (no partial score)."""
+    """Methods as rows (references first, in italics), metrics as columns, best in bold;
+    the primary metric with its 95% interval when the results have one. Methods not run
+    get dashes and, in a "status" column, why (no partial score)."""
     arrow = "↓" if primary_metric in LOWER_IS_BETTER else "↑"
     table = Table(title=f"{task_name} — primary metric: {primary_metric} {arrow}")
     table.add_column("method")
@@ -182,9 +195,18 @@ def _write_atomic(path: str | os.PathLike[str], payload: object) -> Path:
     return path
 
 
-def write_json(path: str | os.PathLike[str], task: object, results: Sequence[MethodResult]) -> Path:
-    """All results of a task: {"task", "results": [{method, metrics, seconds, is_reference,
-    predictions, not_run}]}; `not_run` is null, or {reason, users: {id: why}, command}."""
+def write_json(
+    path: str | os.PathLike[str],
+    task: object,
+    results: Sequence[MethodResult],
+    comparisons: Sequence[object] = (),
+    bootstrap: Mapping | None = None,
+) -> Path:
+    """All results of a task: {"task", "results": [{method, metrics, intervals, seconds,
+    is_reference, predictions, not_run}]}; `not_run` is null, or {reason, users: {id:
+    why}, command}; with `comparisons` (`scores.bootstrap.Paired`), also "comparisons":
+    [{method, baseline, metric, diff, low, high, significant, better}] and "bootstrap"
+    (how the intervals were drawn)."""
     rows = []
     for r in results:
         row = asdict(r)
@@ -192,7 +214,12 @@ def write_json(path: str | os.PathLike[str], task: object, results: Sequence[Met
             {"id": q, "user_id": u, "output": p, "gold": g} for q, u, p, g in r.predictions
         ]
         rows.append(row)
-    return _write_atomic(path, {"task": _task_name(task), "results": rows})
+    payload: dict = {"task": _task_name(task), "results": rows}
+    if bootstrap:
+        payload["bootstrap"] = dict(bootstrap)
+    if comparisons:
+        payload["comparisons"] = [{**asdict(c), "better": c.better} for c in comparisons]
+    return _write_atomic(path, payload)
 
 
 def lamp_task_id(task_name: str) -> str:
@@ -226,32 +253,54 @@ def _pyplot():
 def plot_methods(
     path: str | os.PathLike[str], task_name: str, results: Sequence[MethodResult], metric: str
 ) -> Path:
-    """Bar chart of `metric` per method; references as dashed horizontal lines."""
+    """Bar chart of `metric` per method; references as dashed horizontal lines; the 95%
+    intervals, where the results have them, as error bars (references: shaded bands)."""
     plt = _pyplot()
     methods = [r for r in results if not r.is_reference and metric in r.metrics]
     refs = [r for r in results if r.is_reference and metric in r.metrics]
     fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(methods) + 2), 4))
     values = [r.metrics[metric] for r in methods]
-    bars = ax.bar([r.method for r in methods], values, color="#4C72B0")
-    ax.bar_label(bars, fmt="%.3f", fontsize=8)
-    styles = ["--", ":", "-."]
+    bars = ax.bar(
+        [r.method for r in methods], values, color="#4C72B0", yerr=_yerr(methods, metric), capsize=3
+    )
+    for bar, value in zip(bars, values, strict=True):  # beside the error bar, not on it
+        x = bar.get_x() + bar.get_width() / 2
+        ax.annotate(f"{value:.3f}", (x, value), (4, 2), textcoords="offset points", fontsize=8)
+    styles, colors = ["--", ":", "-."], ["#C44E52", "#55A868", "#8172B2", "#CCB974"]
     for i, r in enumerate(refs):
         ax.axhline(
             r.metrics[metric],
-            color="#C44E52" if i == 0 else "#55A868",
+            color=colors[i % len(colors)],
             linestyle=styles[i % 3],
             linewidth=1.5,
             label=f"{r.method} (reference)",
         )
+        if metric in r.intervals:
+            ax.axhspan(*r.intervals[metric], color=colors[i % len(colors)], alpha=0.08)
     arrow = "lower is better" if metric in LOWER_IS_BETTER else "higher is better"
     ax.set_ylabel(f"{metric} ({arrow})")
-    ax.set_title(f"{task_name}: {metric}")
-    top = max(values + [r.metrics[metric] for r in refs] + [0.0])
+    shown = " (bars: 95% intervals, users resampled)" if any(r.intervals for r in results) else ""
+    ax.set_title(f"{task_name}: {metric}{shown}", fontsize=10)
+    highs = [r.intervals[metric][1] for r in methods + refs if metric in r.intervals]
+    top = max(values + [r.metrics[metric] for r in refs] + highs + [0.0])
     ax.set_ylim(0, top * 1.3 or 1.0)  # headroom for the legend
     if refs:
-        ax.legend(loc="upper left", ncol=len(refs), fontsize=8)
+        ax.legend(loc="upper left", ncol=min(len(refs), 2), fontsize=8)
     plt.setp(ax.get_xticklabels(), rotation=20, ha="right")
     return _save(fig, path)
+
+
+def _yerr(methods: Sequence[MethodResult], metric: str):
+    """(2, n) distances below / above each bar to its interval's ends; None when no bar
+    has an interval (a bar without one gets none)."""
+    if not any(metric in r.intervals for r in methods):
+        return None
+    below, above = [], []
+    for r in methods:
+        low, high = r.intervals.get(metric, (r.metrics[metric], r.metrics[metric]))
+        below.append(max(r.metrics[metric] - low, 0.0))
+        above.append(max(high - r.metrics[metric], 0.0))
+    return [below, above]
 
 
 def plot_buckets(

@@ -34,6 +34,7 @@ from ownlm.evaluate.coverage import (
     not_run,
     unusable_users,
 )
+from ownlm.evaluate.intervals import add_intervals, paired_comparisons, print_comparisons
 from ownlm.evaluate.report import (
     MethodResult,
     not_run_message,
@@ -45,7 +46,13 @@ from ownlm.evaluate.report import (
     write_json,
     write_lamp_predictions,
 )
-from ownlm.evaluate.scoring import PRIMARY, predict_by_user, references, test_queries
+from ownlm.evaluate.scoring import (
+    PRIMARY,
+    predict_by_user,
+    references,
+    test_queries,
+    tfidf_references,
+)
 from ownlm.log import console, get_logger
 from ownlm.methods.oppu import CONTROL, CONTROL_BASE, control_problem, user_model
 from ownlm.methods.proper.users import METHODS as PROPER_METHODS
@@ -133,7 +140,7 @@ def evaluate_run(
     rows = test_queries(run)
     backbone = run.base()
     contexts = {u.user_id: user_context(run.task, u) for u, _ in rows}
-    results = references(run, rows)
+    results = references(run, rows) + tfidf_references(run, rows)
     for name in methods:
         if name == CONTROL:
             results.append(run_control(run, rows, contexts))
@@ -149,10 +156,14 @@ def evaluate_run(
 
 
 def report(run, results, out_dir: Path) -> None:
-    """Print the table and one line per method not run; write results.json, the official
-    prediction files of the methods scored, and the chart."""
+    """Print the table (95% intervals over users), the paired comparisons and one line per
+    method not run; write results.json, the official prediction files of the methods
+    scored, and the chart."""
     out_dir.mkdir(parents=True, exist_ok=True)
     primary = PRIMARY[run.task.kind]
+    n_boot, seed = run.cfg.n_boot, run.cfg.boot_seed
+    add_intervals(results, run.task, n_boot, seed)
+    comparisons = paired_comparisons(results, run.task, primary, n_boot, seed)
     print_table(
         f"{run.task.name} · {run.cfg.backbone} · {len({p[1] for p in results[0].predictions})} test users",
         results,
@@ -160,8 +171,10 @@ def report(run, results, out_dir: Path) -> None:
         console=console,
     )
     print_gaps(results, primary, console=console)
+    print_comparisons(comparisons, n_boot, seed, console=console)
     print_stage_warnings(stage_warnings(run.recorded()), console=console)
-    write_json(out_dir / "results.json", run.task.name, results)
+    boot = {"unit": "user", "n_boot": n_boot, "seed": seed, "level": 0.95, "metric": primary}
+    write_json(out_dir / "results.json", run.task.name, results, comparisons, boot)
     for r in results:
         path = out_dir / f"predictions_{r.method}.json"
         if r.not_run:

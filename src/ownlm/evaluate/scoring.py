@@ -11,6 +11,7 @@ from ownlm.log import progress
 from ownlm.retrieval.prompts import query_prompt
 from ownlm.scores.metrics import PRIMARY, per_user_metrics, scale
 from ownlm.scores.references import reference_predictions
+from ownlm.scores.tfidf import TfidfUser, tfidf_predictions
 
 __all__ = ["PRIMARY", "scale"]  # re-exported: evaluation and studies read them here
 
@@ -66,6 +67,39 @@ def references(run, rows) -> list[MethodResult]:
         score(run, "population-majority", rows, refs["population"], 0.0, reference=True),
         score(run, "user-majority", rows, refs["user"], 0.0, reference=True),
     ]
+
+
+def _pairs(task, items) -> list[tuple[str, str]]:
+    """(input text, label) of labelled history items, the task's own field names."""
+    labelled = [(task.item_text(it), it.fields.get(task.output_field, "").strip()) for it in items]
+    return [(text, label) for text, label in labelled if label]
+
+
+def tfidf_references(run, rows) -> list[MethodResult]:
+    """The TF-IDF linear models and their per-user offset (`ownlm.scores.tfidf`) on
+    `rows`, for label tasks whose history items carry the labels; [] for the others."""
+    task = run.task
+    if task.kind == "generation" or not task.labelled_history:
+        return []
+    groups = by_user(rows)
+    users = [
+        TfidfUser(_pairs(task, rows[idx[0]][0].history), [task.query_text(rows[i][1]) for i in idx])
+        for idx in groups.values()
+    ]
+    start = time.perf_counter()
+    found = tfidf_predictions(
+        task.kind,
+        task.labels,
+        _pairs(task, [it for u in run.split.train for it in u.history]),
+        users,
+    )
+    seconds = time.perf_counter() - start
+    order = [i for idx in groups.values() for i in idx]  # predictions come user by user
+    out = []
+    for name, preds in found.items():
+        by_row = dict(zip(order, preds, strict=True))
+        out.append(score(run, name, rows, [by_row[i] for i in range(len(rows))], seconds, True))
+    return out
 
 
 def by_user(rows) -> dict[str, list[int]]:

@@ -155,6 +155,11 @@ def eval_(
     study_users: int = typer.Option(
         0, help="active-level study on the first N test users only (0 = all)"
     ),
+    one_expert_run: str = typer.Option(
+        "",
+        help="active-level study: also the row proper-user-g1, PROPER on the stage 2 of this "
+        "run (same output_dir), trained alike with --set proper.groups=1",
+    ),
 ):
     """Evaluate the configured methods side by side with the trivial references. Exits
     with code 3 (after saving the table) when a method could not be run: users without a
@@ -170,9 +175,11 @@ def eval_(
 
         show_groups(run)
     if buckets:
+        from ownlm.run import Run
         from ownlm.studies.active_levels import active_level_study
 
-        active_level_study(run, buckets=buckets, max_users=study_users or None)
+        one = Run.open(run.dir.parent / one_expert_run) if one_expert_run else None
+        active_level_study(run, buckets=buckets, max_users=study_users or None, one_expert=one)
     console.print(f"eval wall time: {time.perf_counter() - start:.0f} s")
     if any(r.not_run for r in results):  # a method asked for has no score: not a success
         raise typer.Exit(3)

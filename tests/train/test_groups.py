@@ -9,14 +9,22 @@ from ownlm.train.population import train_population
 
 def small_proper(**kw):
     base = dict(
-        groups=4, r=2, alpha=4.0, user_dim=4, balance=1.0, lr=2e-3, epochs=1.0, batch_size=8
+        groups=4,
+        r=2,
+        alpha=4.0,
+        user_dim=4,
+        balance=1.0,
+        lr=2e-3,
+        epochs=1.0,
+        batch_size=8,
+        em_rounds=1,
     )
     base.update(kw)
     return ProperSettings(**base)
 
 
 def test_balance_term_keeps_every_expert_in_use(tiny_cfg):
-    tiny_cfg.proper = small_proper()
+    tiny_cfg.proper = small_proper(assignment="token")  # the per-token routers' balance term
     run = Run(tiny_cfg)
     train_population(run)
     stats = train_groups(run)
@@ -78,7 +86,7 @@ def test_groups_are_kept_while_their_inputs_hold(tiny_cfg):
 
 
 def test_stage_2_is_validated_on_dev_users_routed_as_new_users(tiny_cfg):
-    tiny_cfg.proper = small_proper(epochs=2.0)
+    tiny_cfg.proper = small_proper(epochs=2.0, em_rounds=2)  # 'user': validated each round
     run = Run(tiny_cfg)
     train_population(run)
     stats = train_groups(run)

@@ -17,24 +17,23 @@ log = get_logger(__name__)
 
 
 def groups_view(run, users=None) -> dict:
-    """Per user: mean stage-2 gate over their history prompts (all layers) and its argmax
-    expert; per expert: share of users and mean gate. Train users use their learned
-    embedding, others their projected history embedding. Also written to eval/groups.json.
-    Refuses (naming the fix) stage-2 groups that are missing, stale or corrupt."""
+    """Per user: their stage-2 gates and its argmax expert; per expert: share of users
+    and mean gate. With `assignment: user` (one fact per user): a train user's stored
+    gates, another user's untrained routing (the posterior of their history under each
+    expert). With `assignment: token`: the mean gate over their history prompts and all
+    layers, train users on their learned embedding, others on their projected history
+    embedding. Also written to eval/groups.json. Refuses (naming the fix) stage-2 groups
+    that are missing, stale or corrupt."""
     backbone = run.base()
     require_groups(run, backbone.fingerprint())
     users = [u for u in (users or run.split.train + run.split.test) if u.history]
-    vectors = dict(
-        zip([u.user_id for u in users], history_vectors(run, users, backbone), strict=True)
-    )
     rows, means = [], []
     with group_model(run, backbone) as gm:
+        gates_of = _gates_by_user(run, gm, users)
         index = {uid: i for i, uid in enumerate(gm.meta["users"])}
         for u in users:
             i = index.get(u.user_id)
-            emb = gm.user_table[i : i + 1] if i is not None else gm.embed(vectors[u.user_id])
-            per_layer = mean_gates(gm, emb, user_pairs(run, u))
-            g = sum(per_layer.values()) / len(per_layer)  # (G,)
+            g = gates_of(u)  # (G,)
             means.append(g)
             rows.append(
                 {
@@ -59,5 +58,29 @@ def groups_view(run, users=None) -> dict:
     out = {"users": rows, "share": share, "mean_gate": mean, "user_top_gate": round(top, 4)}
     log.info(f"users' mean largest gate {top:.3f} (uniform {1 / G:.3f}, hard groups 1)")
     (run.dir / "eval").mkdir(parents=True, exist_ok=True)
+    out["assignment"] = gm.meta["assignment"]
     (run.dir / "eval" / "groups.json").write_text(json.dumps(out, indent=2))
     return out
+
+
+def _gates_by_user(run, gm, users):
+    """`gates(user)` -> (G,) as the groups view shows them (`groups_view`)."""
+    if gm.by_user:
+
+        def by_user(u):
+            stored = gm.train_gates(u.user_id)
+            return stored if stored is not None else gm.history_gates(user_pairs(run, u))
+
+        return by_user
+    vectors = dict(
+        zip([u.user_id for u in users], history_vectors(run, users, gm.backbone), strict=True)
+    )
+    index = {uid: i for i, uid in enumerate(gm.meta["users"])}
+
+    def by_token(u):
+        i = index.get(u.user_id)
+        emb = gm.user_table[i : i + 1] if i is not None else gm.embed(vectors[u.user_id])
+        per_layer = mean_gates(gm, emb, user_pairs(run, u))
+        return sum(per_layer.values()) / len(per_layer)  # mean over layers
+
+    return by_token

@@ -26,6 +26,7 @@ from ownlm.evaluate.report import MethodResult, plot_buckets
 from ownlm.evaluate.scoring import PRIMARY, predict_by_user, references, test_queries
 from ownlm.log import get_logger
 from ownlm.methods.proper import group_model, prepare_user
+from ownlm.methods.proper.users import user_pairs
 from ownlm.retrieval.prompts import user_context
 from ownlm.train.proper_users import fit_user as fit_proper_user
 from ownlm.train.users import fit_user as fit_oppu_user
@@ -48,20 +49,23 @@ def _oppu(run, backbone, rows, contexts) -> MethodResult:
     return predict_by_user(run, backbone, rows, contexts, "oppu", answer_with)
 
 
-def _proper(run, backbone, rows, contexts, router: str) -> MethodResult:
-    """`router` "input" / "user": trained on the cut history; "new": untrained routing."""
+def _proper(run, backbone, rows, contexts, router: str, name: str = "") -> MethodResult:
+    """`router` "input" / "user": trained on the cut history; "new": untrained routing.
+    `name`: the row's name (default proper-<router>)."""
     vectors = user_vectors(run, rows, backbone)
     with group_model(run, backbone) as gm:
 
         def answer_with(user):
             if router == "new" or not user.history:  # served untrained, as `prepare_user` does
-                prepare_user(gm, None, None, user, router, vectors.get(user.user_id))
+                pairs = user_pairs(run, user) if user.history else None
+                prepare_user(gm, None, None, user, router, vectors.get(user.user_id), pairs)
             else:
                 gm.reset()
                 fit_proper_user(run, gm, user, vectors[user.user_id], router)
             return nullcontext(backbone.model)
 
-        return predict_by_user(run, backbone, rows, contexts, f"proper-{router}", answer_with)
+        name = name or f"proper-{router}"
+        return predict_by_user(run, backbone, rows, contexts, name, answer_with)
 
 
 def active_level_study(
@@ -70,10 +74,14 @@ def active_level_study(
     routers=("input", "user"),
     out_dir: Path | None = None,
     max_users: int | None = None,
+    one_expert=None,
 ) -> dict[str, dict[str, float]]:
     """Scores at each history size in `buckets`. `max_users` keeps the first N test users
-    (each bucket trains 1 + len(routers) user stages per user). Returns
-    {bucket: {method: primary metric}}; writes active_levels.json and a plot."""
+    (each bucket trains 1 + len(routers) user stages per user). `one_expert`: a second
+    run, trained alike but with `proper.groups=1` (`check_one_expert`), whose stage 2
+    gives the row "proper-user-g1": PROPER's user stage on one expert, at the same
+    training budget. Returns {bucket: {method: primary metric}}; writes
+    active_levels.json and a plot."""
     primary = PRIMARY[run.task.kind]
     out_dir = out_dir or run.dir / "eval"
     rows0 = test_queries(run)
@@ -81,6 +89,7 @@ def active_level_study(
     rows0 = [(u, q) for u, q in rows0 if u.user_id in keep_ids]
     backbone = run.base()
     require_groups(run, backbone.fingerprint())
+    one_base = check_one_expert(run, one_expert) if one_expert is not None else None
     table: dict[str, dict[str, float]] = {}
     for keep in buckets:
         cut = {u.user_id: truncate_history(u, keep) for u, _ in rows0}
@@ -91,6 +100,9 @@ def active_level_study(
         results.append(predict_by_user(run, backbone, rows, contexts, "pag", pag))
         results.append(_oppu(run, backbone, rows, contexts))
         results += [_proper(run, backbone, rows, contexts, r) for r in (*routers, "new")]
+        if one_base is not None:
+            g1 = _proper(one_expert, one_base, rows, contexts, "user", "proper-user-g1")
+            results.append(g1)
         table[str(keep)] = {r.method: round(r.metrics[primary], 4) for r in results}
         log.info(f"active level {keep}: {table[str(keep)]}")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -99,3 +111,30 @@ def active_level_study(
     )
     plot_buckets(out_dir / "active_levels.png", table, primary, f"{run.task.name}: {primary}")
     return table
+
+
+def check_one_expert(run, other):
+    """`other`'s base, once it is the one-expert twin of `run`: stage 2 with
+    `proper.groups=1`, the same test users, and otherwise the same PROPER settings (so
+    the rows differ by the groups alone); else a ConfigError naming the fix."""
+    from dataclasses import asdict
+
+    from ownlm.errors import ConfigError
+
+    mine, theirs = asdict(run.cfg.proper), asdict(other.cfg.proper)
+    differ = sorted(k for k in mine if k != "groups" and mine[k] != theirs[k])
+    same_users = [u.user_id for u in run.split.test] == [u.user_id for u in other.split.test]
+    if theirs["groups"] != 1 or differ or not same_users:
+        why = (
+            f"groups={theirs['groups']}"
+            if theirs["groups"] != 1
+            else (f"proper.{differ[0]} differs" if differ else "other test users")
+        )
+        raise ConfigError(
+            f"--one-expert-run {other.dir.name}: not the one-expert twin of {run.dir.name} "
+            f"({why}); train it with the same config and `--set proper.groups=1 --set "
+            f"name={run.dir.name}-g1 --stages population,groups`"
+        )
+    base = other.base()
+    require_groups(other, base.fingerprint())
+    return base

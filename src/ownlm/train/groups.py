@@ -41,6 +41,7 @@ from ownlm.methods.proper.groups import (
     save_groups,
     settings,
     targets_for,
+    token_router_tensors,
 )
 from ownlm.retrieval.prompts import training_pairs, user_context
 from ownlm.train.loop import fit_mixture
@@ -107,7 +108,12 @@ def train_groups(run, backbone=None) -> dict:
             f"{len(users)} users and {len(pairs)} pairs"
         )
         return {"pairs": len(pairs), "kept": True}
-    stats = fit_groups(run, backbone, users, pairs, dev, vset)
+    if settings(run).assignment == "user":
+        from ownlm.train.group_em import fit_groups_em
+
+        stats = fit_groups_em(run, backbone, users, pairs, vset)
+    else:
+        stats = fit_groups(run, backbone, users, pairs, dev, vset)
     mark_done(run, "groups", inputs, identity)
     s = settings(run)
     record = stats.pop("validation")
@@ -118,7 +124,7 @@ def train_groups(run, backbone=None) -> dict:
 
 
 def fit_groups(run, backbone, users, pairs, dev=(), vset=None) -> dict:
-    """Stage 2 proper: initialise the user table from history vectors, train experts,
+    """Stage 2 with `assignment: token`: initialise the user table from history vectors, train experts,
     routers and table together (validated on `vset` when given), report the routing,
     save."""
     cfg, s = run.cfg, settings(run)
@@ -165,7 +171,8 @@ def fit_groups(run, backbone, users, pairs, dev=(), vset=None) -> dict:
         used = expert_usage(backbone, state, pairs, table)
         meta = router_meta(s, backbone, layers, users, base_fp)
         record = summary(stopper, vset)
-        save_groups(run, layers, table, mu, proj, meta, base_fp, losses, vectors, record)
+        tensors = token_router_tensors(layers, table, mu, proj, vectors, s.new_user)
+        save_groups(run, layers, tensors, meta, base_fp, losses, record)
     finally:
         uninstall_mixture(backbone.model)
     stats = {"pairs": len(pairs), "loss_first": losses[0], "loss_last": losses[-1], **used}
@@ -182,6 +189,7 @@ def router_meta(s, backbone, layers, users, base_fp: str) -> dict:
     return {
         **{k: getattr(s, k) for k in ("groups", "r", "alpha", "user_dim", "top_k")},
         **{k: getattr(s, k) for k in ("new_user", "neighbours")},
+        "assignment": s.assignment,
         "targets": targets_for(backbone, s),
         "layers": list(layers),
         "users": [u.user_id for u in users],

@@ -62,8 +62,10 @@ def train_proper_users(run, router: str = "input", users=None, backbone=None) ->
     store = run.store(f"proper-{router}")
     budget = user_budget(run, f"proper-{router}", fp)
     todo, counts = plan_users(store, users, fp, budget)
-    vectors = history_vectors(run, todo, backbone) if todo else []
     with group_model(run, backbone) as gm:
+        # a 'user' assignment routes by the history's likelihood: no history vectors
+        vectors = history_vectors(run, todo, backbone) if todo and not gm.by_user else []
+        vectors = vectors if len(vectors) else [None] * len(todo)
         for user, vec in progress(
             list(zip(todo, vectors, strict=True)), desc=f"PROPER users ({router})", unit="user"
         ):

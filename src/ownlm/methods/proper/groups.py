@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from ownlm.adapters.mixture import (
     FFN_TARGETS,
     TokenUserRouter,
+    UserRouter,
     install_mixture,
     mixture_layers,
     uninstall_mixture,
@@ -38,6 +39,7 @@ from ownlm.backbone.device import model_device
 from ownlm.config import ProperSettings
 from ownlm.errors import ConfigError, NotFoundError
 from ownlm.log import get_logger
+from ownlm.methods.proper.assign import group_prior, set_user_gates, user_gates_from_history
 from ownlm.store import Manifest
 
 log = get_logger(__name__)
@@ -69,19 +71,24 @@ def history_vectors(run, users, backbone=None) -> np.ndarray:
     """(N, D) one vector per user: the mean all-MiniLM-L6-v2 embedding of their history
     items, or, if that encoder cannot be loaded, the backbone's mean hidden state."""
     texts = [[run.task.item_text(it) for it in u.history] or [""] for u in users]
-    flat = [t for ts in texts for t in ts]
-    try:
-        from ownlm.retrieval.dense import embed_texts
-
-        emb = embed_texts(flat, device=str(run.device))
-    except (ImportError, OSError) as e:
-        log.warning(f"[yellow]MiniLM unavailable ({e}); using backbone hidden states[/]")
-        emb = _backbone_embed(backbone or run.base(), flat)
+    emb = embed(run, [t for ts in texts for t in ts], backbone)
     out, i = [], 0
     for ts in texts:
         out.append(emb[i : i + len(ts)].mean(0))
         i += len(ts)
     return np.stack(out).astype(np.float32)
+
+
+def embed(run, texts: list[str], backbone=None) -> np.ndarray:
+    """(N, D) all-MiniLM-L6-v2 embeddings of `texts`, or, if that encoder cannot be
+    loaded, the backbone's mean last hidden state."""
+    try:
+        from ownlm.retrieval.dense import embed_texts
+
+        return embed_texts(texts, device=str(run.device))
+    except (ImportError, OSError) as e:
+        log.warning(f"[yellow]MiniLM unavailable ({e}); using backbone hidden states[/]")
+        return _backbone_embed(backbone or run.base(), texts)
 
 
 @torch.no_grad()
@@ -107,19 +114,9 @@ def fit_projection(vectors: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarra
 
 
 # -- storage -----------------------------------------------------------------------------
-def save_groups(
-    run, layers, table, mu, proj, meta, base_fp, losses, vectors, validation=None
-) -> None:
-    """Write the experts (`group:<g>`, PEFT) and the routing state (`router`) to the store;
-    the router's manifest keeps the stage's `validation` record (`train.validation`)."""
-    store = run.store()
-    for g in range(meta["groups"]):
-        weights = {name: (layer.A[g], layer.B[g]) for name, layer in layers.items()}
-        store.save(
-            f"group:{g}",
-            lambda d, w=weights: write_peft_lora(d, w, meta["alpha"], str(run.base_dir)),
-            Manifest(name="", stage="group", task=run.task.name, base_fingerprint=base_fp),
-        )
+def token_router_tensors(layers, table, mu, proj, vectors, new_user: str) -> dict:
+    """`assignment: token`'s routing state: each layer's router, the learned user table,
+    the PCA projection (and with new_user='neighbours' the train users' vectors)."""
     tensors = {
         f"{n}.{k}": v.detach().cpu().contiguous()
         for n, layer in layers.items()
@@ -130,8 +127,23 @@ def save_groups(
         proj_mean=torch.from_numpy(mu),
         proj_matrix=torch.from_numpy(proj),
     )
-    if meta["new_user"] == "neighbours":  # train users' history vectors, to find neighbours
+    if new_user == "neighbours":  # train users' history vectors, to find neighbours
         tensors["train_vectors"] = torch.from_numpy(vectors).contiguous()
+    return tensors
+
+
+def save_groups(run, layers, tensors, meta, base_fp, losses, validation=None) -> None:
+    """Write the experts (`group:<g>`, PEFT) and the routing state `tensors` (`router`:
+    router.safetensors + router.json `meta`) to the store; the router's manifest keeps
+    the stage's `validation` record (`train.validation`)."""
+    store = run.store()
+    for g in range(meta["groups"]):
+        weights = {name: (layer.A[g], layer.B[g]) for name, layer in layers.items()}
+        store.save(
+            f"group:{g}",
+            lambda d, w=weights: write_peft_lora(d, w, meta["alpha"], str(run.base_dir)),
+            Manifest(name="", stage="group", task=run.task.name, base_fingerprint=base_fp),
+        )
 
     def write(d):
         d.mkdir(parents=True, exist_ok=True)
@@ -208,9 +220,12 @@ def forget_stage2_user(store, user_id: str) -> bool:
     tensors = None
     if (rdir / "router.safetensors").exists():
         tensors = load_file(str(rdir / "router.safetensors"))
-        for key in ("user_table", "train_vectors"):  # (U_train, ...) rows, meta's order
+        for key in ("user_table", "train_vectors", "user_gates"):  # (U_train, ...) rows
             if key in tensors:
                 tensors[key] = tensors[key][keep].contiguous()
+        if "group_prior" in tensors:  # the group sizes without them
+            assign = tensors["user_gates"].argmax(-1)
+            tensors["group_prior"] = group_prior(assign, tensors["group_prior"].shape[0])
 
     def write(d):
         d.mkdir(parents=True, exist_ok=True)
@@ -240,20 +255,30 @@ def _write_in_place(directory, write) -> None:
 # -- the loaded model ----------------------------------------------------------------------
 @dataclass
 class GroupModel:
-    """The frozen stage-2 mixture installed on a backbone, plus what routes users to it."""
+    """The frozen stage-2 mixture installed on a backbone, plus what routes users to it.
+    `assignment` 'user': one gate vector per user, shared by every layer (`user_table`
+    holds the train users' gates (U_train, G), `prior` the groups' sizes); 'token' (runs
+    trained before it, or by choice): per-layer token routers on a user embedding."""
 
     backbone: object
     state: object
     meta: dict
-    user_table: torch.Tensor  # (U_train, d_u)
-    mu: torch.Tensor  # (D,)
-    proj: torch.Tensor  # (D, d_u)
+    user_table: torch.Tensor  # (U_train, d_u) embeddings, or (U_train, G) gates ('user')
+    mu: torch.Tensor | None  # (D,)
+    proj: torch.Tensor | None  # (D, d_u)
     routers: dict  # stage-2 router state per layer, to restore after each user
     train_vectors: torch.Tensor | None = None  # (U_train, D), stored with new_user='neighbours'
+    prior: torch.Tensor | None = None  # (G,) 'user': smoothed group sizes of the train users
+    centre: torch.Tensor | None = None  # (G,) 'user': the experts' mean train-item loss
 
     @property
     def layers(self):
         return mixture_layers(self.backbone.model)
+
+    @property
+    def by_user(self) -> bool:
+        """True when a user is in a group ('user' assignment), not routed per token."""
+        return self.meta.get("assignment", "token") == "user"
 
     def embed(self, vector: np.ndarray) -> torch.Tensor:
         """(1, d_u) the embedding of a user stage 2 has no row for, from their history
@@ -266,14 +291,41 @@ class GroupModel:
         k = max(1, min(int(self.meta.get("neighbours", 3)), len(sims)))
         return self.user_table[sims.topk(k).indices].mean(0, keepdim=True)
 
+    def train_gates(self, user_id: str) -> torch.Tensor | None:
+        """(G,) a stage-2 train user's gates ('user' assignment), None for another user."""
+        users = self.meta.get("users", [])
+        return self.user_table[users.index(user_id)] if user_id in users else None
+
+    def history_gates(self, pairs) -> torch.Tensor:
+        """(G,) the untrained routing of a user from their history `pairs`: the posterior
+        over groups of their items' likelihood under each expert, the groups' sizes as
+        prior ('user' assignment; the stage-2 E-step)."""
+        return user_gates_from_history(
+            self.backbone, self.state, pairs, self.meta["groups"], self.prior, self.centre
+        )
+
+    def route(self, gates: torch.Tensor) -> None:
+        """'user' assignment: every layer mixes the experts with these gates (G,)."""
+        set_user_gates(next(iter(self.layers.values())).router, gates)
+
     def reset(self) -> None:
         """Back to stage 2: stage-2 routers, no user LoRA, no user, mixture on."""
         m = self.meta
-        for name, layer in self.layers.items():
-            if not isinstance(layer.router, TokenUserRouter):
-                layer.router = router_factory(m["user_dim"], m["groups"], m["top_k"])(layer.base)
-            layer.router.load_state_dict(self.routers[name])
-            layer.router.requires_grad_(False)
+        layers = self.layers
+        shared = None
+        if self.by_user:  # one router for every layer, at the prior until `route`
+            device = next(iter(layers.values())).A.device
+            shared = UserRouter(1, m["groups"]).to(device).requires_grad_(False)
+            set_user_gates(shared, self.prior)
+        for name, layer in layers.items():
+            if shared is not None:
+                layer.router = shared
+            else:
+                if not isinstance(layer.router, TokenUserRouter):
+                    make = router_factory(m["user_dim"], m["groups"], m["top_k"])
+                    layer.router = make(layer.base)
+                layer.router.load_state_dict(self.routers[name])
+                layer.router.requires_grad_(False)
             layer.drop_user_lora()
         self.state.user_emb = self.state.user_ids = None
         self.state.active = True
@@ -290,15 +342,17 @@ def load_groups(run, backbone) -> GroupModel:
     fp = backbone.fingerprint()
     rdir = store.verify(ROUTER, fp)
     meta = json.loads((rdir / "router.json").read_text())
+    meta.setdefault("assignment", "token")  # stage 2 of runs before 'user' existed
     tensors = load_file(str(rdir / "router.safetensors"), device=str(model_device(backbone.model)))
     backbone.model.requires_grad_(False)
+    by_user = meta["assignment"] == "user"
+    make = (
+        (lambda lin: UserRouter(1, meta["groups"]))
+        if by_user
+        else router_factory(meta["user_dim"], meta["groups"], meta["top_k"])
+    )
     state = install_mixture(
-        backbone.model,
-        meta["targets"],
-        meta["groups"],
-        meta["r"],
-        meta["alpha"],
-        router_factory(meta["user_dim"], meta["groups"], meta["top_k"]),
+        backbone.model, meta["targets"], meta["groups"], meta["r"], meta["alpha"], make
     )
     layers = mixture_layers(backbone.model)
     experts = [read_lora(store.verify(f"group:{g}", fp)) for g in range(meta["groups"])]
@@ -308,20 +362,25 @@ def load_groups(run, backbone) -> GroupModel:
             for g, w in enumerate(experts):
                 layer.A[g].copy_(w[name][0])
                 layer.B[g].copy_(w[name][1])
-            sd = {k: tensors[f"{name}.{k}"] for k in layer.router.state_dict()}
-            layer.router.load_state_dict(sd)
-            routers[name] = {k: v.clone() for k, v in sd.items()}
+            if not by_user:
+                sd = {k: tensors[f"{name}.{k}"] for k in layer.router.state_dict()}
+                layer.router.load_state_dict(sd)
+                routers[name] = {k: v.clone() for k, v in sd.items()}
     backbone.model.requires_grad_(False)
-    return GroupModel(
+    gm = GroupModel(
         backbone,
         state,
         meta,
-        tensors["user_table"],
-        tensors["proj_mean"],
-        tensors["proj_matrix"],
+        tensors["user_gates" if by_user else "user_table"],
+        tensors.get("proj_mean"),
+        tensors.get("proj_matrix"),
         routers,
         tensors.get("train_vectors"),
+        tensors.get("group_prior"),
+        tensors.get("expert_centre"),
     )
+    gm.reset()
+    return gm
 
 
 @contextmanager

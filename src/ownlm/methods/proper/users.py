@@ -28,7 +28,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ownlm.adapters.export import INPUT_ROUTER_MSG, export_mixture
-from ownlm.adapters.mixture import UserRouter, routing
+from ownlm.adapters.mixture import TokenUserRouter, UserRouter, routing
 from ownlm.adapters.peft_io import CONFIG_FILE, read_lora, write_peft_lora
 from ownlm.errors import ConfigError
 from ownlm.methods.proper.groups import groups_fingerprint, load_groups, settings
@@ -69,17 +69,20 @@ def mean_gates(gm, emb: torch.Tensor, pairs) -> dict[str, torch.Tensor]:
     return {n: sums[n] / counts[n] for n in sums}
 
 
-def new_user_params(gm, run, pairs, vector: np.ndarray, router: str):
+def new_user_params(gm, run, pairs, vector: np.ndarray | None, router: str):
     """Give the group model a fresh, trainable residual LoRA and router for one user.
 
     Returns (routing parameters, the other parameters, user_emb function for the loop):
-    the user's own routing (their embedding, or their gate logits) learns at
-    `proper.router_lr`, the residual LoRA (and the copied input router) at `user_lr`."""
+    the user's own routing (their embedding, gate logits or router bias) learns at
+    `proper.router_lr`, the residual LoRA (and router weights) at `user_lr`."""
     s = settings(run)
-    e0 = gm.embed(vector)  # (1, d_u)
-    routing_params, shared = [], []
-    if router == "user":
+    if gm.by_user:
+        routing_params, shared = by_user_router(gm, gm.history_gates(pairs), router)
+        emb_fn = None
+    elif router == "user":
+        e0 = gm.embed(vector)  # (1, d_u)
         init = mean_gates(gm, e0, pairs)
+        routing_params, shared = [], []
         for name, layer in gm.layers.items():
             layer.router = UserRouter(1, gm.meta["groups"], gm.meta["top_k"]).to(e0.device)
             layer.router.logits.data = init[name].clamp_min(1e-4).log()[None]
@@ -87,10 +90,13 @@ def new_user_params(gm, run, pairs, vector: np.ndarray, router: str):
         emb_fn = None
         gm.state.user_ids = torch.zeros(1, dtype=torch.long, device=e0.device)
     else:
-        emb = torch.nn.Parameter(e0.clone())
-        for layer in gm.layers.values():
-            shared += list(layer.router.requires_grad_(True).parameters())
-        routing_params.append(emb)
+        emb = torch.nn.Parameter(gm.embed(vector).clone())
+        shared = [
+            p
+            for layer in gm.layers.values()
+            for p in layer.router.requires_grad_(True).parameters()
+        ]
+        routing_params = [emb]
         emb_fn = lambda rows: emb.expand(len(rows), -1)  # noqa: E731
         gm.state.user_emb = emb
     for layer in gm.layers.values():
@@ -99,9 +105,37 @@ def new_user_params(gm, run, pairs, vector: np.ndarray, router: str):
     return routing_params, shared, emb_fn
 
 
+def by_user_router(gm, gates: torch.Tensor, router: str):
+    """Stage 3 on a 'user' assignment, starting at the untrained routing `gates` (G,).
+    "user": ONE logit vector shared by every layer (the user stays one fact; a sparse
+    user has few steps to spend), at log gates. "input": per layer a token router
+    softmax(W x + b) with W = 0 and b = log gates, so it starts at the user-level routing
+    and learns how tokens shift it. Returns (routing params, other params)."""
+    log_g = gates.clamp_min(1e-4).log()  # trainable logits: a -inf would never move back
+    layers = gm.layers
+    device = next(iter(layers.values())).A.device
+    if router == "user":
+        shared_router = UserRouter(1, gm.meta["groups"]).to(device)
+        with torch.no_grad():
+            shared_router.logits.copy_(log_g[None].to(device))
+        for layer in layers.values():
+            layer.router = shared_router
+        gm.state.user_ids = torch.zeros(1, dtype=torch.long, device=device)
+        return [shared_router.logits], []
+    biases, weights = [], []
+    for layer in layers.values():
+        layer.router = TokenUserRouter(layer.base.in_features, 0, gm.meta["groups"]).to(device)
+        with torch.no_grad():
+            layer.router.proj.weight.zero_()
+            layer.router.proj.bias.copy_(log_g.to(device))
+        biases.append(layer.router.proj.bias)
+        weights.append(layer.router.proj.weight)
+    return biases, weights
+
+
 def finish_user(gm, router: str) -> None:
     """After training: the model answers for the user trained (input router: their e_u)."""
-    if router == "input":
+    if router == "input" and gm.state.user_emb is not None:
         gm.state.user_emb = gm.state.user_emb.detach()
 
 
@@ -109,8 +143,8 @@ def user_tensors(gm, router: str) -> dict[str, torch.Tensor]:
     out = {}
     for name, layer in gm.layers.items():
         for k, v in layer.router.state_dict().items():
-            out[f"{name}.{k}"] = v.detach().cpu().contiguous()
-    if router == "input":
+            out[f"{name}.{k}"] = v.detach().cpu().clone()  # a shared router: one copy each
+    if router == "input" and gm.state.user_emb is not None:
         out["user_emb"] = gm.state.user_emb.detach().cpu().contiguous()
     return out
 
@@ -127,31 +161,42 @@ def apply_user(gm, path, router: str) -> None:
     lora = read_lora(path)
     tensors = load_file(str(path / ROUTER_FILE))
     alpha = json.loads((path / CONFIG_FILE).read_text())["lora_alpha"]
+    device = next(iter(gm.layers.values())).base.weight.device
+    groups = gm.meta["groups"]
+    shared = UserRouter(1, groups).to(device) if router == "user" and gm.by_user else None
     with torch.no_grad():
         for name, layer in gm.layers.items():
             a, b = lora[name]
             layer.add_user_lora(a.shape[0], alpha)
             layer.user_A.copy_(a)
             layer.user_B.copy_(b)
-            if router == "user":
-                layer.router = UserRouter(1, gm.meta["groups"], gm.meta["top_k"])
-                layer.router.to(layer.base.weight.device)
+            if shared is not None:
+                layer.router = shared  # stored once per layer, the same values
+            elif router == "user":
+                layer.router = UserRouter(1, groups, gm.meta["top_k"]).to(device)
+            elif gm.by_user:
+                layer.router = TokenUserRouter(layer.base.in_features, 0, groups).to(device)
             sd = {k: tensors[f"{name}.{k}"] for k in layer.router.state_dict()}
             layer.router.load_state_dict(sd)
-    device = next(iter(gm.layers.values())).base.weight.device
     if router == "user":
         gm.state.user_ids = torch.zeros(1, dtype=torch.long, device=device)
-    else:
+    elif "user_emb" in tensors:
         gm.state.user_emb = tensors["user_emb"].to(device)
 
 
-def prepare_user(gm, store, fp, user, router: str, vector: np.ndarray | None) -> str:
-    """Set the group model up to answer for `user`; returns how ("adapter", "new", "population")."""
+def prepare_user(gm, store, fp, user, router: str, vector: np.ndarray | None, pairs=None) -> str:
+    """Set the group model up to answer for `user`; returns how ("adapter", "new",
+    "population"). A user with history and no adapter is routed untrained: on a 'user'
+    assignment by the likelihood of their history `pairs` under each expert
+    (`GroupModel.history_gates`), else through the stage-2 router from their `vector`."""
     gm.reset()
     if store is not None and store.exists(user.name):
         apply_user(gm, store.verify(user.name, fp), router)
         return "adapter"
-    if user.history and vector is not None:
+    if user.history and gm.by_user and pairs:
+        gm.route(gm.history_gates(pairs))
+        return "new"
+    if user.history and not gm.by_user and vector is not None:
         gm.state.user_emb = gm.embed(vector)  # new user: stage-2 routing, no training
         return "new"
     gm.state.active = False

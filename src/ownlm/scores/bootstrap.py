@@ -185,12 +185,8 @@ def _replay(kind, rows, metric, counts, labels, lo, hi) -> np.ndarray:
     values = []
     for drawn in counts.astype(int):
         idx = np.concatenate([np.repeat(by_user[u], c) for u, c in enumerate(drawn) if c])
-        pooled = [rows[i] for i in idx]
-        values.append(
-            compute_metrics(kind, [r[1] for r in pooled], [r[2] for r in pooled], labels, lo, hi)[
-                metric
-            ]
-        )
+        preds, golds = [rows[i][1] for i in idx], [rows[i][2] for i in idx]
+        values.append(compute_metrics(kind, preds, golds, labels, lo, hi)[metric])
     return np.array(values)
 
 

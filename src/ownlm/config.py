@@ -354,6 +354,14 @@ class ExperimentConfig:
         default_factory=lambda: ["base", "rag", "pag", "peft", "oppu"],
         metadata={"help": "methods to evaluate side by side (references are always added)"},
     )
+    decode: str = field(
+        default="auto",
+        metadata={
+            "help": "how a label is picked from the model's label distribution for scoring: "
+            "argmax (the most likely), median (least expected absolute error: ordinal "
+            "tasks scored by MAE), auto (median for ordinal tasks, else argmax)"
+        },
+    )
     n_boot: int = field(
         default=1000,
         metadata={
@@ -380,7 +388,7 @@ class ExperimentConfig:
 # Keys that leave what a run learns unchanged. A run records every other key, its
 # training keys, in <run>/run.json: `ownlm train` refuses to resume a run under other
 # training keys, and `ownlm eval` takes only these from the command line.
-EVAL_KEYS = ("methods", "max_queries", "n_boot", "boot_seed")  # evaluated, not trained
+EVAL_KEYS = ("methods", "max_queries", "decode", "n_boot", "boot_seed")  # evaluated, not trained
 RUNTIME_KEYS = (  # where the run lives and how fast it runs: the same adapters come out
     "name",
     "output_dir",
@@ -527,6 +535,7 @@ VALID: dict[type, dict[str, Bound | Choice]] = {
                        "dtype": Choice(("auto", "float32", "bfloat16", "float16")),
                        "quantize": Choice(("4bit",)), "seed": AT_LEAST_0,
                        "n_boot": AT_LEAST_1, "boot_seed": AT_LEAST_0,
+                       "decode": Choice(("auto", "argmax", "median")),
                        "test_frac": Bound(0, strict=True, high=1), "retrieval_k": AT_LEAST_0,
                        **dict.fromkeys(("max_users", "max_history", "max_queries"), AT_LEAST_1)},
 }  # fmt: skip

@@ -19,6 +19,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ownlm.backbone.checksum import META_FILE, base_checksums
+from ownlm.backbone.decode import pick_labels
 from ownlm.backbone.device import model_device
 from ownlm.backbone.encoder import EncoderClassifier
 
@@ -56,8 +57,11 @@ class Backbone(Protocol):
         """(N, L) log-probability of each label after each prompt."""
         ...
 
-    def predict(self, model, task, prompts: list[str], batch_size: int = 16) -> list[str]:
-        """One answer per prompt: the best label, or generated text."""
+    def predict(
+        self, model, task, prompts: list[str], batch_size: int = 16, decode: str = "argmax"
+    ) -> list[str]:
+        """One answer per prompt: the label `decode` picks ("argmax" or "median",
+        `backbone.decode`), or generated text."""
         ...
 
 
@@ -214,13 +218,15 @@ class CausalBackbone:
         texts = self.tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
         return [t.split("\n")[0].strip() for t in texts]
 
-    def predict(self, model, task, prompts: list[str], batch_size: int = 16) -> list[str]:
+    def predict(
+        self, model, task, prompts: list[str], batch_size: int = 16, decode: str = "argmax"
+    ) -> list[str]:
         out: list[str] = []
         for i in range(0, len(prompts), batch_size):
             chunk = prompts[i : i + batch_size]
             if task.labels:
-                best = self.score_labels(model, chunk, task.labels).argmax(-1)
-                out.extend(task.labels[j] for j in best.tolist())
+                scores = self.score_labels(model, chunk, task.labels)
+                out.extend(pick_labels(scores, task.labels, decode))
             else:
                 out.extend(self.generate(model, chunk))
         return out
@@ -291,11 +297,13 @@ class EncoderBackbone:
         ids, mask = _to(model_device(model), *self._batch(prompts))
         return model(input_ids=ids, attention_mask=mask).float().log_softmax(-1)
 
-    def predict(self, model, task, prompts: list[str], batch_size: int = 32) -> list[str]:
+    def predict(
+        self, model, task, prompts: list[str], batch_size: int = 32, decode: str = "argmax"
+    ) -> list[str]:
         out: list[str] = []
         for i in range(0, len(prompts), batch_size):
-            best = self.score_labels(model, prompts[i : i + batch_size], task.labels).argmax(-1)
-            out.extend(self.model.labels[j] for j in best.tolist())
+            scores = self.score_labels(model, prompts[i : i + batch_size], task.labels)
+            out.extend(pick_labels(scores, tuple(self.model.labels), decode))  # head order
         return out
 
 

@@ -11,14 +11,8 @@ Every task answers the same questions for the stages downstream:
 * `build_prompt(task_input, retrieved, profile)` -> the personalized prompt;
 * `parse_output(text)` -> the normalized answer (a label for label tasks).
 
-Prompt format of `build_prompt` (lines joined by "\\n", absent parts left out)::
-
-    User profile: {profile}
-    {render_item(r1)}, and {render_item(r2)}.{history_note}
-    {task_input}
-
-With no profile and no retrieved items the task input comes back unchanged, which is
-the non-personalized baseline.
+`build_prompt`'s docstring gives the prompt format; no profile and no retrieved items
+give the task input unchanged, the non-personalized baseline.
 """
 
 from __future__ import annotations
@@ -43,6 +37,7 @@ def check_kind(kind: str, what: str = "task kind") -> str:
 
 
 _FIELD = re.compile(r"{(\w+)}")
+_NUMBER = re.compile(r"[-+]?\d+(\.\d+)?")  # a label that is a number: "-3", "4", "2.5"
 
 
 def truncate(text: str, max_chars: int | None) -> str:
@@ -95,6 +90,12 @@ class Task:
         names = _FIELD.findall(self.pair_prompt or self.prompt) + [self.output_field]
         names += _FIELD.findall(self.item_template)
         return tuple(dict.fromkeys(names))
+
+    @property
+    def ordinal(self) -> bool:
+        """Numeric labels scored by distance (MAE): decoded by median (`backbone.decode`)."""
+        numbers = [_NUMBER.fullmatch(label) for label in self.labels]
+        return self.kind == "rating" and bool(numbers) and all(numbers)
 
     @property
     def labelled_history(self) -> bool:

@@ -201,12 +201,14 @@ def write_json(
     results: Sequence[MethodResult],
     comparisons: Sequence[object] = (),
     bootstrap: Mapping | None = None,
+    decode: str | None = None,
 ) -> Path:
     """All results of a task: {"task", "results": [{method, metrics, intervals, seconds,
     is_reference, predictions, not_run}]}; `not_run` is null, or {reason, users: {id:
     why}, command}; with `comparisons` (`scores.bootstrap.Paired`), also "comparisons":
     [{method, baseline, metric, diff, low, high, significant, better}] and "bootstrap"
-    (how the intervals were drawn)."""
+    (how the intervals were drawn); with `decode`, how labels were picked ("argmax" or
+    "median", `backbone.decode`)."""
     rows = []
     for r in results:
         row = asdict(r)
@@ -217,6 +219,8 @@ def write_json(
     payload: dict = {"task": _task_name(task), "results": rows}
     if bootstrap:
         payload["bootstrap"] = dict(bootstrap)
+    if decode:
+        payload["decode"] = decode
     if comparisons:
         payload["comparisons"] = [{**asdict(c), "better": c.better} for c in comparisons]
     return _write_atomic(path, payload)

@@ -25,6 +25,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+from ownlm.backbone.decode import decode_rule
 from ownlm.errors import ConfigError, StoreError
 from ownlm.evaluate.coverage import (
     AdapterUnusable,
@@ -137,6 +138,7 @@ def evaluate_run(
         raise ConfigError(
             f"unknown method(s) {unknown}; choose from {sorted(METHODS) + sorted(PROPER_METHODS)}"
         )
+    decode_rule(run.cfg.decode, run.task)  # decode=median on a non-ordinal task: refused now
     rows = test_queries(run)
     backbone = run.base()
     contexts = {u.user_id: user_context(run.task, u) for u, _ in rows}
@@ -164,8 +166,11 @@ def report(run, results, out_dir: Path) -> None:
     n_boot, seed = run.cfg.n_boot, run.cfg.boot_seed
     add_intervals(results, run.task, n_boot, seed)
     comparisons = paired_comparisons(results, run.task, primary, n_boot, seed)
+    decode = decode_rule(run.cfg.decode, run.task) if run.task.labels else None
+    users = len({p[1] for p in results[0].predictions})
     print_table(
-        f"{run.task.name} · {run.cfg.backbone} · {len({p[1] for p in results[0].predictions})} test users",
+        f"{run.task.name} · {run.cfg.backbone} · {users} test users"
+        + (f" · labels by {decode}" if decode else ""),
         results,
         primary,
         console=console,
@@ -174,7 +179,7 @@ def report(run, results, out_dir: Path) -> None:
     print_comparisons(comparisons, n_boot, seed, console=console)
     print_stage_warnings(stage_warnings(run.recorded()), console=console)
     boot = {"unit": "user", "n_boot": n_boot, "seed": seed, "level": 0.95, "metric": primary}
-    write_json(out_dir / "results.json", run.task.name, results, comparisons, boot)
+    write_json(out_dir / "results.json", run.task.name, results, comparisons, boot, decode)
     for r in results:
         path = out_dir / f"predictions_{r.method}.json"
         if r.not_run:

@@ -8,7 +8,8 @@ seeded sample of at most `validation.max_items`). Each validation measures:
 
 - `val_loss`: the LM loss (the encoder's cross-entropy) on every validation pair;
 - the task's primary metric (accuracy, mae or rouge-1) of `backbone.predict` on the
-  pairs' prompts (generation on at most GENERATED items: decoding is the slow part);
+  pairs' prompts, labels picked by the run's `decode` as the evaluation picks them
+  (generation on at most GENERATED items: decoding is the slow part);
 - `reference`: the population majority/mean (`scores.references`) on the same scored
   items, computed once: the figure a stage that learned the task must beat.
 
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from rich.table import Table
 
 from ownlm.backbone.base import ANSWER_SEP
+from ownlm.backbone.decode import decode_rule
 from ownlm.log import console, get_logger
 from ownlm.scores.metrics import LOWER_IS_BETTER, PRIMARY, compute_metrics, scale
 from ownlm.scores.references import population_majority
@@ -50,6 +52,7 @@ class ValidationSet:
     reference: float
     scored: int
     users: int
+    decode: str = "argmax"  # how labels are picked (`backbone.decode`), as evaluation does
 
 
 # -- the dev users and their items ----------------------------------------------------------
@@ -108,7 +111,7 @@ def validation_set(run, pairs: list[tuple]) -> ValidationSet | None:
     lo, hi = scale(task)
     ref = compute_metrics(task.kind, [majority] * scored, golds, task.labels, lo, hi)[metric]
     users = len(run.split.dev)
-    return ValidationSet(pairs, metric, ref, scored, users)
+    return ValidationSet(pairs, metric, ref, scored, users, decode_rule(run.cfg.decode, task))
 
 
 # -- validate() and early stopping ------------------------------------------------------------
@@ -130,7 +133,8 @@ def pair_validator(backbone, model, task, vset: ValidationSet, wrap=None, batch_
             chunk = chunk[: max(0, vset.scored - i)]
             if chunk:
                 with wrap(chunk):
-                    preds += backbone.predict(model, task, [c[0] for c in chunk], len(chunk))
+                    prompts = [c[0] for c in chunk]
+                    preds += backbone.predict(model, task, prompts, len(chunk), vset.decode)
         golds = [c[1] for c in vset.pairs[: vset.scored]]
         value = compute_metrics(task.kind, preds, golds, task.labels, lo, hi)[vset.metric]
         return {
@@ -157,7 +161,10 @@ def settings_record(run, vset: ValidationSet | None) -> dict | None:
     if vset is None:
         return None
     v = run.cfg.validation
-    return {"patience": v.patience, "monitor": v.monitor, "pairs": vset.pairs}
+    record = {"patience": v.patience, "monitor": v.monitor, "pairs": vset.pairs}
+    if v.monitor == "metric" and vset.decode != "argmax":  # the metric, so the epoch kept
+        record["decode"] = vset.decode
+    return record
 
 
 # -- after a stage: the record, the table, the guard ------------------------------------------

@@ -266,10 +266,11 @@ class ExperimentConfig:
             "help": "a dataset path (LaMP users.json folder, LaMP *_questions.json, PEFT-U folder/CSV, JSONL) or a built-in demo: demo-tags, demo-headlines"
         },
     )
-    task: str | None = field(
+    task: str | dict | None = field(
         default=None,
         metadata={
-            "help": "task name (e.g. LaMP-2, studemo-valence); inferred from the data when empty"
+            "help": "task name (e.g. LaMP-2, studemo-valence), a YAML task file "
+            "(path/to/task.yaml) or a task mapping (docs/data.md); inferred from the data when empty"
         },
     )
     backbone: str = field(
@@ -435,6 +436,8 @@ def _coerce(tp, value, key: str):
         inner = [a for a in args if a is not type(None)]
         if isinstance(value, str) and value.lower() in ("none", "null", ""):
             return None
+        if isinstance(value, dict) and dict in inner:  # a `task:` mapping, checked where read
+            return value
         return _coerce(inner[0], value, key)
     if origin is list:
         if isinstance(value, str):

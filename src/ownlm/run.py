@@ -31,7 +31,7 @@ from ownlm.data.demo import make_demo_headlines, make_demo_tags
 from ownlm.data.loaders import load_dataset
 from ownlm.data.records import Dataset
 from ownlm.data.splits import UserSplit, split_users, truncate_history
-from ownlm.data.tasks import get_task
+from ownlm.data.task_file import resolve_task
 from ownlm.errors import ConfigError, DataError, OwnlmError
 from ownlm.log import get_logger
 from ownlm.store import AdapterStore
@@ -129,7 +129,7 @@ class Run:
 
     @cached_property
     def task(self):
-        return get_task(self.cfg.task or self.dataset.task)
+        return resolve_task(self.cfg.task or self.dataset.task)  # a name, YAML file or mapping
 
     @cached_property
     def split(self) -> UserSplit:

@@ -24,7 +24,8 @@ from ownlm.data.io import RESERVED, finish, list_field, make_item, parse_json, r
 from ownlm.data.lamp import load_lamp_official, load_lamp_users
 from ownlm.data.peftu import load_studemo, load_tweeteval
 from ownlm.data.records import Dataset, Query, User
-from ownlm.data.tasks import TASKS, Task, get_task
+from ownlm.data.task_file import resolve_task
+from ownlm.data.tasks import TASKS, Task
 from ownlm.errors import DataError
 
 LAYOUTS = (
@@ -32,7 +33,7 @@ LAYOUTS = (
     "a *_questions.json file or a directory holding one (official LaMP layout)",
     "a directory with annotation_data.csv and text_data.csv (StudEmo, PEFT-U)",
     "a CSV with label_<annotator> columns, e.g. annotations_g3.csv (TweetEval, PEFT-U)",
-    "a .jsonl file with one user per line (generic layout; needs --set task=NAME)",
+    "a .jsonl file with one user per line (generic layout; needs --set task=NAME or a task file)",
 )
 __all__ = [
     "load_dataset",
@@ -88,11 +89,11 @@ def _jsonl_user(obj: Any, task: Task, where: str) -> User:
     return User(uid, history, queries)
 
 
-def load_jsonl(path: str | Path, task: str | Task, skip_empty: bool = False) -> Dataset:
+def load_jsonl(path: str | Path, task: str | dict | Task, skip_empty: bool = False) -> Dataset:
     """Generic layout, one user per line (see docs/data.md for the schema and an example).
     UTF-8 with or without a BOM, LF or CRLF line ends."""
     path = Path(path)
-    the_task = get_task(task)
+    the_task = resolve_task(task)
     text = read_text(path)
     if text.lstrip().startswith("["):
         raise DataError(
@@ -116,11 +117,14 @@ def load_jsonl(path: str | Path, task: str | Task, skip_empty: bool = False) -> 
     return Dataset(the_task.name, finish(users, path, skip_empty), str(path))
 
 
-def load_dataset(path: str | Path, task: str | Task | None = None, **options: Any) -> Dataset:
+def load_dataset(
+    path: str | Path, task: str | dict | Task | None = None, **options: Any
+) -> Dataset:
     """Detect the layout of `path` and load it; `options` go to the specific loader."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path} does not exist; check the path (cwd: {Path.cwd()})")
+    task = None if task is None else resolve_task(task)  # a name, a task file or a mapping
     if path.is_dir():
         if (path / "users.json").is_file():
             return load_lamp_users(path, task, **options)
@@ -147,7 +151,8 @@ def load_dataset(path: str | Path, task: str | Task | None = None, **options: An
         if task is None:
             raise DataError(
                 f"{path} is a generic JSONL file, which does not name its task; set it with "
-                f"--set task=NAME, NAME one of {', '.join(TASKS)}"
+                f"--set task=NAME, NAME one of {', '.join(TASKS)}, or define your own in YAML "
+                "(--set task=path/to/task.yaml, docs/data.md)"
             )
         return load_jsonl(path, task, **options)
     elif path.suffix == ".csv":

@@ -8,11 +8,8 @@ Every task answers the same questions for the stages downstream:
 * `item_text(item)` / `query_text(query)` -> what BM25 indexes and searches with;
 * `render_item(item)` -> one retrieved item in a prompt, following LaMP's per-profile-entry
   prompts (Salemi et al. 2023, `LaMP/prompts/prompts.py`);
-* `build_prompt(task_input, retrieved, profile)` -> the personalized prompt;
+* `build_prompt(task_input, retrieved, profile)` -> the personalized prompt (see its format);
 * `parse_output(text)` -> the normalized answer (a label for label tasks).
-
-`build_prompt`'s docstring gives the prompt format; no profile and no retrieved items
-give the task input unchanged, the non-personalized baseline.
 """
 
 from __future__ import annotations
@@ -61,11 +58,8 @@ def _fill(template: str, fields: dict[str, str], max_chars: int | None, what: st
 
 @dataclass(frozen=True)
 class Task:
-    """One personalization task: labels, field names and prompt templates.
-
-    Templates use `{field}` placeholders naming item/query fields. The query template
-    is the exact LaMP prompt where the task comes from LaMP.
-    """
+    """One personalization task: labels, field names and `{field}` prompt templates (the
+    exact LaMP prompts for LaMP's tasks; `ownlm.data.task_file` reads one from YAML)."""
 
     name: str
     kind: str  # "classification" | "rating" | "generation"
@@ -225,11 +219,13 @@ def register(task: Task) -> Task:
 
 
 def get_task(name: str | Task) -> Task:
-    """The registered task called `name` (a Task passes through)."""
+    """The registered task called `name` (a Task passes through; a task defined in YAML:
+    `ownlm.data.task_file.resolve_task`)."""
     if isinstance(name, Task):
         return name
     if name not in TASKS:
-        raise ConfigError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
+        known = f"{', '.join(TASKS)}, or your own in YAML (task: path/to/task.yaml)"
+        raise ConfigError(f"unknown task {name!r}; known tasks: {known}")
     return TASKS[name]
 
 

@@ -135,3 +135,28 @@ def test_the_encoder_decodes_in_its_head_order(monkeypatch):
     monkeypatch.setattr(backbone, "score_labels", lambda m, p, labels: bimodal, raising=False)
     assert backbone.predict(None, task, ["a"], decode="argmax") == ["-3"]
     assert backbone.predict(None, task, ["a"], decode="median") == ["2"]
+
+
+def test_validation_picks_labels_as_the_evaluation_does(tmp_path):
+    """A stage's validation metric uses the run's decode; with monitor=metric the rule
+    joins the stage's resume record (it decides the epoch kept)."""
+    from pathlib import Path
+
+    from ownlm.config import load_config
+    from ownlm.run import Run
+    from ownlm.train.validation import settings_record, validation_set
+
+    root = Path(__file__).resolve().parents[2]
+    base = [
+        f"data={root / 'tests/data/fixtures/example-task.jsonl'}",
+        f"task={root / 'configs/tasks/example-task.yaml'}",  # a rating task, 1..5
+        f"output_dir={tmp_path}",
+    ]
+    pairs = [("How many stars?", "3")]
+    run = Run(load_config(None, base), write=False)
+    assert validation_set(run, pairs).decode == "median"
+    assert "decode" not in settings_record(run, validation_set(run, pairs))  # monitor=loss
+    run = Run(load_config(None, [*base, "validation.monitor=metric"]), write=False)
+    assert settings_record(run, validation_set(run, pairs))["decode"] == "median"
+    run = Run(load_config(None, [*base, "decode=argmax"]), write=False)
+    assert validation_set(run, pairs).decode == "argmax"

@@ -160,3 +160,28 @@ def test_validation_picks_labels_as_the_evaluation_does(tmp_path):
     assert settings_record(run, validation_set(run, pairs))["decode"] == "median"
     run = Run(load_config(None, [*base, "decode=argmax"]), write=False)
     assert validation_set(run, pairs).decode == "argmax"
+
+
+def test_tune_scores_its_budgets_with_the_run_decode(tmp_path):
+    """`ownlm tune` validates as the stages do, and a tune chosen under another rule is
+    not reused (its settings name the rule unless it is argmax)."""
+    from pathlib import Path
+
+    from ownlm.config import load_config
+    from ownlm.run import Run
+    from ownlm.train.tune import DevUser, settings
+    from ownlm.train.tune import validation_set as tune_set
+
+    root = Path(__file__).resolve().parents[2]
+    base = [
+        f"data={root / 'tests/data/fixtures/example-task.jsonl'}",
+        f"task={root / 'configs/tasks/example-task.yaml'}",
+        f"output_dir={tmp_path}",
+    ]
+    run = Run(load_config(None, base), write=False)
+    user = run.split.train[0]
+    dev = DevUser(user, user.history[-2:])
+    assert tune_set(run, dev, "oppu", "3").decode == "median"
+    assert settings(run)["decode"] == "median"
+    run = Run(load_config(None, [*base, "decode=argmax"]), write=False)
+    assert tune_set(run, dev, "oppu", "3").decode == "argmax" and "decode" not in settings(run)

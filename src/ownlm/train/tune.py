@@ -17,8 +17,9 @@ number of epochs are chosen on the dev users (`Run.split.dev`, held out of stage
   retrained per epoch count. A user whose training stopped early counts with their
   last validation at the longer budgets; a budget fewer than half the dev users
   reached is shown, not chosen.
-- Each (lr, epochs) scores the task's primary metric (`scores.metrics.PRIMARY`), each
-  dev user's own on their validation items, averaged over the dev users; the best wins
+- Each (lr, epochs) scores the task's primary metric (`scores.metrics.PRIMARY`, labels
+  picked by the run's `decode`), each dev user's own on their validation items,
+  averaged over the dev users; the best wins
   (ties: the lower mean validation loss, then fewer epochs, then the lr nearest the
   configured). It is written into run.json ("tuned", per variant, with its table and
   the base it was chosen on), where every user stage reads it (`train.budget`).
@@ -36,6 +37,7 @@ import time
 from dataclasses import dataclass
 
 from ownlm.adapters.lora import detach
+from ownlm.backbone.decode import decode_rule
 from ownlm.data.records import Item, User
 from ownlm.errors import ConfigError
 from ownlm.log import get_logger, progress
@@ -103,7 +105,8 @@ def validation_set(run, dev: DevUser, variant: str, population: str) -> Validati
         pairs.append((prompt, target) if variant not in PROPER_VARIANTS else (prompt, target, 0))
     outputs = [it.fields.get(task.output_field, "") for it in dev.user.history]
     own = user_majority(outputs, task.kind, task.labels, fallback=population)
-    return ValidationSet(pairs, metric, _score(run, own, pairs), len(pairs), 1)
+    decode = decode_rule(run.cfg.decode, task)  # labels picked as the evaluation picks them
+    return ValidationSet(pairs, metric, _score(run, own, pairs), len(pairs), 1, decode)
 
 
 def _score(run, prediction: str, pairs) -> float:
@@ -263,8 +266,11 @@ def open_for_tuning(config, overrides: list[str]):
 
 def settings(run) -> dict:
     """What a tune depends on besides the base: a recorded tune with other settings is
-    not reused by `train --tune`."""
-    return dataclasses.asdict(run.cfg.tune)
+    not reused by `train --tune`. The label decode joins them unless it is argmax: the
+    metric the budget was chosen by depends on it."""
+    decode = decode_rule(run.cfg.decode, run.task)
+    tune = dataclasses.asdict(run.cfg.tune)
+    return tune if decode == "argmax" else {**tune, "decode": decode}
 
 
 def tune_run(run, variants: list[str], reuse: bool = False, config: str | None = None) -> dict:

@@ -28,6 +28,7 @@ from typing import Any
 
 import yaml
 
+from ownlm.data.checks import shown
 from ownlm.data.io import RESERVED
 from ownlm.data.tasks import _FIELD, KINDS, TASKS, Task, get_task
 from ownlm.errors import ConfigError
@@ -93,7 +94,7 @@ def task_from_mapping(raw: Any, where: str) -> Task:
     name, kind = text["name"], text["kind"]
     if not _NAME.fullmatch(name):
         raise ConfigError(
-            f"{where}: name {name!r} must be 1-64 characters from letters, digits and . _ - "
+            f"{where}: name {shown(name)} must be 1-64 characters from letters, digits and . _ - "
             "(starting with a letter or digit); rename it, e.g. name: my-ratings"
         )
     if name in TASKS:
@@ -103,7 +104,7 @@ def task_from_mapping(raw: Any, where: str) -> Task:
         )
     if kind not in KINDS:
         raise ConfigError(
-            f"{where}: kind {kind!r} must be one of {', '.join(KINDS)}; e.g. kind: rating"
+            f"{where}: kind {shown(kind)} must be one of {', '.join(KINDS)}; e.g. kind: rating"
         )
     _check_fields(text, where)
     _check_templates(text, where)
@@ -126,7 +127,7 @@ def _check_keys(raw: dict, where: str) -> None:
             near = difflib.get_close_matches(str(key), REQUIRED + OPTIONAL, n=1)
             hint = f" (did you mean {near[0]!r}?)" if near else ""
             raise ConfigError(
-                f"{where}: unknown key {str(key)!r}{hint}; a task's keys are "
+                f"{where}: unknown key {shown(str(key))}{hint}; a task's keys are "
                 f"{', '.join(REQUIRED + OPTIONAL)}: remove or rename it"
             )
     for key in REQUIRED:
@@ -140,7 +141,9 @@ def _text(raw: dict, key: str, where: str) -> str:
         return ""
     if not isinstance(value, str) or (key in REQUIRED and not value.strip()):
         what = (
-            "empty" if isinstance(value, str) else f"{value!r} ({type(value).__name__}, not text)"
+            "empty"
+            if isinstance(value, str)
+            else f"{shown(value)} ({type(value).__name__}, not text)"
         )
         raise ConfigError(f"{where}: key {key!r} is {what}; give text, e.g. {EXAMPLES[key]}")
     return value.strip() if key != "history_note" else value
@@ -152,7 +155,7 @@ def _check_fields(text: dict, where: str) -> None:
         if not _WORD.fullmatch(name) or name in RESERVED:
             why = "is a record key, not an item field" if name in RESERVED else "is not a word"
             raise ConfigError(
-                f"{where}: {key} {name!r} {why}; name the field with letters, digits and _ "
+                f"{where}: {key} {shown(name)} {why}; name the field with letters, digits and _ "
                 f"(not {', '.join(RESERVED)}), e.g. {EXAMPLES[key]}"
             )
 
@@ -198,7 +201,7 @@ def _labels(raw: Any, kind: str, where: str) -> tuple[str, ...]:
             )
         return ()
     if not isinstance(raw, list) or len(raw) < 2:
-        got = "missing" if raw is None else f"{raw!r}"[:60]
+        got = "missing" if raw is None else shown(raw)
         raise ConfigError(
             f"{where}: labels is {got}; a {kind} task lists at least 2 answers, e.g. "
             + ("labels: [1, 2, 3, 4, 5]" if kind == "rating" else "labels: [positive, negative]")
@@ -208,7 +211,7 @@ def _labels(raw: Any, kind: str, where: str) -> tuple[str, ...]:
     repeat = next((x for i, x in enumerate(labels) if x.casefold() in folded[:i]), None)
     if repeat is not None:
         raise ConfigError(
-            f"{where}: label {repeat!r} is listed twice (answers are read case-insensitively); "
+            f"{where}: label {shown(repeat)} is listed twice (answers are read case-insensitively); "
             "list each label once"
         )
     return labels
@@ -217,7 +220,7 @@ def _labels(raw: Any, kind: str, where: str) -> tuple[str, ...]:
 def _label(value: Any, kind: str, where: str) -> str:
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise ConfigError(
-            f"{where}: label {value!r} is a {type(value).__name__}; give text or a number"
+            f"{where}: label {shown(value)} is a {type(value).__name__}; give text or a number"
         )
     if isinstance(value, float) and value.is_integer():
         value = int(value)
@@ -228,7 +231,7 @@ def _label(value: Any, kind: str, where: str) -> str:
         )
     if kind == "rating" and not _WHOLE.fullmatch(label):
         raise ConfigError(
-            f"{where}: rating label {label!r} is not a whole number; a rating task's labels "
+            f"{where}: rating label {shown(label)} is not a whole number; a rating task's labels "
             "are its scale, e.g. labels: [1, 2, 3, 4, 5] (or use kind: classification)"
         )
     return str(int(label)) if kind == "rating" else label  # "03" is 3, as data reads it

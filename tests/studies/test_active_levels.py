@@ -4,9 +4,8 @@ the groups view, and the active-level study that trains users in memory."""
 import json
 
 import pytest
-import torch
 
-from ownlm.errors import NotFoundError
+from ownlm.errors import ConfigError, NotFoundError
 from ownlm.run import Run
 from ownlm.train.groups import train_groups
 from ownlm.train.population import train_population
@@ -20,6 +19,7 @@ def test_proper_evaluation_new_users_groups_view_and_study(tiny_cfg, tmp_path):
     from ownlm.evaluate.groups import groups_view
     from ownlm.evaluate.proper import evaluate_proper
     from ownlm.methods.proper import groups_fingerprint, load_groups, prepare_user
+    from ownlm.methods.proper.users import user_pairs
     from ownlm.studies.active_levels import active_level_study
 
     tiny_cfg.proper = small_proper(user_r=2, user_alpha=4.0, user_lr=1e-3, user_epochs=1.0)
@@ -34,7 +34,9 @@ def test_proper_evaluation_new_users_groups_view_and_study(tiny_cfg, tmp_path):
     gm = load_groups(run, backbone)
     store = run.store("proper-user")
     assert prepare_user(gm, store, fp, trained, "user", None) == "adapter"
-    assert prepare_user(gm, store, fp, new, "user", torch.zeros(384).numpy()) == "new"
+    assert prepare_user(gm, store, fp, new, "user", None, user_pairs(run, new)) == "new"
+    gates = next(iter(gm.layers.values())).router.logits.softmax(-1)[0]  # the posterior
+    assert gm.by_user and abs(float(gates.sum()) - 1) < 1e-5
     assert prepare_user(gm, store, fp, truncate_history(new, 0), "user", None) == "population"
 
     results = evaluate_proper(run)  # one user trained, for one router: neither is scored
@@ -45,9 +47,13 @@ def test_proper_evaluation_new_users_groups_view_and_study(tiny_cfg, tmp_path):
     results = evaluate_proper(run, routers=("input",))
     assert results[0].not_run is None and "accuracy" in results[0].metrics
     view = groups_view(run)
-    assert abs(sum(view["share"]) - 1) < 1e-6 and len(view["users"]) == len(run.dataset.users)
+    assert abs(sum(view["share"]) - 1) < 1e-6 and len(view["users"]) == len(
+        run.split.train + run.split.test
+    )
     assert 0.25 <= view["user_top_gate"] <= 1.0
     assert json.loads((run.dir / "eval" / "groups.json").read_text())["share"] == view["share"]
+    with pytest.raises(ConfigError, match="proper.groups=1"):  # not a one-expert twin
+        active_level_study(run, buckets=(2,), out_dir=tmp_path / "eval", one_expert=run)
     table = active_level_study(run, buckets=(2,), out_dir=tmp_path / "eval")
     assert set(table["2"]) == {
         "user-majority",

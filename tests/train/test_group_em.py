@@ -48,6 +48,9 @@ def test_stage_2_recovers_the_planted_groups_and_a_user_is_one_group(tiny_cfg):
     assert view["assignment"] == "user"
     assert all(rows[uid]["top"] == g for uid, g in assigned.items())  # the stored fact
     assert all(abs(sum(r["gates"]) - 1) < 1e-3 for r in view["users"])
+    planted = view["planted"]["train"]  # the view's own agreement with the planted groups
+    assert planted["users"] == len(users) and planted["ari"] == agreement["ari"]
+    assert view["planted"]["test"]["users"] == len([u for u in run.split.test if u.history])
 
     assert forget_stage2_user(run.store(), first.user_id)
     assert first.user_id not in stage2_users(run.store())

@@ -8,6 +8,7 @@ import torch
 from rich.table import Table
 
 from ownlm.adapters.mixture import group_summary
+from ownlm.data.groups import group_agreement, planted_groups
 from ownlm.evaluate.coverage import require_groups
 from ownlm.log import console, get_logger
 from ownlm.methods.proper import group_model, history_vectors
@@ -59,7 +60,29 @@ def groups_view(run, users=None) -> dict:
     log.info(f"users' mean largest gate {top:.3f} (uniform {1 / G:.3f}, hard groups 1)")
     (run.dir / "eval").mkdir(parents=True, exist_ok=True)
     out["assignment"] = gm.meta["assignment"]
+    out["planted"] = _planted_agreement(rows, users)
     (run.dir / "eval" / "groups.json").write_text(json.dumps(out, indent=2))
+    return out
+
+
+def _planted_agreement(rows, users) -> dict | None:
+    """The adjusted Rand index between the groups shown (top expert) and the data's
+    planted groups (items' `group` field), for train and for test users; None when the
+    data carries no groups."""
+    planted = planted_groups(users)
+    if not planted:
+        return None
+    out = {}
+    for split in ("train", "test"):
+        assigned = {r["user"]: r["top"] for r in rows if r["split"] == split}
+        agreement = group_agreement(assigned, planted)
+        out[split] = agreement
+        if agreement["ari"] is not None:
+            log.info(
+                f"{split} users' groups vs the planted ones: adjusted Rand index "
+                f"{agreement['ari']:.3f} over {agreement['users']} users (1 = the same partition, "
+                "0 = chance)"
+            )
     return out
 
 

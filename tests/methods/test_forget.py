@@ -293,3 +293,15 @@ def test_a_forgotten_user_still_in_the_data_is_left_out_of_the_run_from_then_on(
     ids = [u.user_id for u in again.dataset.users]
     assert test_user not in ids and train_user not in ids and len(ids) == 4
     Run(tiny_cfg)  # train: the record matches the data without them
+
+
+def test_the_retrain_command_names_the_control_when_the_run_has_one(tmp_path):
+    from ownlm.methods.forget import retrain_command
+
+    (tmp_path / "adapters" / "users").mkdir(parents=True)
+    assert "--stages population,users " in retrain_command(tmp_path) + " "
+    (tmp_path / "base-control").mkdir()
+    (tmp_path / "adapters-oppu-control" / "users").mkdir(parents=True)
+    command = retrain_command(tmp_path)
+    assert "--stages population,control,users" in command
+    assert "--variants oppu,oppu-control" in command

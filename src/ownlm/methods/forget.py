@@ -31,6 +31,7 @@ from pathlib import Path
 from ownlm.data.records import Dataset, User
 from ownlm.errors import NotFoundError, OwnlmError, StoreError
 from ownlm.methods.mentions import names_user
+from ownlm.methods.oppu import CONTROL_BASE
 from ownlm.methods.proper.groups import ROUTER, forget_stage2_user
 from ownlm.run import forgotten_key
 from ownlm.store import AdapterStore, TokenStore
@@ -154,7 +155,10 @@ def retrain_command(run_dir: Path) -> str:
     """`ownlm train` over every stage and variant the run holds: stage 1 always retrains,
     so every later stage and user adapter is trained again on the new base."""
     stage2 = AdapterStore(run_dir / "adapters").exists(ROUTER)
-    stages = "population,groups,users" if stage2 else "population,users"
+    stages = ["population", *(["groups"] * stage2), "users"]
+    if (run_dir / CONTROL_BASE).is_dir():  # the control is trained on the train users too
+        stages.insert(-1, "control")
+    stages = ",".join(stages)
     variants = [variant_of(s) for s in adapter_stores(run_dir) if (s / "users").is_dir()]
     flag = f" --variants {','.join(variants)}" if variants else ""
     return f"ownlm train -c {run_dir / 'config.yaml'} --stages {stages}{flag}"
@@ -240,6 +244,11 @@ def _trained_on(run_dir: Path, m: Membership, stage2: bool) -> list[str]:
         out.append(
             "stage 2 (the group experts and routers, adapters/groups and adapters/router: "
             "retrain stage 2 without them to take that out)"
+        )
+    if (run_dir / CONTROL_BASE).is_dir():
+        out.append(
+            f"the OPPU control ({CONTROL_BASE}/ and adapters-oppu-control/control: stage 2's "
+            "pass without groups, on the train users' history)"
         )
     return out
 

@@ -192,12 +192,13 @@ def demo(
     configs: str = typer.Option(
         "configs/demo-tags.yaml,configs/demo-headlines.yaml", help="demo experiment configs"
     ),
+    overwrite: bool = OverwriteOpt,
 ):
     """The whole pipeline on built-in data: pre-train, population LoRA, one LoRA per user, eval."""
     from ownlm.studies.demo import run_demo
 
     start = time.perf_counter()
-    console.print(run_demo(_list(configs), output_dir))
+    console.print(run_demo(_list(configs), output_dir, overwrite=overwrite))
     console.print(f"demo wall time: {time.perf_counter() - start:.0f} s")
 
 

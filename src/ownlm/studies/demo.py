@@ -17,8 +17,10 @@ from ownlm.train.stages import train_stages
 COLUMNS = ("task", "backbone", "metric", "user-majority", "base", "RAG", "OPPU", "OPPU - base")
 
 
-def run_demo(configs: list[str], output_dir: str = "runs") -> Table:
-    """Pre-train, population LoRA, one LoRA per user, evaluation, for each config."""
+def run_demo(configs: list[str], output_dir: str = "runs", overwrite: bool = False) -> Table:
+    """Pre-train, population LoRA, one LoRA per user, evaluation, for each config. A demo
+    run trained with other settings (an older demo config) is refused as any run is;
+    `overwrite` moves it aside to <run>.old-<time>/ first."""
     summary = Table(title="demo: does each user's own LoRA learn the user?")
     for col in COLUMNS:
         summary.add_column(col)
@@ -27,7 +29,7 @@ def run_demo(configs: list[str], output_dir: str = "runs") -> Table:
             raise NotFoundError(
                 f"demo config {path} not found; run `ownlm demo` from the repository root"
             )
-        run = Run(load_config(Path(path), [f"output_dir={output_dir}"]))
+        run = Run(load_config(Path(path), [f"output_dir={output_dir}"]), overwrite=overwrite)
         console.rule(f"[bold]{run.cfg.name}[/]: {run.task.description}")
         train_stages(run, ["population", "users"], ["oppu", "peft"])
         evaluated = evaluate_run(run)

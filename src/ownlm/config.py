@@ -44,6 +44,14 @@ class ProperSettings:
     """PROPER's group and user stages (Zhang et al. 2025). Defaults sized for the demo."""
 
     groups: int = field(default=4, metadata={"help": "number of group LoRA experts G"})
+    groups_choices: list[int] | None = field(
+        default=None,
+        metadata={
+            "help": "assignment 'user': candidate G, e.g. [2, 4, 6]: stage 2 is trained for "
+            "each and the one with the best dev-user validation is kept (needs dev users); "
+            "empty = use `groups`"
+        },
+    )
     assignment: str = field(
         default="user",
         metadata={
@@ -569,10 +577,27 @@ def _check_together(obj, prefix: str) -> None:
             "do not fit: each head needs an even width, so hidden_size must be a multiple of "
             f"2 * heads, e.g. --set {prefix}hidden_size={2 * obj.heads * 32}"
         )
+    if isinstance(obj, ProperSettings) and obj.groups_choices:
+        _check_groups_choices(obj, prefix)
     if isinstance(obj, ProperSettings) and obj.top_k > obj.groups:
         raise ConfigError(
             f"config key {prefix}top_k={obj.top_k} exceeds {prefix}groups={obj.groups}; "
             f"route to at most every expert (0 = dense gating), e.g. --set {prefix}top_k=0"
+        )
+
+
+def _check_groups_choices(obj, prefix: str) -> None:
+    """`groups_choices`: integers >= 1, and only with the 'user' assignment."""
+    bad = [g for g in obj.groups_choices if not isinstance(g, int) or g < 1]
+    if bad:
+        raise ConfigError(
+            f"config key {prefix}groups_choices={obj.groups_choices} holds {bad}; each "
+            f"candidate G must be an integer >= 1, e.g. --set {prefix}groups_choices=[2,4,6]"
+        )
+    if obj.assignment != "user":
+        raise ConfigError(
+            f"config key {prefix}groups_choices is only for {prefix}assignment=user (got "
+            f"{obj.assignment!r}); use --set {prefix}assignment=user or --set {prefix}groups_choices=[]"
         )
 
 

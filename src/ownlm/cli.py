@@ -1,4 +1,4 @@
-"""The `ownlm` command line: demo | prepare | train | tune | eval | export | import | forget | serve | token.
+"""The `ownlm` command line: demo | prepare | train | tune | eval | update | export | import | forget | serve | token.
 
 Every experiment command takes `--config FILE.yaml` (see configs/) and any number of
 `--set key=value` overrides (dotted for nested keys, e.g. `--set user.lr=1e-3`).
@@ -251,6 +251,24 @@ def export(
 
     _, message = export_user(run, user, out, variant)
     console.print(message, markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command()
+@friendly
+def update(
+    run_dir: Path = typer.Option(..., help="run directory (e.g. runs/demo-tags)"),
+    user: str = typer.Option(..., help="user id whose OPPU adapter is continued"),
+    history: Path = typer.Option(..., help="JSONL file of new history items, one per line"),
+    lr: float = typer.Option(None, help="learning rate (default: the user stage's)"),
+    epochs: float = typer.Option(1.0, help="epochs over the new items"),
+):
+    """Continue a user's adapter on new history items (kept in <run>/updates/<user>.jsonl),
+    swapped in atomically; a running server serves the new version from its next request."""
+    from ownlm.run import Run
+    from ownlm.train.update import update_user
+
+    done = update_user(Run.open(run_dir), user, history, lr, epochs)
+    console.print(done.summary(), markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command(name="import")

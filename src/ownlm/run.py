@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import time
+from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 
@@ -95,7 +96,7 @@ class Run:
         for key in sorted(given - trained.keys() - {"name", "output_dir"}):
             _set_key(run.cfg, key, _get_key(asked, key))
         recorded = run.recorded()
-        change = recorded and run.data_change(recorded["data"], data_record(run.dataset))
+        change = recorded and run.data_change(recorded["data"], data_record(run.file_dataset))
         if change:
             raise DataError(
                 f"the data of {run.dir} changed since it was trained ({change}): its "
@@ -105,7 +106,9 @@ class Run:
         return run
 
     @cached_property
-    def dataset(self) -> Dataset:
+    def file_dataset(self) -> Dataset:
+        """The users of the data file (after max_users, max_history, forget): what
+        run.json's data record stands for."""
         if self.cfg.data in DEMOS:
             ds = DEMOS[self.cfg.data](seed=self.cfg.seed)
         else:
@@ -118,6 +121,16 @@ class Run:
         if forgotten:  # users erased by `ownlm forget`: the run never sees them again
             ds.users = [u for u in ds.users if forgotten_key(u.user_id) not in forgotten]
         return ds
+
+    @cached_property
+    def dataset(self) -> Dataset:
+        """The data file's users, each history followed by the items `ownlm update`
+        added (R/updates/<user>.jsonl, ownlm.data.updates)."""
+        from ownlm.data.updates import with_updates
+
+        ds = self.file_dataset
+        task = resolve_task(self.cfg.task or ds.task)
+        return replace(ds, users=with_updates(self.dir, ds.users, task))
 
     def _forgotten(self) -> list[str]:
         try:
@@ -336,7 +349,7 @@ def _claim(run: Run, overwrite: bool) -> None:
     hold_lock(run.dir)
     if overwrite and run.dir.is_dir() and any(run.dir.iterdir()):
         log.info(f"moved the old run aside to {move_aside(run.dir)}")
-    new = {"config": training_values(run.cfg), "data": data_record(run.dataset)}
+    new = {"config": training_values(run.cfg), "data": data_record(run.file_dataset)}
     old = run.recorded()
     problem = _mismatch(run, old, new)
     if problem is not None:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ownlm.data.records import Dataset, User
-from ownlm.errors import NotFoundError, OwnlmError, StoreError
+from ownlm.errors import DataError, NotFoundError, OwnlmError, StoreError
 from ownlm.methods.mentions import names_user
 from ownlm.methods.oppu import CONTROL_BASE
 from ownlm.methods.proper.groups import ROUTER, forget_stage2_user
@@ -279,12 +279,27 @@ def forget_user(run_dir: str | Path, user: str) -> Forgotten:
         out.removed.append("run.json (their row of the data record)")
     if _drop_eval(run_dir, user):
         out.removed.append("eval/ (its scores and predictions included them)")
+    if _drop_updates(run_dir, user):
+        out.removed.append(f"updates/{user}.jsonl (the history items `ownlm update` added)")
     out.remaining = sorted(str(p.relative_to(run_dir)) for p in mentions(run_dir, user))
     if not (out.removed or out.remaining or m.in_data or m.in_record or stage2):
         raise NotFoundError(not_known(run_dir, user, m))
     _advise(run_dir, user, m, stage2, out)
     out.notes += notes
     return out
+
+
+def _drop_updates(run_dir: Path, user: str) -> bool:
+    from ownlm.data.updates import updates_path
+
+    try:
+        path = updates_path(run_dir, user)
+    except DataError:  # no file can be named after an id that is not valid
+        return False
+    if not path.is_file():
+        return False
+    path.unlink()
+    return True
 
 
 def _advise(run_dir: Path, user: str, m: Membership, stage2: bool, out: Forgotten) -> None:

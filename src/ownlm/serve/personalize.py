@@ -3,7 +3,9 @@
 A run that has user data (its config.yaml names a dataset) gives each of its users a
 BM25 index over their history and a profile; the request text becomes the task input
 of `ownlm.retrieval.prompts.personal_prompt` (the prompt evaluation builds), followed by
-the answer separator the model was trained with.
+the answer separator the model was trained with. A user's index and profile are rebuilt
+when `ownlm update` has added to their history since (their updates file's stat, checked
+on each request, as the adapter cache checks the adapter's manifest).
 """
 
 from __future__ import annotations
@@ -18,9 +20,13 @@ log = get_logger(__name__)
 
 
 class Personalizer:
-    def __init__(self, task, users: dict, k: int, use_profile: bool):
+    def __init__(self, task, users: dict, k: int, use_profile: bool, run_dir: Path | None = None):
+        """`users`: the data file's users; with `run_dir`, their `ownlm update` items
+        are added to their history when their context is built."""
         self.task, self.users, self.k, self.use_profile = task, users, k, use_profile
+        self.run_dir = run_dir
         self._contexts: dict = {}  # user id -> UserContext, built on the user's first request
+        self._seen: dict = {}  # user id -> the updates file's stat its context was built from
         self._lock = threading.Lock()
 
     @classmethod
@@ -33,8 +39,8 @@ class Personalizer:
             from ownlm.run import Run
 
             run = Run.open(run_dir)  # read-only: serving must not touch the run
-            users = {u.user_id: u for u in run.dataset.users}
-            return cls(run.task, users, run.cfg.retrieval_k, run.cfg.profile)
+            users = {u.user_id: u for u in run.file_dataset.users}
+            return cls(run.task, users, run.cfg.retrieval_k, run.cfg.profile, Path(run_dir))
         except Exception as e:  # the server still serves, without personal context
             log.warning(
                 "run %s: user data not loaded (%s); serving without retrieval/profile",
@@ -57,19 +63,26 @@ class Personalizer:
         are not personalized again by this server."""
         with self._lock:
             self._contexts.pop(user, None)
+            self._seen.pop(user, None)
             self.users.pop(user, None)
 
     def prompt(self, user: str, text: str) -> str:
+        from ownlm.data.updates import updates_stat, with_updates
         from ownlm.retrieval.prompts import personal_prompt, user_context
 
         with self._lock:
             if user not in self.users:  # forgotten meanwhile: the batch will refuse it
                 return text + ANSWER_SEP
-            ctx, record = self._contexts.get(user), self.users[user]
-        if ctx is None:  # built outside the lock: a huge history holds up no other user
+            ctx, record, seen = self._contexts.get(user), self.users[user], self._seen.get(user)
+        stat = updates_stat(self.run_dir, user) if self.run_dir else None
+        if ctx is None or stat != seen:  # built outside the lock: holds up no other user
+            if self.run_dir:
+                record = with_updates(self.run_dir, [record], self.task)[0]
             built = user_context(self.task, record)
             with self._lock:
                 if user not in self.users:  # forgotten while it was built: not kept
                     return text + ANSWER_SEP
-                ctx = self._contexts.setdefault(user, built)
+                if self._seen.get(user) != stat or user not in self._contexts:
+                    self._contexts[user], self._seen[user] = built, stat
+                ctx = self._contexts[user]
         return personal_prompt(self.task, ctx, text, self.k, self.use_profile) + ANSWER_SEP

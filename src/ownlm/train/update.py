@@ -1,0 +1,140 @@
+"""Incremental updates (issue #11, item 1): a user's stored OPPU adapter continued on
+their new history items, without retraining it from scratch (OPPU Sec. 4: the
+adapter "adapts to user behavior shifts").
+
+    ownlm update --run-dir R --user U --history new.jsonl [--lr X] [--epochs N]
+
+Where the new items live: the run reads its users from its data file, which ownlm never
+edits, so the items are appended to `R/updates/<user>.jsonl` (`ownlm.data.updates`).
+`Run.dataset` adds them after the user's history, so every reader of the run (eval, serve, export,
+a resumed `ownlm train`) sees the updated history: the retrieval index and profile
+are rebuilt over all of it, and the adapter's recorded `history_sha256` matches it.
+The run's data record (run.json) stays that of the data file: an update is not a
+"data changed" refusal.
+
+Training: the stored adapter is loaded trainable and fitted by the one loop
+(`train_pairs`) on the new items only, each prompted as the user stage prompts it
+(retrieval over every item before it, old ones included, and the profile of the whole
+updated history). Budget: the user stage's lr and 1 epoch over the new items, unless
+given. The manifest keeps the budget the adapter was first trained with (so a resumed
+`ownlm train` does not retrain it) and records the update: new items, lr, epochs, when,
+and `updated_from`, the previous weights' sha256.
+
+Crash safety: the adapter is swapped in first, then the history file. A run cut short
+between the two holds an adapter trained on items its history lacks; running the same
+`ownlm update` again notices (the manifest's digest equals that of the history plus the
+file's items) and writes the history file only.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from ownlm.data.records import User
+from ownlm.data.updates import read_items, write_updates
+from ownlm.errors import DataError, NotFoundError, StoreError
+from ownlm.store import Manifest
+
+WEIGHTS = "adapter_model.safetensors"
+
+
+@dataclass
+class Updated:
+    user: str
+    new_items: int
+    items: int
+    path: Path
+    manifest: Manifest
+    resumed: bool = False  # only the history file was written (an update cut short)
+
+    def summary(self) -> str:
+        if self.resumed:
+            return (
+                f"user {self.user}: the adapter was already updated on these {self.new_items} "
+                f"items (a cut-short update); wrote {self.path}"
+            )
+        u = self.manifest.extra["update"]
+        return (
+            f"updated user {self.user}'s adapter on {self.new_items} new items (lr {u['lr']:.3g}, "
+            f"{u['epochs']:g} epochs; history now {self.items} items, in {self.path}); "
+            f"loss {self.manifest.extra['loss_first']:.3f} -> {self.manifest.extra['loss_last']:.3f}"
+        )
+
+
+def _target(run, user_id: str):
+    """(user, store, base fingerprint) for an update; errors name the fix."""
+    user = next((u for u in run.dataset.users if u.user_id == user_id), None)
+    if user is None:
+        raise NotFoundError(
+            f"user {user_id!r} is not in the data of run {run.dir}; `ownlm token users "
+            f"--run-dir {run.dir}` lists its users"
+        )
+    return user, run.store("oppu"), run.base_fingerprint()
+
+
+def update_user(run, user_id: str, history: Path, lr: float | None = None, epochs: float = 1.0):
+    """Continue `user_id`'s OPPU adapter on the items of `history` (see module doc)."""
+    user, store, fp = _target(run, user_id)
+    items = read_items(Path(history), run.task, user_id, {it.id for it in user.history})
+    if not items:
+        raise DataError(f"{history} holds no history item; give one JSON object per line")
+    if epochs <= 0 or (lr is not None and lr <= 0):
+        raise DataError(f"--lr and --epochs must be > 0, got lr={lr}, epochs={epochs}")
+    updated = replace(user, history=user.history + items)
+    if store.stale_reason(user.name, fp, updated.history_digest()) is None:
+        path = write_updates(run.dir, user_id, items)  # resume a cut-short update
+        return Updated(
+            user_id, len(items), len(updated.history), path, store.manifest(user.name), True
+        )
+    reason = store.stale_reason(user.name, fp, user.history_digest())
+    if reason is not None:
+        raise StoreError(
+            f"user {user_id}'s OPPU adapter cannot be updated ({reason}); train it first: "
+            f"`ownlm train -c {run.dir / 'config.yaml'} --stages users --variants oppu`"
+        )
+    manifest = _fit_and_save(run, store, updated, len(items), fp, lr, epochs)
+    path = write_updates(run.dir, user_id, items)
+    return Updated(user_id, len(items), len(updated.history), path, manifest)
+
+
+def _fit_and_save(run, store, user: User, n_new: int, fp: str, lr, epochs) -> Manifest:
+    from peft import PeftModel
+
+    from ownlm.adapters.lora import detach
+    from ownlm.methods.oppu import user_pairs, user_seed
+    from ownlm.train.budget import user_budget
+    from ownlm.train.loop import train_pairs
+
+    prev = store.manifest(user.name)
+    lr = lr or user_budget(run, "oppu", fp).lr
+    s = replace(run.cfg.user, lr=lr, epochs=epochs)
+    pairs = user_pairs(run, user, "oppu")[-n_new:]  # prompts over the whole updated history
+    backbone = run.base()
+    path = store.verify(user.name, fp)
+    model = PeftModel.from_pretrained(backbone.model, path, is_trainable=True)
+    try:
+        seed = user_seed(run.cfg.seed, user.user_id) + len(user.history)
+        losses = train_pairs(backbone, model, pairs, s, seed)
+        update = {
+            "new_items": n_new,
+            "lr": lr,
+            "epochs": epochs,
+            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "updated_from": prev.sha256.get(WEIGHTS),
+        }
+        extra = {
+            **prev.extra,
+            "items": len(user.history),
+            "history_sha256": user.history_digest(),
+            "loss_first": losses[0],
+            "loss_last": losses[-1],
+            "update": update,
+            "updates": [*prev.extra.get("updates", []), update],
+        }
+        manifest = Manifest(user.name, prev.stage, prev.task, fp, extra=extra)
+        store.save(user.name, model.save_pretrained, manifest)
+    finally:
+        detach(backbone, model)
+    return manifest

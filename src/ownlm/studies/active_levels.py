@@ -115,25 +115,27 @@ def active_level_study(
 
 def check_one_expert(run, other):
     """`other`'s base, once it is the one-expert twin of `run`: stage 2 with
-    `proper.groups=1`, the same test users, and otherwise the same PROPER settings (so
+    `proper.groups=1` (no `groups_choices`), the same test users, and otherwise the same PROPER settings (so
     the rows differ by the groups alone); else a ConfigError naming the fix."""
     from dataclasses import asdict
 
     from ownlm.errors import ConfigError
 
     mine, theirs = asdict(run.cfg.proper), asdict(other.cfg.proper)
-    differ = sorted(k for k in mine if k != "groups" and mine[k] != theirs[k])
+    g_keys = ("groups", "groups_choices")  # the twin has one expert, chosen or not
+    differ = sorted(k for k in mine if k not in g_keys and mine[k] != theirs[k])
     same_users = [u.user_id for u in run.split.test] == [u.user_id for u in other.split.test]
-    if theirs["groups"] != 1 or differ or not same_users:
+    one = theirs["groups"] == 1 and not theirs["groups_choices"]
+    if not one or differ or not same_users:
         why = (
-            f"groups={theirs['groups']}"
-            if theirs["groups"] != 1
+            f"groups={theirs['groups']}, groups_choices={theirs['groups_choices']}"
+            if not one
             else (f"proper.{differ[0]} differs" if differ else "other test users")
         )
         raise ConfigError(
             f"--one-expert-run {other.dir.name}: not the one-expert twin of {run.dir.name} "
             f"({why}); train it with the same config and `--set proper.groups=1 --set "
-            f"name={run.dir.name}-g1 --stages population,groups`"
+            f"proper.groups_choices=[] --set name={run.dir.name}-g1 --stages population,groups`"
         )
     base = other.base()
     require_groups(other, base.fingerprint())

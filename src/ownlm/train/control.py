@@ -20,6 +20,7 @@ base exactly as OPPU's are on base/ (`train_control_users`).
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 
 from ownlm.adapters.lora import inject
@@ -27,7 +28,7 @@ from ownlm.adapters.mixture import matching_linears
 from ownlm.config import LoraSettings
 from ownlm.log import get_logger
 from ownlm.methods.oppu import CONTROL, CONTROL_BASE, load_control
-from ownlm.methods.proper.groups import settings, targets_for
+from ownlm.methods.proper.groups import ROUTER, require_groups, settings, targets_for
 from ownlm.store import Manifest
 from ownlm.train.groups import stage2_pairs
 from ownlm.train.loop import fit
@@ -56,7 +57,7 @@ def control_lora(run, backbone) -> LoraSettings:
     s = settings(run)
     modules = [name for name, _ in matching_linears(backbone.model, targets_for(backbone, s))]
     return LoraSettings(
-        r=s.groups * s.r,
+        r=stored_groups(run) * s.r,
         alpha=s.alpha,
         dropout=0.0,
         targets=modules,
@@ -64,6 +65,16 @@ def control_lora(run, backbone) -> LoraSettings:
         epochs=s.epochs,
         batch_size=s.batch_size,
     )
+
+
+def stored_groups(run) -> int:
+    """Stage 2's G as stored: with `proper.groups_choices` the chosen one, which may not
+    be `proper.groups` (`train.group_choice`)."""
+    s = settings(run)
+    if not s.groups_choices:
+        return s.groups
+    meta = require_groups(run).path(ROUTER) / "router.json"
+    return int(json.loads(meta.read_text())["groups"])
 
 
 def stored_identity(run) -> list:

@@ -95,9 +95,11 @@ def e_step(backbone, state, pairs, assign: torch.Tensor, groups: int):
     return new, int((new != assign).sum()), reseeded, centre
 
 
-def fit_groups_em(run, backbone, users, pairs, vset=None) -> dict:
-    """Stage 2 by likelihood EM (module doc); validated on `vset` when given; saved."""
-    cfg, s = run.cfg, settings(run)
+def fit_groups_em(run, backbone, users, pairs, vset=None, groups=None, save_if=None) -> dict:
+    """Stage 2 by likelihood EM (module doc) with `groups` experts (default
+    `proper.groups`); validated on `vset` when given; saved unless `save_if(record)`
+    says no (`train.group_choice` saves only the best candidate so far)."""
+    cfg, s = run.cfg, replace(settings(run), groups=groups or settings(run).groups)
     base_fp = backbone.fingerprint()
     assign = torch.from_numpy(
         kmeans_groups(start_features(run, users, backbone), s.groups, cfg.seed)
@@ -126,7 +128,7 @@ def fit_groups_em(run, backbone, users, pairs, vset=None) -> dict:
             current = lambda: router.logits.argmax(-1).cpu()  # noqa: E731
             validate = loo_validator(backbone, state, run.task, vset, s.groups, current, centre)
             stopper = early_stopping(run, vset, validate)
-        losses, rounds = em_rounds(run, backbone, state, pairs, kept, router, stopper)
+        losses, rounds = em_rounds(run, s, backbone, state, pairs, kept, router, stopper)
         if stopper is not None:
             stopper.restore(kept)
         assign = router.logits.argmax(-1).cpu()
@@ -137,17 +139,18 @@ def fit_groups_em(run, backbone, users, pairs, vset=None) -> dict:
         }
         meta = em_meta(s, backbone, layers, users, base_fp)
         record = summary(stopper, vset)
-        save_groups(run, layers, tensors, meta, base_fp, losses, record)
+        if save_if is None or save_if(record):
+            save_groups(run, layers, tensors, meta, base_fp, losses, record)
     finally:
         uninstall_mixture(backbone.model)
     return em_stats(pairs, assign, start, losses, rounds, s.groups, record)
 
 
-def em_rounds(run, backbone, state, pairs, kept, router, stopper):
-    """The M/E rounds; `kept`: the experts' tensors, then the assignment (`router`'s
+def em_rounds(run, s, backbone, state, pairs, kept, router, stopper):
+    """The M/E rounds of settings `s`; `kept`: the experts' tensors, then the assignment (`router`'s
     one-hot logits) and the centre, what validation keeps at its best. Returns (step
     losses of every M-step, one record per round: users moved, re-seeds)."""
-    cfg, s = run.cfg, settings(run)
+    cfg = run.cfg
     experts, centre = kept[:-2], kept[-1]
     losses: list[float] = []
     rounds = []

@@ -108,7 +108,11 @@ def train_groups(run, backbone=None) -> dict:
             f"{len(users)} users and {len(pairs)} pairs"
         )
         return {"pairs": len(pairs), "kept": True}
-    if settings(run).assignment == "user":
+    if settings(run).assignment == "user" and settings(run).groups_choices:
+        from ownlm.train.group_choice import choose_groups
+
+        stats = choose_groups(run, backbone, users, pairs, vset)
+    elif settings(run).assignment == "user":
         from ownlm.train.group_em import fit_groups_em
 
         stats = fit_groups_em(run, backbone, users, pairs, vset)
@@ -120,6 +124,8 @@ def train_groups(run, backbone=None) -> dict:
     stats["warnings"] = finish(
         run, "groups", "stage 2 (groups)", record, tuning_hints("proper", s.epochs, s.lr)
     )
+    if "choice" in stats:  # the candidates for G, next to the kept candidate's validation
+        run.record_stage("groups", {**run.stage_record("groups"), "choice": stats["choice"]})
     return stats
 
 

@@ -137,6 +137,9 @@ def save_groups(run, layers, tensors, meta, base_fp, losses, validation=None) ->
     router.safetensors + router.json `meta`) to the store; the router's manifest keeps
     the stage's `validation` record (`train.validation`)."""
     store = run.store()
+    for name in store.names("group"):  # experts of an earlier, larger G
+        if int(name.split(":")[1]) >= meta["groups"]:
+            store.delete(name)
     for g in range(meta["groups"]):
         weights = {name: (layer.A[g], layer.B[g]) for name, layer in layers.items()}
         store.save(

@@ -75,3 +75,13 @@ def test_stage_2_chooses_G_on_dev_users_and_stores_it(tiny_cfg):
     assert gates.shape[-1] == chosen and torch.isclose(gates.sum(), torch.tensor(1.0))
     gm.close()
     assert train_proper_users(run, "user", users=[newcomer], backbone=backbone) is not None
+
+
+def test_choosing_G_needs_dev_users(tiny_cfg):
+    tiny_cfg.validation.dev_frac = 0.0
+    tiny_cfg.proper = small_proper(groups_choices=[2, 3], epochs=0.5)
+    run = Run(tiny_cfg)
+    train_population(run)
+    with pytest.raises(ConfigError, match="validation.dev_frac"):
+        train_groups(run)
+    assert not run.store().exists("router")  # nothing stored

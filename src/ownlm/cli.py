@@ -259,8 +259,10 @@ def update(
     run_dir: Path = typer.Option(..., help="run directory (e.g. runs/demo-tags)"),
     user: str = typer.Option(..., help="user id whose OPPU adapter is continued"),
     history: Path = typer.Option(..., help="JSONL file of new history items, one per line"),
-    lr: float = typer.Option(None, help="learning rate (default: the user stage's)"),
-    epochs: float = typer.Option(1.0, help="epochs over the new items"),
+    lr: float = typer.Option(
+        None, help="learning rate (default: update.lr, else the user stage's)"
+    ),
+    epochs: float = typer.Option(None, help="epochs over the new items (default: update.epochs)"),
 ):
     """Continue a user's adapter on new history items (kept in <run>/updates/<user>.jsonl),
     swapped in atomically; a running server serves the new version from its next request."""

@@ -221,6 +221,17 @@ class TuneSettings:
 
 
 @dataclass
+class UpdateSettings:
+    """`ownlm update`: a user's OPPU adapter continued on new history items
+    (docs/update.md). Not a training key: an update records its budget in the manifest."""
+
+    lr: float | None = field(
+        default=None, metadata={"help": "learning rate (empty: the user stage's, tuned or not)"}
+    )
+    epochs: float = field(default=1.0, metadata={"help": "epochs over the new items"})
+
+
+@dataclass
 class ServeSettings:
     """`ownlm serve`: how many adapters stay loaded, how requests are batched, and the
     limits that keep one client from taking the server's memory or time."""
@@ -359,6 +370,10 @@ class ExperimentConfig:
         default_factory=TuneSettings,
         metadata={"help": "how `ownlm tune` chooses the user stage's lr and epochs"},
     )
+    update: UpdateSettings = field(
+        default_factory=UpdateSettings,
+        metadata={"help": "`ownlm update`: the budget of an incremental update"},
+    )
     methods: list[str] = field(
         default_factory=lambda: ["base", "rag", "pag", "peft", "oppu"],
         metadata={"help": "methods to evaluate side by side (references are always added)"},
@@ -411,6 +426,7 @@ RUNTIME_KEYS = (  # where the run lives and how fast it runs: the same adapters 
 # change of what the run was trained from (adapters of another budget are retrained).
 TUNE_KEYS = ("tune.lr_factors", "tune.max_epochs", "tune.val_frac", "tune.min_items",
              "tune.max_users")  # fmt: skip
+UPDATE_KEYS = ("update.lr", "update.epochs")  # `ownlm update`: its manifest records them
 
 
 def training_values(cfg: ExperimentConfig) -> dict:
@@ -428,7 +444,7 @@ def training_values(cfg: ExperimentConfig) -> dict:
     return {
         k: v
         for k, v in flat(dataclasses.asdict(cfg)).items()
-        if k not in EVAL_KEYS + RUNTIME_KEYS + TUNE_KEYS
+        if k not in EVAL_KEYS + RUNTIME_KEYS + TUNE_KEYS + UPDATE_KEYS
     }
 
 
@@ -540,6 +556,7 @@ VALID: dict[type, dict[str, Bound | Choice]] = {
                      "features": Choice(("outputs", "outputs+inputs"))},
     ValidationSettings: {"dev_frac": Bound(0, high=1), "patience": AT_LEAST_1,
                          "monitor": Choice(("loss", "metric")), "max_items": AT_LEAST_1},
+    UpdateSettings: {"epochs": POSITIVE},
     TuneSettings: {"max_epochs": AT_LEAST_0, "val_frac": Bound(0, strict=True, high=1),
                    "min_items": Bound(2), "max_users": AT_LEAST_1},
     ExperimentConfig: {"device": Choice(("auto", "cpu", "cuda", "cuda:N", "mps")),

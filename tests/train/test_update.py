@@ -50,6 +50,7 @@ def test_update_continues_only_that_users_adapter_and_every_reader_sees_it(train
     assert _sha(store, user.name) != before and _sha(store, other.name) == other_before
     m = store.manifest(user.name).extra
     assert m["update"]["new_items"] == 2 and m["update"]["updated_from"] == before
+    assert m["update"]["epochs"] == run.cfg.update.epochs == 1.0  # the run's update.epochs
     assert m["items"] == len(user.history) + 2 and m["epochs"] == run.cfg.user.epochs
     assert "updated user" in done.summary()
     assert updates_path(run.dir, user.user_id).read_text().count("\n") == 2
@@ -69,6 +70,13 @@ def test_bad_input_is_refused_and_a_cut_short_update_finishes(trained, tmp_path,
     run, user = trained, trained.split.test[0]
     with pytest.raises(NotFoundError, match="not in the data"):
         update_user(run, "nobody", _new_items(tmp_path / "a.jsonl"))
+    from typer.testing import CliRunner
+
+    from ownlm.cli import app
+
+    args = ["update", "--run-dir", str(run.dir), "--user", "nobody", "--history"]
+    out = CliRunner().invoke(app, [*args, str(tmp_path / "a.jsonl")])
+    assert out.exit_code == 2 and "not in the data" in out.output  # one line, no traceback
     dup = _new_items(tmp_path / "b.jsonl", ids=(user.history[0].id,))
     with pytest.raises(DataError, match="already in user"):
         update_user(run, user.user_id, dup)

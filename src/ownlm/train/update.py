@@ -15,9 +15,9 @@ The run's data record (run.json) stays that of the data file: an update is not a
 Training: the stored adapter is loaded trainable and fitted by the one loop
 (`train_pairs`) on the new items only, each prompted as the user stage prompts it
 (retrieval over every item before it, old ones included, and the profile of the whole
-updated history). Budget: the user stage's lr and 1 epoch over the new items, unless
-given. The manifest keeps the budget the adapter was first trained with (so a resumed
-`ownlm train` does not retrain it) and records the update: new items, lr, epochs, when,
+updated history). Budget: `update.lr` (empty: the user stage's lr) and `update.epochs`
+(1) over the new items, unless given on the command line. The manifest keeps the
+budget the adapter was first trained with (so a resumed `ownlm train` does not retrain it) and records the update: new items, lr, epochs, when,
 and `updated_from`, the previous weights' sha256.
 
 Crash safety: the adapter is swapped in first, then the history file. A run cut short
@@ -74,8 +74,11 @@ def _target(run, user_id: str):
     return user, run.store("oppu"), run.base_fingerprint()
 
 
-def update_user(run, user_id: str, history: Path, lr: float | None = None, epochs: float = 1.0):
-    """Continue `user_id`'s OPPU adapter on the items of `history` (see module doc)."""
+def update_user(run, user_id: str, history: Path, lr: float | None = None, epochs=None):
+    """Continue `user_id`'s OPPU adapter on the items of `history` (see module doc).
+    `lr`, `epochs`: default the run's `update.lr` (else the user stage's) and `update.epochs`."""
+    lr = lr if lr is not None else run.cfg.update.lr
+    epochs = epochs if epochs is not None else run.cfg.update.epochs
     user, store, fp = _target(run, user_id)
     items = read_items(Path(history), run.task, user_id, {it.id for it in user.history})
     if not items:

@@ -36,17 +36,26 @@ def _sha(store, name):
 def test_update_continues_only_that_users_adapter_and_every_reader_sees_it(trained, tmp_path):
     from peft import PeftModel
 
-    from ownlm.serve.personalize import Personalizer
+    from ownlm.config import ServeSettings
+    from ownlm.serve.server import build_server
 
     run, (user, other) = trained, trained.split.test[:2]
     store = run.store("oppu")
     before, other_before = _sha(store, user.name), _sha(store, other.name)
-    served = Personalizer.from_run(run.dir)  # a running server, its context built
-    ask = "a brand new film n1"
-    assert served.prompt(user.user_id, ask).count("brand new film") == 1  # the query only
-    done = update_user(run, user.user_id, _new_items(tmp_path / "new.jsonl"))
-    # its retrieval index and profile are rebuilt over the updated history
-    assert served.prompt(user.user_id, ask).count("brand new film") > 1
+    settings = ServeSettings(cache_size=2, max_batch_size=2, device="cpu")
+    server = build_server(run.dir, settings)  # a running server over the run
+    ask, uid = "a brand new film n1", user.user_id
+    assert server.personalizer.prompt(uid, ask).count("brand new film") == 1  # the query
+    with server.cache.lock:
+        server.cache.slots_for([uid])
+    loaded = server.cache.seen[uid]
+    done = update_user(run, uid, _new_items(tmp_path / "new.jsonl"))
+    # the server, not restarted: retrieval and profile over the updated history, and
+    # the new adapter loaded on the next use
+    assert server.personalizer.prompt(uid, ask).count("brand new film") > 1
+    with server.cache.lock:
+        server.cache.slots_for([uid])
+    assert server.cache.seen[uid] == server.cache.stat(uid) != loaded  # reloaded
     assert _sha(store, user.name) != before and _sha(store, other.name) == other_before
     m = store.manifest(user.name).extra
     assert m["update"]["new_items"] == 2 and m["update"]["updated_from"] == before

@@ -48,10 +48,10 @@ def expected_abs_error(scores: torch.Tensor, values: torch.Tensor) -> torch.Tens
 def median_index(scores: torch.Tensor, values: list[float]) -> torch.Tensor:
     """(N,) index of each row's median label: the least expected absolute error; among
     labels tied within TIE, the lowest value (so the answer never depends on label order)."""
-    v = torch.tensor(values, dtype=torch.float32)
+    v = torch.tensor(values, dtype=torch.float32, device=scores.device)
     risk = expected_abs_error(scores, v)  # (N, L)
     tied = risk <= risk.min(-1, keepdim=True).values + TIE
-    order = torch.argsort(v, stable=True).to(risk.device)  # label indices by ascending value
+    order = torch.argsort(v, stable=True)  # label indices by ascending value
     first = tied[:, order].float().argmax(-1)  # the first tied one in that order
     return order[first]
 

@@ -152,9 +152,12 @@ def eval_(
     groups_view: bool = typer.Option(
         False, "--groups-view", help="also print which users went to which group expert (PROPER)"
     ),
-    study_users: int = typer.Option(
-        0, help="active-level study on the first N test users only (0 = all)"
+    study: str = typer.Option(
+        "",
+        help="also run these studies, comma-separated: shift (behaviour shift and updates), "
+        "peft-methods (LoRA vs IA3 vs prompt tuning), formats (history formats)",
     ),
+    study_users: int = typer.Option(0, help="studies on the first N test users only (0 = all)"),
     one_expert_run: str = typer.Option(
         "",
         help="active-level study: also the row proper-user-g1, PROPER on the stage 2 of this "
@@ -167,6 +170,11 @@ def eval_(
     from ownlm.evaluate.runner import evaluate_run
 
     buckets = _int_list(active_levels, "--active-levels") if active_levels else ()
+    studies = _list(study)
+    if studies:  # an unknown study stops before any work
+        from ownlm.studies import check_studies
+
+        check_studies(studies)
     start = time.perf_counter()
     run = _run(config, set_, write=False)
     results = evaluate_run(run)
@@ -180,6 +188,10 @@ def eval_(
 
         one = Run.open(run.dir.parent / one_expert_run) if one_expert_run else None
         active_level_study(run, buckets=buckets, max_users=study_users or None, one_expert=one)
+    for name in studies:
+        from ownlm.studies import run_named_study
+
+        run_named_study(name, run, max_users=study_users or None)
     console.print(f"eval wall time: {time.perf_counter() - start:.0f} s")
     if any(r.not_run for r in results):  # a method asked for has no score: not a success
         raise typer.Exit(3)

@@ -102,24 +102,36 @@ def update_user(run, user_id: str, history: Path, lr: float | None = None, epoch
     return Updated(user_id, len(items), len(updated.history), path, manifest)
 
 
+def continue_user(
+    run, backbone, model, user: User, n_new: int, lr: float, epochs: float, ctx=None
+) -> list[float]:
+    """Train `model` (the user's trainable OPPU adapter on `backbone`) further on the
+    last `n_new` items of `user`'s history, each prompted over every item before it and
+    the profile of the whole history (`ctx`: its `user_context`, built when None).
+    Returns the step losses. In memory: `ownlm update` calls it on the stored adapter,
+    the behaviour-shift study (`ownlm.studies.shift`) on one it has just trained."""
+    from ownlm.methods.oppu import user_pairs, user_seed
+    from ownlm.train.loop import train_pairs
+
+    s = replace(run.cfg.user, lr=lr, epochs=epochs)
+    pairs = user_pairs(run, user, "oppu", ctx)[-n_new:]  # prompts over the whole updated history
+    seed = user_seed(run.cfg.seed, user.user_id) + len(user.history)
+    return train_pairs(backbone, model, pairs, s, seed)
+
+
 def _fit_and_save(run, store, user: User, n_new: int, fp: str, lr, epochs) -> Manifest:
     from peft import PeftModel
 
     from ownlm.adapters.lora import detach
-    from ownlm.methods.oppu import user_pairs, user_seed
     from ownlm.train.budget import user_budget
-    from ownlm.train.loop import train_pairs
 
     prev = store.manifest(user.name)
     lr = lr or user_budget(run, "oppu", fp).lr
-    s = replace(run.cfg.user, lr=lr, epochs=epochs)
-    pairs = user_pairs(run, user, "oppu")[-n_new:]  # prompts over the whole updated history
     backbone = run.base()
     path = store.verify(user.name, fp)
     model = PeftModel.from_pretrained(backbone.model, path, is_trainable=True)
     try:
-        seed = user_seed(run.cfg.seed, user.user_id) + len(user.history)
-        losses = train_pairs(backbone, model, pairs, s, seed)
+        losses = continue_user(run, backbone, model, user, n_new, lr, epochs)
         update = {
             "new_items": n_new,
             "lr": lr,

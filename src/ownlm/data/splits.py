@@ -95,3 +95,35 @@ def truncate_history(user: User, keep: int) -> User:
         raise ConfigError(f"keep must be >= 0; got {keep}")
     history = user.history[len(user.history) - keep :] if keep else []
     return replace(user, history=list(history), queries=list(user.queries))
+
+
+def time_order(items: list[Item]) -> tuple[list[Item], str]:
+    """A user's history oldest first, and how it was ordered: "date" when every item
+    has a date (sorted by it; equal dates keep file order), else "file" (as given: the
+    loader's order, for data without dates)."""
+    items = list(items)
+    if items and all(it.date for it in items):
+        return sorted(items, key=lambda it: it.date or ""), "date"  # stable sort
+    return items, "file"
+
+
+def shift_split(
+    items: list[T], old_frac: float = 0.5, max_queries: int = 5
+) -> tuple[list[T], list[T], list[T]] | None:
+    """A time-ordered history cut for the behaviour-shift study: (old, new, held).
+
+    `old` is the first `old_frac` of the items (at least one); the rest is the newer
+    part, whose last `min(max_queries, half of it)` items are `held` out as queries and
+    whose items before those are `new` (what an update trains on). None when the
+    history is too short for one item in each part (fewer than 3 items)."""
+    if not 0.0 < old_frac < 1.0:
+        raise ConfigError(f"old_frac must be in (0, 1); got {old_frac}. Use e.g. 0.5")
+    if max_queries < 1:
+        raise ConfigError(f"max_queries must be >= 1; got {max_queries}")
+    n = len(items)
+    n_old = min(max(round(n * old_frac), 1), n - 2)
+    n_held = min(max_queries, (n - n_old) // 2)
+    if n_old < 1 or n_held < 1:
+        return None
+    cut = n - n_held
+    return list(items[:n_old]), list(items[n_old:cut]), list(items[cut:])

@@ -142,17 +142,34 @@ class LoraSettings:
 
 @dataclass
 class UserSettings(LoraSettings):
-    """The user stage: OPPU's per-user LoRA (Tan et al. 2024, Sec. 4 defaults), and how
-    many users train together in one batch."""
+    """The user stage: OPPU's per-user adapter (Tan et al. 2024, Sec. 4 defaults: a LoRA),
+    its PEFT method, and how many users train together in one batch."""
 
+    method: str = field(
+        default="lora",
+        metadata={
+            "help": "the user adapter's PEFT method (docs/peft_methods.md): lora (r, alpha, "
+            "dropout, targets), ia3 (rescaling vectors on keys, values and the feed-forward: "
+            "k_proj,v_proj,down_proj for Llama; key,value,output.dense for MiniLM), prompt "
+            "(virtual_tokens learned input embeddings; causal backbones only). Only LoRA "
+            "users are served by `ownlm serve` and vLLM"
+        },
+    )
+    virtual_tokens: int = field(
+        default=8, metadata={"help": "method=prompt: learned virtual tokens per user"}
+    )
     users_per_batch: int = field(
         default=16,
         metadata={
             "help": "users trained together in one batch, each row applying its own user's "
             "LoRA (mLoRA's idea; exactly what each would learn alone, bar dropout's random "
-            "masks); 1 = one user after another. The MiniLM backbone always trains one by one"
+            "masks); 1 = one user after another. The MiniLM backbone, and methods other "
+            "than lora, always train one by one"
         },
     )
+
+    def __post_init__(self):
+        self.method = str(self.method).strip().lower()  # "IA3" is ia3
 
 
 @dataclass
@@ -541,7 +558,8 @@ LORA_RULES = {"r": AT_LEAST_1, "alpha": POSITIVE, "dropout": Bound(0, high=1), "
 # checks its own). Epochs may be fractional (`train.loop.batch_plan`), so only > 0.
 VALID: dict[type, dict[str, Bound | Choice]] = {
     LoraSettings: LORA_RULES,
-    UserSettings: {**LORA_RULES, "users_per_batch": AT_LEAST_1},
+    UserSettings: {**LORA_RULES, "users_per_batch": AT_LEAST_1, "virtual_tokens": AT_LEAST_1,
+                   "method": Choice(("lora", "ia3", "prompt"))},
     TinyConfig: {**dict.fromkeys(("vocab_size", "hidden_size", "layers", "heads",
                                   "intermediate_size", "batch_size"), AT_LEAST_1),
                  "max_len": Bound(2), "epochs": POSITIVE, "lr": POSITIVE,
@@ -593,6 +611,22 @@ def _check_together(obj, prefix: str) -> None:
             f"config keys {prefix}hidden_size={obj.hidden_size} and {prefix}heads={obj.heads} "
             "do not fit: each head needs an even width, so hidden_size must be a multiple of "
             f"2 * heads, e.g. --set {prefix}hidden_size={2 * obj.heads * 32}"
+        )
+    if isinstance(obj, UserSettings) and obj.method != "lora" and obj.targets:
+        raise ConfigError(
+            f"config key {prefix}targets={obj.targets} names LoRA's modules, but "
+            f"{prefix}method={obj.method!r} (IA3 adapts keys, values and the feed-forward; "
+            f"prompt tuning no module): leave {prefix}targets empty, or use --set {prefix}method=lora"
+        )
+    if (
+        isinstance(obj, ExperimentConfig)
+        and obj.backbone == "minilm"
+        and obj.user.method == "prompt"
+    ):
+        raise ConfigError(
+            "config key user.method='prompt' needs a causal LM (prompt tuning prepends learned "
+            "embeddings to the input; the MiniLM classifier takes token ids only): with "
+            "backbone minilm use --set user.method=lora or --set user.method=ia3"
         )
     if isinstance(obj, ProperSettings) and obj.groups_choices:
         _check_groups_choices(obj, prefix)

@@ -1,7 +1,8 @@
 """A fresh PEFT LoRA on a backbone, and taking it off again exactly.
 
 Every stage that trains a plain LoRA (the population stage, OPPU's user stage, the
-studies) injects it with `inject` and removes it with `detach`.
+studies) injects it with `inject` and removes it with `detach`; the user stage's other
+PEFT methods (IA3, prompt tuning: `adapters.methods`) are taken off by `detach` too.
 """
 
 from __future__ import annotations
@@ -63,11 +64,17 @@ def inject(
 def detach(backbone, peft_model):
     """Remove a PEFT adapter and give the backbone its own base model back, exactly.
 
-    LoRA layers are unloaded; modules_to_save (the encoder's label head) are restored
-    from the base's copy, since PEFT's unload() leaves the adapter's trained copy in
-    place, which would carry one user's head into the next user's model.
+    LoRA and IA3 layers are unloaded; a prompt-tuned model never touched the base's
+    layers (its virtual tokens live in the PEFT wrapper), so the base is taken back as
+    it is. modules_to_save (the encoder's label head) are restored from the base's copy,
+    since PEFT's unload() leaves the adapter's trained copy in place, which would carry
+    one user's head into the next user's model.
     """
-    model = peft_model.unload()
+    if peft_model.peft_config[peft_model.active_adapter].is_prompt_learning:
+        model = peft_model.get_base_model()
+    else:
+        model = peft_model.unload()
+    vars(model).pop("peft_config", None)  # PEFT's note on the base: the base has no adapter
     if getattr(model, "is_gradient_checkpointing", False):
         model.gradient_checkpointing_disable()
     for name, state in getattr(backbone, "_saved", {}).items():

@@ -156,7 +156,7 @@ class CausalBackbone:
 
     def item_losses(self, model, prompts: list[str], targets: list[str]) -> torch.Tensor:
         ids, mask, labels = _to(model_device(model), *self.encode_pairs(prompts, targets))
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()  # (B, T-1, V)
+        logits = token_logits(model, ids, mask)[:, :-1].float()  # (B, T-1, V)
         tgt = labels[:, 1:]  # token t predicts t+1, as the model's own loss shifts
         tok = nn.functional.cross_entropy(
             logits.transpose(1, 2), tgt, ignore_index=-100, reduction="none"
@@ -181,13 +181,13 @@ class CausalBackbone:
             last = (lab != -100).float().argmax(
                 -1
             ) - 1  # position predicting the label's first token
-            logits = model(input_ids=ids, attention_mask=mask).logits  # (N, T, V)
+            logits = token_logits(model, ids, mask)  # (N, T, V)
             logp = logits[torch.arange(len(prompts), device=device), last].float().log_softmax(-1)
             return logp[:, firsts]  # (N, L)
         scores = torch.empty(len(prompts), len(labels), device=device)
         for j, label in enumerate(labels):
             ids, mask, lab = _to(device, *self.encode_pairs(prompts, [label] * len(prompts)))
-            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+            logits = token_logits(model, ids, mask)[:, :-1]
             logp = logits.float().log_softmax(-1)
             tgt = lab[:, 1:]
             tok = logp.gather(-1, tgt.clamp(min=0).unsqueeze(-1)).squeeze(-1)
@@ -305,6 +305,14 @@ class EncoderBackbone:
             scores = self.score_labels(model, prompts[i : i + batch_size], task.labels)
             out.extend(pick_labels(scores, tuple(self.model.labels), decode))  # head order
         return out
+
+
+def token_logits(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, T, V) logits of the positions of `ids`. A prompt-tuned PEFT model prepends
+    its virtual tokens and returns their positions' logits first (B, n + T, V): those
+    are dropped, so position t is token t's for every PEFT method."""
+    logits = model(input_ids=ids, attention_mask=mask).logits
+    return logits[:, -ids.shape[1] :]
 
 
 def _to(device, *tensors):

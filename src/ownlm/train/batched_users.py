@@ -12,7 +12,8 @@ get alone. The output head runs only at the supervised positions (the sequential
 computes every logit of every position and keeps a few).
 
 Finished users are saved through PEFT's `save_pretrained`, the same files as the
-sequential stage writes, and leave memory before the next group starts.
+sequential stage writes, and leave memory before the next group starts. LoRA only:
+other PEFT methods (`user.method`) and the MiniLM backbone train one user at a time.
 """
 
 from __future__ import annotations
@@ -237,6 +238,12 @@ def train_users_batched(
         log.info(
             f"stage 3: {backbone.kind} backbone trains a per-user label head (modules_to_save); "
             "training users one at a time"
+        )
+        return train_users(run, variant, users, backbone)
+    if run.cfg.user.method != "lora":  # the batched layer is LoRA's (`multi_lora`)
+        log.info(
+            f"stage 3: user.method={run.cfg.user.method} has no batched multi-user trainer "
+            "(that is LoRA's); training users one at a time"
         )
         return train_users(run, variant, users, backbone)
     k = users_per_batch or run.cfg.user.users_per_batch

@@ -1,11 +1,14 @@
-"""The user stage's budget: the learning rate and epochs each user LoRA trains with.
+"""The user stage's budget: the learning rate and epochs each user LoRA trains with
+(and, for OPPU's variants, the PEFT method, `user.method`).
 
 A budget is the configured one (`user.lr` and `user.epochs` for OPPU's variants,
 `proper.user_lr` and `proper.user_epochs` for PROPER's) unless `ownlm tune` chose
 another on the dev users, for this variant and this base (run.json "tuned",
 `train.tune`). Every user stage asks `user_budget`, trains with it, writes it into each
 user's manifest, and retrains a stored user trained with another (`budget_reason`): the
-run's adapters always stand for the run's present choice.
+run's adapters always stand for the run's present choice. `user.method` is a training
+key, so a run is not resumed under another method (`run.py` refuses); the manifest
+records it all the same, and a stored user of another method is trained again.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ class Budget:
     epochs: float
     source: str
     configured: tuple[float, float]
+    method: str | None = None  # OPPU's `user.method`; None: PROPER's mixture, a search
 
     def lora(self, s):
         """`s` (LoraSettings) with this budget's lr and epochs."""
@@ -35,10 +39,12 @@ class Budget:
 
     def extra(self) -> dict:
         """The manifest's record of it."""
-        return {"lr": self.lr, "epochs": self.epochs, "budget": self.source}
+        method = {"method": self.method} if self.method else {}
+        return {"lr": self.lr, "epochs": self.epochs, "budget": self.source, **method}
 
     def __str__(self) -> str:
-        return f"lr {self.lr:.3g}, {self.epochs:g} epochs ({self.source})"
+        method = f"{self.method}, " if self.method not in (None, "lora") else ""
+        return f"{method}lr {self.lr:.3g}, {self.epochs:g} epochs ({self.source})"
 
 
 def budget_keys(variant: str) -> tuple[str, str]:
@@ -52,6 +58,7 @@ def configured(run, variant: str) -> Budget:
         lr, epochs = run.cfg.proper.user_lr, run.cfg.proper.user_epochs
     else:
         lr, epochs = run.cfg.user.lr, run.cfg.user.epochs
+        return Budget(lr, epochs, "config", (lr, epochs), run.cfg.user.method)
     return Budget(lr, epochs, "config", (lr, epochs))
 
 
@@ -74,13 +81,14 @@ def user_budget(run, variant: str, fingerprint: str) -> Budget:
             )
         return base
     lr_key, epochs_key = budget_keys(variant)
-    return Budget(tuned[lr_key], tuned[epochs_key], "tuned", base.configured)
+    return Budget(tuned[lr_key], tuned[epochs_key], "tuned", base.configured, base.method)
 
 
 def budget_reason(store, name: str, budget: Budget) -> str | None:
-    """ "other budget" when the stored adapter `name` was trained with another lr or
-    epochs than `budget` (None when the same); one stored before adapters recorded
-    their budget was trained with the configured one."""
+    """ "other budget" when the stored adapter `name` was trained with another lr,
+    epochs or PEFT method than `budget` (None when the same); one stored before adapters
+    recorded their budget was trained with the configured one, and with LoRA."""
     extra = store.manifest(name).extra
     used = (extra.get("lr", budget.configured[0]), extra.get("epochs", budget.configured[1]))
-    return None if used == (budget.lr, budget.epochs) else "other budget"
+    other_method = budget.method is not None and extra.get("method", "lora") != budget.method
+    return None if used == (budget.lr, budget.epochs) and not other_method else "other budget"

@@ -1,4 +1,5 @@
-"""Stage 3 (OPPU): a fresh LoRA per user, trained on that user's history only.
+"""Stage 3 (OPPU): a fresh adapter per user, trained on that user's history only: a
+LoRA, or the PEFT method `user.method` names (IA3, prompt tuning: `adapters.methods`).
 
 Each user starts from the same merged base: the LoRA is injected, trained, saved and
 then unloaded, so nothing of one user reaches the next (OPPU's public code lets later
@@ -11,7 +12,10 @@ shared by every user stage), as is one trained with another budget than the run'
 
 from __future__ import annotations
 
-from ownlm.adapters.lora import detach, inject
+from dataclasses import replace
+
+from ownlm.adapters.lora import detach
+from ownlm.adapters.methods import inject_method
 from ownlm.log import get_logger, progress
 from ownlm.methods.oppu import VARIANTS, check_variant, user_pairs, user_seed
 from ownlm.store import Manifest
@@ -80,16 +84,20 @@ def stage_line(trained: int, counts: dict) -> str:
     return f"trained {trained}{why}, resumed {counts['resumed']}, no history {counts['empty']}"
 
 
-def fit_user(run, backbone, user, variant: str = "oppu", ctx=None, budget=None, watch=None):
-    """Inject a fresh LoRA and train it on `user`'s history: (PEFT model, step losses).
-    `budget`: its lr and epochs (default: the run's, `user_budget`). `watch(model)`
-    may give an `EarlyStopping` that validates it (`ownlm tune`). The caller saves the
-    model and gives the base back with `detach(backbone, model)`."""
+def fit_user(
+    run, backbone, user, variant: str = "oppu", ctx=None, budget=None, watch=None, method=None
+):
+    """Inject a fresh adapter and train it on `user`'s history: (PEFT model, step losses).
+    `budget`: its lr and epochs (default: the run's, `user_budget`). `method`: the PEFT
+    method (default the run's `user.method`; the PEFT-methods study tries each).
+    `watch(model)` may give an `EarlyStopping` that validates it (`ownlm tune`). The
+    caller saves the model and gives the base back with `detach(backbone, model)`."""
     budget = budget or user_budget(run, variant, backbone.fingerprint())
     s = budget.lora(run.cfg.user)
+    s = replace(s, method=method) if method else s
     seed = user_seed(run.cfg.seed, user.user_id)
     pairs = user_pairs(run, user, variant, ctx)
-    model = inject(backbone, s, seed, run.cfg.gradient_checkpointing)
+    model = inject_method(backbone, s, seed, run.cfg.gradient_checkpointing)
     try:
         stopper = watch(model) if watch else None
         return model, train_pairs(backbone, model, pairs, s, seed, early_stopping=stopper)
@@ -106,7 +114,8 @@ def train_users(run, variant: str = "oppu", users=None, backbone=None) -> dict:
     store = run.store(variant)
     budget = user_budget(run, variant, base_fp)
     todo, counts = plan_users(store, users, base_fp, budget)
-    for user in progress(todo, desc=f"user LoRAs ({variant})", unit="user"):
+    what = "LoRAs" if run.cfg.user.method == "lora" else f"{run.cfg.user.method} adapters"
+    for user in progress(todo, desc=f"user {what} ({variant})", unit="user"):
         model, losses = fit_user(run, backbone, user, variant, budget=budget)
         try:
             store.save(

@@ -142,3 +142,18 @@ def how_served(method: str) -> str:
         "that loads it) or score it with `ownlm eval`; train LoRA users "
         "(user.method=lora) to serve them"
     )
+
+
+def load_trainable(backbone, path: str | Path):
+    """A stored adapter of any method on the backbone's model, trainable (`ownlm
+    update`). PEFT refuses `is_trainable` for prompt learning ("Cannot set a prompt
+    learning adapter to trainable"): such an adapter is loaded as PEFT allows and its
+    virtual tokens are made trainable again, the only parameters it has."""
+    from peft import PeftConfig, PeftModel
+
+    if not PeftConfig.from_pretrained(str(path)).is_prompt_learning:
+        return PeftModel.from_pretrained(backbone.model, path, is_trainable=True)
+    model = PeftModel.from_pretrained(backbone.model, path)
+    for p in model.prompt_encoder.parameters():
+        p.requires_grad_(True)
+    return model

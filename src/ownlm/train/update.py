@@ -120,16 +120,15 @@ def continue_user(
 
 
 def _fit_and_save(run, store, user: User, n_new: int, fp: str, lr, epochs) -> Manifest:
-    from peft import PeftModel
-
     from ownlm.adapters.lora import detach
+    from ownlm.adapters.methods import load_trainable
     from ownlm.train.budget import user_budget
 
     prev = store.manifest(user.name)
     lr = lr or user_budget(run, "oppu", fp).lr
     backbone = run.base()
     path = store.verify(user.name, fp)
-    model = PeftModel.from_pretrained(backbone.model, path, is_trainable=True)
+    model = load_trainable(backbone, path)  # LoRA, IA3 or prompt tuning (`user.method`)
     try:
         losses = continue_user(run, backbone, model, user, n_new, lr, epochs)
         update = {

@@ -70,6 +70,11 @@ def vllm_hint(base_dir: Path, adapter_dir: Path, name: str, kind: str = "causal"
             "MiniLM label classifier: use it with `ownlm eval` / `ownlm serve` on its run"
         )
     cfg = json.loads((Path(adapter_dir) / CONFIG_FILE).read_text())
+    if cfg.get("peft_type", "LORA") != "LORA":
+        return (
+            f"vLLM serves LoRA adapters only, not this {cfg['peft_type']} adapter; load it "
+            "with vanilla PEFT"
+        )
     rank = int(cfg["r"])
     fits = [r for r in VLLM_MAX_LORA_RANKS if r >= rank]
     if not fits:

@@ -1,5 +1,7 @@
 """Export a user's model as one vanilla PEFT LoRA directory, whatever method trained it,
-with how to pair it with its base: the PEFT line and vLLM's multi-LoRA server line.
+with how to pair it with its base: the PEFT line and vLLM's multi-LoRA server line. An
+OPPU user of another PEFT method (`user.method`: IA3, prompt tuning) is exported as its
+PEFT directory, with the PEFT line and the words that vLLM cannot serve it.
 
 The exported `adapter_config.json` names the run's base by absolute path, so
 `AutoPeftModelForCausalLM.from_pretrained(export_dir)` works from any directory.
@@ -10,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ownlm.adapters.export import INPUT_ROUTER_MSG, peft_hint, point_to_base, vllm_hint
+from ownlm.adapters.methods import NAMES, adapter_method, how_served
 from ownlm.backbone.checksum import read_base_meta
 from ownlm.errors import ConfigError, NotFoundError
 from ownlm.methods import oppu, proper
@@ -66,12 +69,21 @@ def export_user(run, user_id: str, out: Path, variant: str = AUTO) -> tuple[Path
 
 
 def pairing(base: Path, adapter: Path, user_id: str, kind: str, variant: str) -> str:
-    """What the export prints: which variant, the base, the PEFT and the vLLM lines."""
+    """What the export prints: which variant, the base, the PEFT and the vLLM lines. An
+    adapter of another PEFT method than LoRA (`user.method`) gets, instead of vLLM's
+    line, what serves it: vLLM applies LoRA only."""
+    method = adapter_method(adapter)
+    what = variant if method == "lora" else f"{variant}, {NAMES.get(method, method)}"
+    serve = (
+        f"or serve with vLLM: {vllm_hint(base, adapter, f'user-{user_id}', kind)}"
+        if method == "lora"
+        else f"vLLM cannot serve it: {how_served(method)}"
+    )
     return "\n".join(
         [
-            f"exported user {user_id} ({variant}) to {adapter}",
+            f"exported user {user_id} ({what}) to {adapter}",
             f"its base (the run's merged base; the adapter is only valid on it): {base}",
             f"load with PEFT: {peft_hint(base, adapter, kind)}",
-            f"or serve with vLLM: {vllm_hint(base, adapter, f'user-{user_id}', kind)}",
+            serve,
         ]
     )

@@ -7,6 +7,8 @@ Files are read and checked (sha256, base fingerprint) before the lock is taken.
 The store on disk is the truth, not memory: each use of a cached adapter first stats its
 manifest. Gone (`ownlm forget` in another process) -> the slot is cleared and the
 request refused; replaced (retrained) -> the new files are loaded before it is used.
+An adapter of another PEFT method than LoRA (`user.method`: IA3, prompt tuning) is
+refused when it is read, with what serves it (`adapters.methods.how_served`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import threading
 from collections import OrderedDict
 
 from ownlm.adapters.batched import BatchedLora
+from ownlm.adapters.methods import NAMES, adapter_method, how_served
 from ownlm.adapters.peft_io import LoadedAdapter, read_peft_adapter
 from ownlm.errors import NotFoundError, OwnlmError, StoreError
 from ownlm.store import AdapterStore
@@ -66,6 +69,12 @@ class AdapterCache:
         seen = self.stat(user)
         path = self.store.verify(f"user:{user}", self.fingerprint)
         try:
+            method = adapter_method(path)
+            if method != "lora":  # the slots apply LoRA only: refused here, never batched
+                raise StoreError(
+                    f"user {user!r} has a {NAMES.get(method, method)} adapter: "
+                    + how_served(method)
+                )
             return read_peft_adapter(path), seen
         except OwnlmError:
             raise

@@ -14,6 +14,7 @@ from pathlib import Path
 from fastapi import Request as HttpRequest
 
 from ownlm.adapters import peft_io
+from ownlm.adapters.methods import adapter_method, how_served
 from ownlm.backbone.base import ANSWER_SEP, CausalBackbone
 from ownlm.config import ServeSettings
 from ownlm.errors import ConfigError, StoreError
@@ -30,13 +31,19 @@ log = get_logger(__name__)
 
 
 def _user_paths(store: AdapterStore) -> list[Path]:
-    """The stored user adapters whose PEFT config and weight header can be read; one
-    that cannot (a corrupt file) is left out with a warning, not a server that fails to
-    start: a request for it is refused (409) when the store's checks read it."""
-    paths = []
+    """The stored user LoRAs whose PEFT config and weight header can be read; one that
+    cannot (a corrupt file) is left out with a warning, not a server that fails to
+    start: a request for it is refused (409) when the store's checks read it. Adapters
+    of other PEFT methods (IA3, prompt tuning) are left out with one warning saying
+    what serves them; a request for one is refused (409) with the same words."""
+    paths, others = [], {}
     for name in store.names("user"):
         path = store.path(name)
         try:
+            method = adapter_method(path)
+            if method != "lora":
+                others.setdefault(method, []).append(name)
+                continue
             peft_io.max_rank([path])
             peft_io.target_names([path])
         except Exception as e:  # safetensors, JSON and OS errors alike
@@ -50,6 +57,15 @@ def _user_paths(store: AdapterStore) -> list[Path]:
             )
             continue
         paths.append(path)
+    for method, names in others.items():
+        log.warning(
+            "%d user adapters in %s are not LoRA (%s) and are not served: %s",
+            len(names),
+            store.root,
+            ", ".join(names[:3]) + (", ..." if len(names) > 3 else ""),
+            how_served(method),
+            extra={"markup": False},
+        )
     return paths
 
 

@@ -93,3 +93,25 @@ def test_study_scores_every_row_in_memory_and_leaves_the_run_alone(based, tmp_pa
     written = json.loads((based.dir / "eval" / "shift.json").read_text())
     assert written["table"]["updated"]["cell"] == payload["table"]["updated"]["cell"]
     assert (based.dir / "eval" / "shift.png").exists()
+
+
+def _tagged(tags, prefix):
+    return [Item(f"{prefix}{i}", {"description": "d", "tag": t}) for i, t in enumerate(tags)]
+
+
+def test_planted_swap_drift_trades_the_two_labels_used_most_in_the_older_part(based):
+    from ownlm.studies.shift import shift_users, swap_top_two
+
+    old = _tagged(["comedy", "comedy", "drama"], "o")
+    newer = swap_top_two(based.task, old, _tagged(["drama", "comedy", "action"], "n"))
+    assert [it.fields["tag"] for it in newer] == ["comedy", "drama", "action"]
+    user = based.split.test[0]
+    (plain,), _ = shift_users(based, [user])
+    (drifted,), _ = shift_users(based, [user], drift="swap")
+    assert drifted.old.history == plain.old.history  # the older part is untouched
+    assert [q.id for q in drifted.queries] == [q.id for q in plain.queries]
+    asked = [Item(q.id, {"tag": q.gold}) for q in plain.queries]
+    swapped = swap_top_two(based.task, plain.old.history, asked)
+    assert [q.gold for q in drifted.queries] == [it.fields["tag"] for it in swapped]
+    with pytest.raises(ConfigError, match="choose among swap"):
+        shift_users(based, [user], drift="flip")

@@ -48,6 +48,7 @@ import json
 import os
 import statistics
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -99,8 +100,34 @@ def held_query(task, item: Item) -> Query:
     return Query(item.id, task.query_prompt(fields), item.fields[task.output_field].strip(), fields)
 
 
-def shift_users(run, users, old_frac: float = OLD_FRAC, max_queries: int = MAX_QUERIES):
-    """(cut users, ids of users left out for a history too short)."""
+def swap_top_two(task, old: list[Item], newer: list[Item]) -> list[Item]:
+    """A planted drift: `newer` with the two labels the user gave most in `old` (ties:
+    the task's label order) trading places, so a habit learned from `old` is now wrong
+    on those items; unchanged when `old` has fewer than two labels."""
+    counts = Counter(it.fields[task.output_field].strip() for it in old)
+    rank = {label: i for i, label in enumerate(task.labels)}
+    top = sorted(counts, key=lambda label: (-counts[label], rank.get(label, len(rank))))[:2]
+    if len(top) < 2:
+        return list(newer)
+    swap = {top[0]: top[1], top[1]: top[0]}
+    out = task.output_field
+    return [
+        replace(it, fields={**it.fields, out: swap.get(it.fields[out].strip(), it.fields[out])})
+        for it in newer
+    ]
+
+
+DRIFTS = {"swap": swap_top_two}  # --drift name -> (task, old, newer items) -> newer items
+
+
+def shift_users(run, users, old_frac: float = OLD_FRAC, max_queries: int = MAX_QUERIES, drift=None):
+    """(cut users, ids of users left out for a history too short). `drift`: a name in
+    `DRIFTS`, planted in the newer part (new items and queries alike)."""
+    if drift is not None and (drift not in DRIFTS or not run.task.labels):
+        raise ConfigError(
+            f"drift {drift!r}: choose among {', '.join(DRIFTS)}, on a task with labels "
+            f"(task {run.task.name} is {run.task.kind})"
+        )
     if run.task.pair_prompt is not None:
         raise ConfigError(
             f"task {run.task.name}: its history items are not queries of the task (they "
@@ -115,6 +142,9 @@ def shift_users(run, users, old_frac: float = OLD_FRAC, max_queries: int = MAX_Q
             short.append(user.user_id)
             continue
         old, new, held = parts
+        if drift is not None:
+            newer = DRIFTS[drift](run.task, old, new + held)
+            new, held = newer[: len(new)], newer[len(new) :]
         queries = [held_query(run.task, it) for it in held]
         cut.append(
             ShiftUser(
@@ -213,13 +243,15 @@ def shift_study(
     old_frac: float = OLD_FRAC,
     max_queries: int = MAX_QUERIES,
     out_dir: Path | None = None,
+    drift: str | None = None,
 ) -> dict:
     """The study on the run's first `max_users` test users (all: None): prints the table
     and the paired differences, writes shift.json and shift.png to `out_dir` (default
-    <run>/eval), returns shift.json's content."""
+    <run>/eval), returns shift.json's content. `drift` (`DRIFTS`): a shift planted in
+    the newer part; its files are shift-<drift>.json and .png."""
     task, primary = run.task, PRIMARY[run.task.kind]
     decode = decode_rule(run.cfg.decode, task)
-    cut, short = shift_users(run, run.split.test[:max_users], old_frac, max_queries)
+    cut, short = shift_users(run, run.split.test[:max_users], old_frac, max_queries, drift)
     if not cut:
         raise ConfigError(
             f"no test user of {run.dir} has the 3 history items the shift study needs"
@@ -244,6 +276,7 @@ def shift_study(
         "queries": len(pairs),
         "short_users": short,
         "order": {o: sum(su.order == o for su in cut) for o in ("date", "file")},
+        "drift": drift,
         "protocol": {
             "old_frac": old_frac,
             "max_queries": max_queries,
@@ -258,10 +291,11 @@ def shift_study(
     }
     _print(run, payload, comparisons)
     out_dir = out_dir or run.dir / "eval"
-    _write(out_dir / "shift.json", payload)
-    title = f"{task.name}: behaviour shift, {len(cut)} users"
-    plot_methods(out_dir / "shift.png", title, results, primary)
-    log.info(f"shift study: {out_dir / 'shift.json'}, chart: {out_dir / 'shift.png'}")
+    name = f"shift-{drift}" if drift else "shift"
+    _write(out_dir / f"{name}.json", payload)
+    title = f"{task.name}: behaviour shift{f' ({drift} drift)' if drift else ''}, {len(cut)} users"
+    plot_methods(out_dir / f"{name}.png", title, results, primary)
+    log.info(f"shift study: {out_dir / f'{name}.json'}, chart: {out_dir / f'{name}.png'}")
     return payload
 
 
@@ -320,7 +354,9 @@ def _print(run, payload, comparisons) -> None:
     p = payload["protocol"]
     table = Table(
         title=(
-            f"{payload['task']} · behaviour shift · {payload['users']} users ({order}) · "
+            f"{payload['task']} · behaviour shift"
+            + (f" ({payload['drift']} drift planted)" if payload["drift"] else "")
+            + f" · {payload['users']} users ({order}) · "
             f"{p['old_items']['median']:g} old + {p['new_items']['median']:g} new items, "
             f"{payload['queries']} queries"
         )

@@ -86,3 +86,27 @@ def test_prompt_tuning_is_refused_on_the_encoder():
         method_config(Encoder(), UserSettings(method="prompt"))
     ia3 = method_config(Encoder(), UserSettings(method="ia3"))
     assert ia3.modules_to_save == ["head"] and ia3.task_type is None
+
+
+def test_ia3_on_minilm_rescales_keys_values_and_the_ffn_and_detaches_exactly():
+    from ownlm.backbone.base import EncoderBackbone
+    from ownlm.backbone.encoder import load_minilm_classifier
+
+    backbone = EncoderBackbone(*load_minilm_classifier(("good", "bad", "meh")))
+    ids, mask = backbone._batch(["a nice film", "terrible"])
+    with torch.no_grad():
+        before = backbone.model(input_ids=ids, attention_mask=mask)
+    model = inject_method(backbone, UserSettings(method="ia3"), seed=0)
+    c = backbone.model.config  # 6 layers, 384 wide, FFN 1536; the label head is the user's
+    ia3 = c.num_hidden_layers * (2 * c.hidden_size + c.intermediate_size)
+    assert trainable_parameters(model) == ia3 + 3 * c.hidden_size + 3
+    adapted = {n.split(".layer.")[1] for n, p in model.named_parameters() if "ia3_l" in n}
+    assert "0.output.dense.ia3_l.default" in adapted
+    assert not any("attention.output" in n for n in adapted)  # not the attention's output
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.3)
+    detach(backbone, model)
+    with torch.no_grad():
+        assert torch.equal(backbone.model(input_ids=ids, attention_mask=mask), before)

@@ -28,6 +28,7 @@ import json
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
+from rich.markup import escape
 from rich.table import Table
 
 from ownlm.adapters.lora import detach
@@ -192,22 +193,24 @@ def print_formats(out: dict) -> Table:
     (references, base) once, in the first column."""
     metric, formats = out["metric"], out["formats"]
     arrow = "↓" if metric in LOWER_IS_BETTER else "↑"
-    table = Table(
-        title=f"{out['task']}: history formats, {metric} {arrow} [95% interval over "
+    title = (
+        f"{out['task']}: history formats, {metric} {arrow} [95% interval over "
         f"{out['users']} users]; spread = best - worst format [paired 95%]"
     )
+    table = Table(title=escape(title))
     table.add_column("method")
     for name in formats:
         table.add_column(name, justify="right")
     table.add_column("spread", justify="right")
     for name, cell in out["references"].items():
         rest = ["·"] * (len(formats) - 1)
-        table.add_row(f"[italic]{name} (any format)[/italic]", _text(cell), *rest, "–")
+        table.add_row(f"[italic]{name} (any format)[/italic]", escape(_text(cell)), *rest, "–")
     for method, by_format in out["table"].items():
         s = out["spread"][method]
         mark = " *" if s["significant"] else ""
         shown = f"{s['spread']:.3f} [{s['interval'][0]:.3f}, {s['interval'][1]:.3f}]{mark}"
-        table.add_row(method, *(_text(by_format[f]) for f in formats), shown)
+        cells = [escape(_text(by_format[f])) for f in formats]
+        table.add_row(method, *cells, escape(shown))
     console.print(table)
     console.print(
         "spread: best minus worst format (+ = the best's advantage); * its paired interval "

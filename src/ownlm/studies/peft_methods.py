@@ -180,7 +180,7 @@ def peft_methods_study(
     _print(payload, comparisons, run)
     out_dir = out_dir or run.dir / "eval"
     _write(out_dir / "peft_methods.json", payload)
-    title = f"{task.name} · {run.cfg.backbone}: OPPU by PEFT method, {len(keep)} users"
+    title = f"{task.name} ({run.cfg.backbone})"  # plot_methods adds the metric and bars
     plot_methods(out_dir / "peft_methods.png", title, results, primary)
     log.info(f"peft-methods study: {out_dir / 'peft_methods.json'}, chart: peft_methods.png")
     return payload

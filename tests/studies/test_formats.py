@@ -58,3 +58,28 @@ def test_format_study_trains_each_format_and_writes_its_table(tiny_cfg, tmp_path
     written = json.loads((tmp_path / "eval" / "formats.json").read_text())
     assert written["table"] == out["table"] and (tmp_path / "eval" / "formats.png").exists()
     assert _stored(run) == before  # users trained in memory: no store written
+
+
+def test_the_template_column_is_the_stored_adapters_when_current(tiny_cfg, tmp_path, monkeypatch):
+    from ownlm.train.users import train_users
+
+    run = Run(tiny_cfg)
+    train_population(run)
+    user = run.split.test[0]
+    for variant in ("oppu", "peft"):
+        train_users(run, variant, users=[user])
+    trained = study.format_study(run, ["template"], tmp_path / "a", 1, reuse_stored=False)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the template's users were trained again")
+
+    monkeypatch.setattr(study, "fit_user", no_training)
+    stored = study.format_study(run, ["template"], tmp_path / "b", 1)
+    assert (
+        stored["table"]["oppu"]["template"]["value"]
+        == trained["table"]["oppu"]["template"]["value"]
+    )
+    assert (
+        stored["table"]["peft"]["template"]["value"]
+        == trained["table"]["peft"]["template"]["value"]
+    )

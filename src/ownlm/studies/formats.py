@@ -5,7 +5,8 @@ key=value, and a field dropped where the task has one to drop).
 
 Per format, what reads history is rebuilt: the retrieved items in RAG's, PAG's and
 OPPU's prompts, and the user stage's training pairs, PEFT-only's and OPPU's LoRAs
-trained per user in memory (nothing stored). Queries keep the task's own prompt in every
+trained per user in memory (nothing stored; the template's are the run's stored
+adapters where current, `stored_models`, the same training). Queries keep the task's own prompt in every
 format, so the study asks whether a user's module still helps when their history is
 written differently from the questions they are asked. Stage 1 (the merged base) is
 reused for every format: it was trained on the template, as a deployed base is trained
@@ -33,13 +34,16 @@ from rich.table import Table
 
 from ownlm.adapters.lora import detach
 from ownlm.data.formats import history_formats
+from ownlm.evaluate.coverage import evaluated_users, loading, unusable_users
 from ownlm.evaluate.intervals import interval_cells
 from ownlm.evaluate.report import MethodResult
 from ownlm.evaluate.scoring import PRIMARY, predict_by_user, references, scale, test_queries
 from ownlm.log import console, get_logger
+from ownlm.methods.oppu import user_model
 from ownlm.retrieval.prompts import user_context
 from ownlm.scores.bootstrap import paired_bootstrap
 from ownlm.scores.metrics import LOWER_IS_BETTER
+from ownlm.train.budget import budget_reason, user_budget
 from ownlm.train.users import fit_user
 
 log = get_logger(__name__)
@@ -72,20 +76,46 @@ def _user_model(run, backbone, variant: str):
     return answer_with
 
 
-def format_results(view, backbone, rows) -> list[MethodResult]:
-    """RAG, PAG, PEFT only and OPPU with the history written in `view.task`'s format."""
+def stored_models(run, backbone, variant: str, users):
+    """`answer_with` loading the run's stored adapters of `variant` when every user's is
+    current (this base, their history, the budget the stage trains with): those are what
+    training the template's pairs in memory gives (same stage, seed and budget), so the
+    template column is the methods table's rows and is not trained again. None when one
+    is not current."""
+    store, fp = run.store(variant), backbone.fingerprint()
+    budget = user_budget(run, variant, fp)
+    current = not unusable_users(store, users, fp) and not any(
+        budget_reason(store, u.name, budget) for u in users if u.history
+    )
+    if not current:
+        return None
+
+    def answer_with(user):
+        if not user.history:
+            return nullcontext(backbone.model)
+        return loading(user.user_id, user_model(backbone, store, user, fp))
+
+    return answer_with
+
+
+def format_results(view, backbone, rows, stored: bool = False) -> list[MethodResult]:
+    """RAG, PAG, PEFT only and OPPU with the history written in `view.task`'s format;
+    `stored` (the template): the run's user adapters where current (`stored_models`)."""
     contexts = {u.user_id: user_context(view.task, u) for u, _ in rows}
     k, profile = view.cfg.retrieval_k, view.cfg.profile
+    users = evaluated_users(rows)
+
+    def users_of(variant: str):
+        found = stored_models(view, backbone, variant, users) if stored else None
+        log.info(f"{variant}: {'stored adapters' if found else 'trained in memory'}")
+        return found or _user_model(view, backbone, variant)
+
     base = lambda user: nullcontext(backbone.model)  # noqa: E731
     return [
         predict_by_user(view, backbone, rows, contexts, "rag", base, k, False),
         predict_by_user(view, backbone, rows, contexts, "pag", base, k, profile),
-        predict_by_user(
-            view, backbone, rows, contexts, "peft", _user_model(view, backbone, "peft"), 0, False
-        ),
-        predict_by_user(
-            view, backbone, rows, contexts, "oppu", _user_model(view, backbone, "oppu")
-        ),
+        predict_by_user(view, backbone, rows, contexts, "peft", users_of("peft"), 0, False),
+        predict_by_user(view, backbone, rows, contexts, "oppu", users_of("oppu")),
     ]
 
 
@@ -121,11 +151,18 @@ def spread(run, by_format: dict[str, MethodResult], metric: str) -> dict:
     }
 
 
-def format_study(run, formats=None, out_dir: Path | None = None, max_users: int | None = None):
+def format_study(
+    run,
+    formats=None,
+    out_dir: Path | None = None,
+    max_users: int | None = None,
+    reuse_stored: bool = True,
+):
     """The history-format table: {"task", "metric", "formats", "users", "examples",
     "references": {name: cell}, "table": {method: {format: cell}}, "spread": {method:
     {...}}, ...}. `formats`: format names (default: every one the task has);
-    `max_users`: the first N test users only."""
+    `max_users`: the first N test users only; `reuse_stored`: the template's user
+    adapters loaded from the run's stores when current (`stored_models`), not trained."""
     metric = PRIMARY[run.task.kind]
     out_dir = out_dir or run.dir / "eval"
     rows = test_queries(run)
@@ -140,7 +177,8 @@ def format_study(run, formats=None, out_dir: Path | None = None, max_users: int 
     results: dict[str, dict[str, MethodResult]] = {m: {} for m in METHODS}
     for name, task in tasks.items():
         log.info(f"history format {name}: {_example(run, task)}")
-        for r in format_results(with_task(run, task), backbone, rows):
+        stored = reuse_stored and name == "template"
+        for r in format_results(with_task(run, task), backbone, rows, stored):
             results[r.method][name] = r
         interval_cells([results[m][name] for m in METHODS], run.task, metric)  # sets intervals
     interval_cells(fixed, run.task, metric)

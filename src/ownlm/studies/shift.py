@@ -117,7 +117,7 @@ def swap_top_two(task, old: list[Item], newer: list[Item]) -> list[Item]:
     ]
 
 
-DRIFTS = {"swap": swap_top_two}  # --drift name -> (task, old, newer items) -> newer items
+DRIFTS = {"swap": swap_top_two}  # shift_study(drift=name): (task, old, newer) -> newer
 
 
 def shift_users(run, users, old_frac: float = OLD_FRAC, max_queries: int = MAX_QUERIES, drift=None):

@@ -6,9 +6,9 @@ key=value, and a field dropped where the task has one to drop).
 Per format, what reads history is rebuilt: the retrieved items in RAG's, PAG's and
 OPPU's prompts, and the user stage's training pairs, PEFT-only's and OPPU's LoRAs
 trained per user in memory (nothing stored; the template's are the run's stored
-adapters where current, `stored_models`, the same training). Queries keep the task's own prompt in every
-format, so the study asks whether a user's module still helps when their history is
-written differently from the questions they are asked. Stage 1 (the merged base) is
+adapters where current, `stored_models`: the same training). Queries keep the task's
+own prompt in every format, so the study asks whether a user's module still helps when
+their history is written differently from the questions they are asked. Stage 1 (the merged base) is
 reused for every format: it was trained on the template, as a deployed base is trained
 once, and the per-format part is the user's own. The profile is statistical
 (`retrieval.profiles`: label shares, scores, habits of the outputs) and quotes no item,

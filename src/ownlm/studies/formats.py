@@ -49,6 +49,7 @@ from ownlm.train.users import fit_user
 log = get_logger(__name__)
 
 METHODS = ("rag", "pag", "peft", "oppu")  # the rows that read history, scored per format
+FEW_USERS = 5  # below this, the intervals over users are said to be rough
 
 
 def with_task(run, task):
@@ -145,8 +146,8 @@ def spread(run, by_format: dict[str, MethodResult], metric: str) -> dict:
     return {
         "best": best,
         "worst": worst,
-        "spread": round(sign * p.diff, 4),
-        "interval": [round(low, 4), round(high, 4)],
+        "spread": round(sign * p.diff, 4) + 0.0,  # + 0.0: no "-0.000" when formats tie
+        "interval": [round(low, 4) + 0.0, round(high, 4) + 0.0],
         "significant": p.significant,
     }
 
@@ -168,6 +169,11 @@ def format_study(
     rows = test_queries(run)
     keep = list(dict.fromkeys(u.user_id for u, _ in rows))[:max_users]
     rows = [(u, q) for u, q in rows if u.user_id in keep]
+    if len(keep) < FEW_USERS:
+        log.warning(
+            f"{len(keep)} test users: a bootstrap over so few users has few distinct "
+            "resamples, so its intervals (and a spread's *) are rough; use more users"
+        )
     backbone = run.base()
     tasks = history_formats(run.task, formats)
     base = lambda user: nullcontext(backbone.model)  # noqa: E731

@@ -112,6 +112,16 @@ class ProperSettings:
         },
     )
     neighbours: int = field(default=3, metadata={"help": "train users averaged by 'neighbours'"})
+    route_new: str = field(
+        default="auto",
+        metadata={
+            "help": "'user' assignment: how a user stage 2 did not train on joins a group with "
+            "no training (and where stage 3 starts): 'likelihood' (their history items' "
+            "likelihood under each expert), 'answers' (how often each group's members gave "
+            "their labels to the most similar inputs; label tasks), 'auto' (answers for label "
+            "tasks, likelihood otherwise)"
+        },
+    )
     router_lr: float = field(
         default=5e-2,
         metadata={
@@ -571,7 +581,8 @@ VALID: dict[type, dict[str, Bound | Choice]] = {
                      **dict.fromkeys(("top_k", "balance", "diversity"), AT_LEAST_0),
                      "new_user": Choice(("projection", "neighbours")),
                      "assignment": Choice(("user", "token")), "em_rounds": AT_LEAST_1,
-                     "features": Choice(("outputs", "outputs+inputs"))},
+                     "features": Choice(("outputs", "outputs+inputs")),
+                     "route_new": Choice(("auto", "likelihood", "answers"))},
     ValidationSettings: {"dev_frac": Bound(0, high=1), "patience": AT_LEAST_1,
                          "monitor": Choice(("loss", "metric")), "max_items": AT_LEAST_1},
     UpdateSettings: {"epochs": POSITIVE},

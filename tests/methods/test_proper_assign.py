@@ -143,3 +143,39 @@ def test_a_new_user_with_three_items_from_group_g_is_routed_to_g():
         assert int(gates.argmax()) == g, (g, gates)
         assert abs(float(gates.sum()) - 1) < 1e-5
     assert torch.equal(user_gates_from_history(backbone, state, [], 3, prior), prior)
+
+
+def test_a_new_user_with_three_items_is_routed_by_their_groups_answers():
+    """`route_new: answers` (label tasks): groups that tag the same cues differently; a
+    new user's 3 items (one of them tagged off-habit) go to the group that tags alike,
+    with a posterior that sums to 1; no items gives the prior; the index leaves out users
+    stage 2 did not place (a forgotten user)."""
+    from ownlm.data.tasks import get_task
+    from ownlm.methods.proper.assign import GroupAnswers, answer_gates
+
+    task = get_task("demo-tags")
+    cues = ["space", "magic", "heist", "love"]
+    maps = [
+        dict(zip(cues, p, strict=True))
+        for p in (
+            ["sci-fi", "fantasy", "action", "romance"],
+            ["romance", "action", "fantasy", "sci-fi"],
+            ["action", "sci-fi", "romance", "fantasy"],
+        )
+    ]
+    users = [_tag_user(f"u{g}{k}", maps[g], cues * 2) for g in range(3) for k in range(3)]
+    groups_of = {u.user_id: g for g, u in zip([0, 0, 0, 1, 1, 1, 2, 2, 2], users, strict=True)}
+    answers = GroupAnswers(task, users, groups_of, 3)
+    assert answers._models is None  # fitted on first use, not when the group model loads
+    prior = torch.full((3,), 1 / 3)
+    for g in range(3):
+        new = _tag_user("new", maps[g], ["space", "heist", "love"]).history
+        new[2].fields["tag"] = maps[(g + 1) % 3]["love"]  # one item off the group's habit
+        gates = answer_gates(answers, new, prior)
+        assert int(gates.argmax()) == g and gates[g] > 0.8, (g, gates)
+        assert abs(float(gates.sum()) - 1) < 1e-5
+    assert torch.equal(answer_gates(answers, [], prior), prior)
+    # a user stage 2 no longer places is not in the index: group 2 left empty scores uniform
+    without = GroupAnswers(task, users, {u: g for u, g in groups_of.items() if g < 2}, 3)
+    ll = without.log_likelihood(_tag_user("new", maps[2], ["space"]).history)
+    assert ll[2] == np.log(GroupAnswers.EPS / len(task.labels))

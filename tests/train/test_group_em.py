@@ -51,9 +51,15 @@ def test_stage_2_recovers_the_planted_groups_and_a_user_is_one_group(tiny_cfg):
     planted = view["planted"]["train"]  # the view's own agreement with the planted groups
     assert planted["users"] == len(users) and planted["ari"] == agreement["ari"]
     assert view["planted"]["test"]["users"] == len([u for u in run.split.test if u.history])
+    # test users are routed untrained by their groups' answers (route_new auto, a label task)
+    assert view["planted"]["test"]["ari"] >= 0.8, str(view["planted"]["test"]) + str(
+        view["planted"]["train"]
+    )
 
     assert forget_stage2_user(run.store(), first.user_id)
     assert first.user_id not in stage2_users(run.store())
     gm = load_groups(run, run.base())
     assert gm.user_table.shape[0] == len(users) - 1 and gm.train_gates(first.user_id) is None
+    assert gm.answers is not None  # and the forgotten user's answers no longer route anyone
+    assert first.user_id not in {u.user_id for u in gm.answers._users}
     gm.close()

@@ -92,7 +92,7 @@ def _gates_by_user(run, gm, users):
 
         def by_user(u):
             stored = gm.train_gates(u.user_id)
-            return stored if stored is not None else gm.history_gates(user_pairs(run, u))
+            return stored if stored is not None else gm.history_gates(user_pairs(run, u), u.history)
 
         return by_user
     vectors = dict(

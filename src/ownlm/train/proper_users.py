@@ -36,7 +36,7 @@ def fit_user(run, gm, user, vector, router: str, budget=None, early_stopping=Non
         budget = user_budget(run, f"proper-{router}", fp)
     torch.manual_seed(seed)
     pairs = user_pairs(run, user)
-    routing_params, shared, emb_fn = new_user_params(gm, run, pairs, vector, router)
+    routing_params, shared, emb_fn = new_user_params(gm, run, pairs, vector, router, user.history)
     losses = fit_mixture(
         gm.backbone,
         gm.state,

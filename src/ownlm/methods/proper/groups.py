@@ -39,7 +39,13 @@ from ownlm.backbone.device import model_device
 from ownlm.config import ProperSettings
 from ownlm.errors import ConfigError, NotFoundError
 from ownlm.log import get_logger
-from ownlm.methods.proper.assign import group_prior, set_user_gates, user_gates_from_history
+from ownlm.methods.proper.assign import (
+    GroupAnswers,
+    answer_gates,
+    group_prior,
+    set_user_gates,
+    user_gates_from_history,
+)
 from ownlm.store import Manifest
 
 log = get_logger(__name__)
@@ -273,6 +279,7 @@ class GroupModel:
     train_vectors: torch.Tensor | None = None  # (U_train, D), stored with new_user='neighbours'
     prior: torch.Tensor | None = None  # (G,) 'user': smoothed group sizes of the train users
     centre: torch.Tensor | None = None  # (G,) 'user': the experts' mean train-item loss
+    answers: GroupAnswers | None = None  # 'user', route_new 'answers': the groups' answers
 
     @property
     def layers(self):
@@ -299,10 +306,13 @@ class GroupModel:
         users = self.meta.get("users", [])
         return self.user_table[users.index(user_id)] if user_id in users else None
 
-    def history_gates(self, pairs) -> torch.Tensor:
-        """(G,) the untrained routing of a user from their history `pairs`: the posterior
-        over groups of their items' likelihood under each expert, the groups' sizes as
-        prior ('user' assignment; the stage-2 E-step)."""
+    def history_gates(self, pairs, items=()) -> torch.Tensor:
+        """(G,) the untrained routing of a user ('user' assignment), the groups' sizes as
+        prior: the posterior over groups of their history `items` under the groups'
+        answers (`proper.route_new: answers`, label tasks by default), else of their
+        history `pairs`' likelihood under each expert (the stage-2 E-step)."""
+        if self.answers is not None and items:
+            return answer_gates(self.answers, list(items), self.prior)
         return user_gates_from_history(
             self.backbone, self.state, pairs, self.meta["groups"], self.prior, self.centre
         )
@@ -382,8 +392,20 @@ def load_groups(run, backbone) -> GroupModel:
         tensors.get("group_prior"),
         tensors.get("expert_centre"),
     )
+    if by_user and route_new(run) == "answers":
+        groups_of = {u: int(g.argmax()) for u, g in zip(meta["users"], gm.user_table, strict=True)}
+        gm.answers = GroupAnswers(run.task, run.dataset.users, groups_of, meta["groups"])
     gm.reset()
     return gm
+
+
+def route_new(run) -> str:
+    """How a user stage 2 did not train on joins a group ('user' assignment), with
+    `proper.route_new: auto` resolved: 'answers' for label tasks, else 'likelihood'."""
+    how = settings(run).route_new
+    if how == "auto":
+        return "answers" if run.task.labels else "likelihood"
+    return how
 
 
 @contextmanager

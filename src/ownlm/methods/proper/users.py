@@ -69,7 +69,7 @@ def mean_gates(gm, emb: torch.Tensor, pairs) -> dict[str, torch.Tensor]:
     return {n: sums[n] / counts[n] for n in sums}
 
 
-def new_user_params(gm, run, pairs, vector: np.ndarray | None, router: str):
+def new_user_params(gm, run, pairs, vector: np.ndarray | None, router: str, items=()):
     """Give the group model a fresh, trainable residual LoRA and router for one user.
 
     Returns (routing parameters, the other parameters, user_emb function for the loop):
@@ -77,7 +77,7 @@ def new_user_params(gm, run, pairs, vector: np.ndarray | None, router: str):
     `proper.router_lr`, the residual LoRA (and router weights) at `user_lr`."""
     s = settings(run)
     if gm.by_user:
-        routing_params, shared = by_user_router(gm, gm.history_gates(pairs), router)
+        routing_params, shared = by_user_router(gm, gm.history_gates(pairs, items), router)
         emb_fn = None
     elif router == "user":
         e0 = gm.embed(vector)  # (1, d_u)
@@ -194,7 +194,7 @@ def prepare_user(gm, store, fp, user, router: str, vector: np.ndarray | None, pa
         apply_user(gm, store.verify(user.name, fp), router)
         return "adapter"
     if user.history and gm.by_user and pairs:
-        gm.route(gm.history_gates(pairs))
+        gm.route(gm.history_gates(pairs, user.history))
         return "new"
     if user.history and not gm.by_user and vector is not None:
         gm.state.user_emb = gm.embed(vector)  # new user: stage-2 routing, no training

@@ -118,7 +118,7 @@ class ProperSettings:
             "help": "'user' assignment: how a user stage 2 did not train on joins a group with "
             "no training (and where stage 3 starts): 'likelihood' (their history items' "
             "likelihood under each expert), 'answers' (how often each group's members gave "
-            "their labels to the most similar inputs; label tasks), 'auto' (answers for label "
+            "their labels to such inputs: a TF-IDF logistic regression per group; label tasks), 'auto' (answers for label "
             "tasks, likelihood otherwise)"
         },
     )

@@ -64,6 +64,15 @@ def test_proper_evaluation_new_users_groups_view_and_study(tiny_cfg, tmp_path):
         "proper-new",
     }
     assert (tmp_path / "eval" / "active_levels.png").exists()
+    saved = json.loads((tmp_path / "eval" / "active_levels.json").read_text())
+    for method, cell in saved["intervals"]["2"].items():  # "0.033 [0.000, 0.100]"
+        value, low, high = (
+            float(x) for x in cell.replace("[", "").replace("]", "").replace(",", "").split()
+        )
+        assert low <= value <= high and abs(value - table["2"][method]) < 1e-3, (method, cell)
+    pairs = {(p["method"], p["baseline"]) for p in saved["paired"]["2"]}
+    assert ("proper-new", "pag") in pairs and ("proper-user", "oppu") in pairs
+    assert all(p["interval"][0] <= p["diff"] <= p["interval"][1] for p in saved["paired"]["2"])
 
 
 def test_study_refuses_missing_groups_before_any_training(tiny_cfg, monkeypatch):

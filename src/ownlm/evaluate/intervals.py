@@ -77,13 +77,21 @@ def _aligned(a: MethodResult, b: MethodResult) -> tuple[list, list] | None:
 
 
 def paired_comparisons(
-    results: Sequence[MethodResult], task, metric: str, n_boot: int = N_BOOT, seed: int = 0
+    results: Sequence[MethodResult],
+    task,
+    metric: str,
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+    pairs: Sequence[tuple[str, str]] | None = None,
 ) -> list[Paired]:
-    """The paired bootstraps of `comparison_pairs` on `metric`, the same draws for all."""
+    """The paired bootstraps of `pairs` (default `comparison_pairs`: the papers') on
+    `metric`, the same draws for all."""
     lo, hi = scale(task)
     by_name = {r.method: r for r in _scored(results)}
     out = []
-    for a, b in comparison_pairs(results):
+    for a, b in comparison_pairs(results) if pairs is None else pairs:
+        if a not in by_name or b not in by_name:
+            continue
         rows = _aligned(by_name[a], by_name[b])
         if rows is None:
             continue

@@ -21,6 +21,7 @@ from pathlib import Path
 from ownlm.adapters.lora import detach
 from ownlm.data.splits import truncate_history
 from ownlm.evaluate.coverage import require_groups
+from ownlm.evaluate.intervals import interval_cells, paired_comparisons
 from ownlm.evaluate.proper import user_vectors
 from ownlm.evaluate.report import MethodResult, plot_buckets
 from ownlm.evaluate.scoring import PRIMARY, predict_by_user, references, test_queries
@@ -80,8 +81,10 @@ def active_level_study(
     (each bucket trains 1 + len(routers) user stages per user). `one_expert`: a second
     run, trained alike but with `proper.groups=1` (`check_one_expert`), whose stage 2
     gives the row "proper-user-g1": PROPER's user stage on one expert, at the same
-    training budget. Returns {bucket: {method: primary metric}}; writes
-    active_levels.json and a plot."""
+    training budget. Returns {bucket: {method: primary metric}}; prints the table with
+    95% bootstrap intervals over users and, per bucket, the paired differences of
+    PROPER's rows to OPPU, to the base (PAG) and to one expert; writes
+    active_levels.json (with the intervals and differences) and a plot."""
     primary = PRIMARY[run.task.kind]
     out_dir = out_dir or run.dir / "eval"
     rows0 = test_queries(run)
@@ -91,6 +94,9 @@ def active_level_study(
     require_groups(run, backbone.fingerprint())
     one_base = check_one_expert(run, one_expert) if one_expert is not None else None
     table: dict[str, dict[str, float]] = {}
+    cells: dict[str, dict[str, str]] = {}
+    paired: dict[str, list[dict]] = {}
+    n_boot, seed = run.cfg.n_boot, run.cfg.boot_seed
     for keep in buckets:
         cut = {u.user_id: truncate_history(u, keep) for u, _ in rows0}
         rows = [(cut[u.user_id], q) for u, q in rows0]
@@ -104,13 +110,64 @@ def active_level_study(
             g1 = _proper(one_expert, one_base, rows, contexts, "user", "proper-user-g1")
             results.append(g1)
         table[str(keep)] = {r.method: round(r.metrics[primary], 4) for r in results}
+        cells[str(keep)] = interval_cells(results, run.task, primary, n_boot, seed)
+        paired[str(keep)] = _differences(results, run.task, primary, n_boot, seed)
         log.info(f"active level {keep}: {table[str(keep)]}")
+    _print(run.task.name, primary, cells, paired)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "active_levels.json").write_text(
-        json.dumps({"task": run.task.name, "metric": primary, "table": table}, indent=2)
-    )
+    record = {"task": run.task.name, "metric": primary, "table": table, "intervals": cells}
+    record |= {"paired": paired, "bootstrap": {"unit": "user", "n_boot": n_boot, "seed": seed}}
+    (out_dir / "active_levels.json").write_text(json.dumps(record, indent=2))
     plot_buckets(out_dir / "active_levels.png", table, primary, f"{run.task.name}: {primary}")
     return table
+
+
+# the comparisons the study is for: PROPER's rows against OPPU, the base and one expert
+PAIRS = tuple(
+    (m, b)
+    for m in ("proper-new", "proper-user", "proper-input")
+    for b in ("oppu", "pag", "proper-user-g1")
+)
+
+
+def _differences(results, task, metric: str, n_boot: int, seed: int) -> list[dict]:
+    """Paired bootstrap differences (same users) for `PAIRS` among `results`."""
+    found = {r.method for r in results}
+    pairs = [(m, b) for m, b in PAIRS if m in found and b in found]
+    out = paired_comparisons(results, task, metric, n_boot, seed, pairs=pairs)
+    return [
+        {"method": p.method, "baseline": p.baseline, "diff": round(p.diff, 4),
+         "interval": [round(p.low, 4), round(p.high, 4)], "significant": p.significant}
+        for p in out
+    ]  # fmt: skip
+
+
+def _print(task_name: str, metric: str, cells: dict, paired: dict) -> None:
+    """Methods as rows, history sizes as columns, each cell `score [95% interval]`;
+    then the significant paired differences."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from ownlm.log import console
+
+    table = Table(title=escape(f"{task_name}: active levels, {metric} [95% over users]"))
+    table.add_column("method")
+    for keep in cells:
+        table.add_column(f"{keep} items", justify="right")
+    methods = list(dict.fromkeys(m for row in cells.values() for m in row))
+    for m in methods:
+        table.add_row(m, *(escape(cells[k].get(m, "–")) for k in cells))
+    console.print(table)
+    for keep, rows in paired.items():
+        for p in rows:
+            verdict = "significant" if p["significant"] else "not significant"
+            lo, hi = p["interval"]
+            console.print(
+                f"  {keep} items: {p['method']} - {p['baseline']}: {p['diff']:+.4f} "
+                f"[{lo:+.4f}, {hi:+.4f}] {verdict}",
+                markup=False,
+                highlight=False,
+            )
 
 
 def check_one_expert(run, other):

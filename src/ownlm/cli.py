@@ -154,7 +154,8 @@ def eval_(
     ),
     study: str = typer.Option(
         "",
-        help="also run these studies, comma-separated: shift (behaviour shift and updates), "
+        help="also run these studies, comma-separated: shift (behaviour shift and updates; "
+        "shift-swap: with a planted drift), "
         "peft-methods (LoRA vs IA3 vs prompt tuning), formats (history formats)",
     ),
     study_users: int = typer.Option(0, help="studies on the first N test users only (0 = all)"),

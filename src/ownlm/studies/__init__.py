@@ -2,8 +2,8 @@
 shift, PEFT methods, history formats), the demo. They call the stages (`ownlm.train`)
 and the scoring (`ownlm.evaluate`); nothing calls them but the CLI.
 
-`ownlm eval --study NAME` runs the study registered here under NAME: a module whose
-`run_study(run, max_users=None)` trains what it needs in memory or in its own folder
+`ownlm eval --study NAME` runs the study registered here under NAME: a function
+`run_study(run, max_users=None)` (named "module" or "module:function") that trains what it needs in memory or in its own folder
 under the run, prints its table, writes `eval/<name>.json` (and a plot), and returns
 the table."""
 
@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import importlib
 
-# name on the command line -> module holding `run_study(run, max_users=None)`
+# name on the command line -> "module" (its `run_study`) or "module:function"
 STUDIES = {
     "shift": "ownlm.studies.shift",
+    "shift-swap": "ownlm.studies.shift:run_swap_study",  # with a planted drift
     "peft-methods": "ownlm.studies.peft_methods",
     "formats": "ownlm.studies.formats",
 }
@@ -34,5 +35,6 @@ def check_studies(names) -> None:
 def run_named_study(name: str, run, max_users: int | None = None):
     """Run the study `name` on `run` (`check_studies` first)."""
     check_studies([name])
-    module = importlib.import_module(STUDIES[name])
-    return module.run_study(run, max_users=max_users)
+    module, _, function = STUDIES[name].partition(":")
+    study = getattr(importlib.import_module(module), function or "run_study")
+    return study(run, max_users=max_users)

@@ -304,6 +304,11 @@ def run_study(run, max_users: int | None = None) -> dict:
     return shift_study(run, max_users=max_users)
 
 
+def run_swap_study(run, max_users: int | None = None) -> dict:
+    """`ownlm eval --study shift-swap`: the study with the planted drift "swap"."""
+    return shift_study(run, max_users=max_users, drift="swap")
+
+
 def _spread(values: list[int]) -> dict:
     return {"min": min(values), "median": statistics.median(values), "max": max(values)}
 

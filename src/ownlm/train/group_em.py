@@ -126,7 +126,10 @@ def fit_groups_em(run, backbone, users, pairs, vset=None, groups=None, save_if=N
         stopper = None
         if vset:
             current = lambda: router.logits.argmax(-1).cpu()  # noqa: E731
-            validate = loo_validator(backbone, state, run.task, vset, s.groups, current, centre)
+            answers = answer_router(run, users, vset, s.groups, current)
+            validate = loo_validator(
+                backbone, state, run.task, vset, s.groups, current, centre, answers
+            )
             stopper = early_stopping(run, vset, validate)
         losses, rounds = em_rounds(run, s, backbone, state, pairs, kept, router, stopper)
         if stopper is not None:
@@ -191,24 +194,65 @@ def _check(stopper, backbone, params, step: int, epoch: float, losses) -> bool:
         return stopper.check(params, step, round(epoch, 3), losses)
 
 
-def loo_validator(backbone, state, task, vset, groups: int, assignment, centre):
+def answer_router(run, users, vset, groups: int, assignment):
+    """`loss()` -> (N, G) for `loo_validator` when new users are routed by their groups'
+    answers (`proper.route_new`, label tasks): each dev pair's user's *other* history
+    items, minus log-likelihood under `GroupAnswers` fitted on the train `users` as
+    `assignment()` groups them, so that validation routes dev users as serving routes
+    new ones (routed by the experts' likelihood instead, demo-tags' dev users were sent
+    to wrong experts, and validation kept untrained experts). None: route by the experts.
+    The dev pairs are `stage2_pairs` of `dev_users(run)`, sampled by `sample`: the same
+    sample of (user row, item index) names each pair's item."""
+    from ownlm.methods.proper.assign import GroupAnswers
+    from ownlm.methods.proper.groups import route_new
+    from ownlm.train.validation import dev_users, sample
+
+    if route_new(run) != "answers":
+        return None
+    dev = dev_users(run)
+    refs = [(row, j) for row, u in enumerate(dev) for j in range(len(u.history))]
+    refs = sample(refs, run.cfg.validation.max_items, run.cfg.seed)
+    same = len(refs) == len(vset.pairs)
+    if not same or any(r != p[2] for (r, _), p in zip(refs, vset.pairs, strict=True)):
+        log.warning("stage 2 validation: dev pairs not as expected; routed by the experts")
+        return None
+
+    def loss() -> torch.Tensor:
+        groups_of = dict(zip([u.user_id for u in users], assignment().tolist(), strict=True))
+        model = GroupAnswers(run.task, users, groups_of, groups)
+        per_user_ll = [model.item_log_likelihood(u.history) for u in dev]  # (n_u, G) each
+        out = [per_user_ll[r].sum(0) - per_user_ll[r][j] for r, j in refs]  # leave one out
+        return -torch.as_tensor(np.stack(out), dtype=torch.float32)
+
+    return loss
+
+
+def loo_validator(backbone, state, task, vset, groups: int, assignment, centre, answers=None):
     """`validate()` on the dev pairs, each routed with the posterior of its user's other
-    validation items (leave one out; the prior alone for a user's only item): losses
-    less the experts' train `centre`, the train groups' sizes (`assignment()`) as prior."""
+    validation items (leave one out; the prior alone for a user's only item), the train
+    groups' sizes (`assignment()`) as prior: by their groups' answers when `answers`
+    (`answer_router`) is given, else by their losses under each expert less the
+    experts' train `centre`."""
     indexed = replace(vset, pairs=[(*p[:3], i) for i, p in enumerate(vset.pairs)])
     rows = [p[2] for p in vset.pairs]
 
     def validate() -> dict:
-        item = centred(item_expert_losses(backbone, state, vset.pairs, groups), centre)
-        sums, _ = per_user(item, rows, max(rows) + 1)
-        gates = responsibilities(sums[rows] - item, group_prior(assignment(), groups))  # (N, G)
-        per_item = UserRouter(len(rows), groups).to(item.device).requires_grad_(False)
+        prior = group_prior(assignment(), groups)
+        if answers is not None:
+            gates = responsibilities(answers(), prior)  # (N, G)
+        else:
+            item = centred(item_expert_losses(backbone, state, vset.pairs, groups), centre)
+            sums, _ = per_user(item, rows, max(rows) + 1)
+            gates = responsibilities(sums[rows] - item, prior)  # (N, G)
+        device = next(iter(mixture_layers(backbone.model).values())).A.device
+        gates = gates.to(device)
+        per_item = UserRouter(len(rows), groups).to(device).requires_grad_(False)
         with torch.no_grad():
             per_item.logits.copy_(gates.clamp_min(1e-30).log())
 
         @contextmanager
         def wrap(chunk):
-            ids = torch.tensor([c[3] for c in chunk], device=item.device)
+            ids = torch.tensor([c[3] for c in chunk], device=device)
             with one_router(backbone.model, per_item), routing(state, user_ids=ids):
                 yield
 

@@ -133,7 +133,11 @@ class GroupAnswers:
 
     def log_likelihood(self, items) -> np.ndarray:
         """(G,) sum over `items` of log p_g(label | input); zeros without items."""
-        out = np.zeros(self.n_groups)
+        return self.item_log_likelihood(items).sum(0)
+
+    def item_log_likelihood(self, items) -> np.ndarray:
+        """(n, G) log p_g(label | input) of each of `items`."""
+        out = np.zeros((len(items), self.n_groups))
         if not items:
             return out
         if self._models is None:
@@ -149,7 +153,7 @@ class GroupAnswers:
                 proba = clf.predict_proba(vec.transform(texts))  # (n, classes)
                 col = {c: i for i, c in enumerate(clf.classes_)}
                 p = np.array([proba[i, col[y]] if y in col else 0.0 for i, y in enumerate(ys)])
-            out[g] = np.log((1 - self.EPS) * p + self.EPS / n_labels).sum()
+            out[:, g] = np.log((1 - self.EPS) * p + self.EPS / n_labels)
         return out
 
 

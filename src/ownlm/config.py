@@ -112,6 +112,15 @@ class ProperSettings:
         },
     )
     neighbours: int = field(default=3, metadata={"help": "train users averaged by 'neighbours'"})
+    monitor: str = field(
+        default="auto",
+        metadata={
+            "help": "'user' assignment: what stage 2's early stopping watches on the dev "
+            "users: 'loss', 'metric', or 'auto' (the metric for label tasks, else "
+            "validation.monitor); confident experts can raise the dev loss while they "
+            "answer better"
+        },
+    )
     route_new: str = field(
         default="auto",
         metadata={
@@ -582,7 +591,8 @@ VALID: dict[type, dict[str, Bound | Choice]] = {
                      "new_user": Choice(("projection", "neighbours")),
                      "assignment": Choice(("user", "token")), "em_rounds": AT_LEAST_1,
                      "features": Choice(("outputs", "outputs+inputs")),
-                     "route_new": Choice(("auto", "likelihood", "answers"))},
+                     "route_new": Choice(("auto", "likelihood", "answers")),
+                     "monitor": Choice(("auto", "loss", "metric"))},
     ValidationSettings: {"dev_frac": Bound(0, high=1), "patience": AT_LEAST_1,
                          "monitor": Choice(("loss", "metric")), "max_items": AT_LEAST_1},
     UpdateSettings: {"epochs": POSITIVE},

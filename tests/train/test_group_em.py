@@ -63,3 +63,22 @@ def test_stage_2_recovers_the_planted_groups_and_a_user_is_one_group(tiny_cfg):
     assert gm.answers is not None  # and the forgotten user's answers no longer route anyone
     assert first.user_id not in {u.user_id for u in gm.answers._users}
     gm.close()
+
+
+def test_stage_2_watches_the_dev_metric_of_a_label_task_unless_told():
+    from types import SimpleNamespace
+
+    from ownlm.config import ProperSettings, ValidationSettings
+    from ownlm.train.group_em import stage2_monitor
+
+    def run(labels, monitor="auto", validation="loss"):
+        cfg = SimpleNamespace(
+            proper=ProperSettings(monitor=monitor),
+            validation=ValidationSettings(monitor=validation),
+        )
+        return SimpleNamespace(cfg=cfg, task=SimpleNamespace(labels=labels))
+
+    assert stage2_monitor(run(["a", "b"])) == "metric"  # label task: accuracy, MAE...
+    assert stage2_monitor(run([])) == "loss"  # text: as validation.monitor says
+    assert stage2_monitor(run([], validation="metric")) == "metric"
+    assert stage2_monitor(run(["a", "b"], monitor="loss")) == "loss"

@@ -96,6 +96,7 @@ def test_stage_2_is_validated_on_dev_users_routed_as_new_users(tiny_cfg):
     assert v["dev_users"] == len(run.split.dev) == 1 and v["metric"] == "accuracy"
     assert [r["epoch"] for r in v["records"]][:2] == [0, 1] and v["records"][1]["train_loss"]
     assert all({"val_loss", "accuracy", "reference"} <= set(r) for r in v["records"])
-    assert v["records"][v["kept"]]["val_loss"] == min(r["val_loss"] for r in v["records"])
+    # a label task's stage 2 keeps the round of best dev accuracy (proper.monitor auto)
+    assert v["records"][v["kept"]]["accuracy"] == max(r["accuracy"] for r in v["records"])
     assert record["warnings"] == stats["warnings"]
     assert run.store().manifest("router").extra["validation"] == v

@@ -147,11 +147,14 @@ def pair_validator(backbone, model, task, vset: ValidationSet, wrap=None, batch_
     return validate
 
 
-def early_stopping(run, vset: ValidationSet, validate: Callable[[], dict]) -> EarlyStopping:
-    """`validation.monitor` as `loop.EarlyStopping` reads it: "loss" watches val_loss
-    (lower is better), "metric" the task's metric on `vset` in its own direction."""
+def early_stopping(
+    run, vset: ValidationSet, validate: Callable[[], dict], watch: str | None = None
+) -> EarlyStopping:
+    """`validation.monitor` (or `watch`, a stage's own choice) as `loop.EarlyStopping`
+    reads it: "loss" watches val_loss (lower is better), "metric" the task's metric on
+    `vset` in its own direction."""
     v = run.cfg.validation
-    monitor = vset.metric if v.monitor == "metric" else "val_loss"
+    monitor = vset.metric if (watch or v.monitor) == "metric" else "val_loss"
     mode = "min" if monitor == "val_loss" or monitor in LOWER_IS_BETTER else "max"
     return EarlyStopping(validate, patience=v.patience, monitor=monitor, mode=mode)
 

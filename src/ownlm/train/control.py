@@ -30,6 +30,7 @@ from ownlm.log import get_logger
 from ownlm.methods.oppu import CONTROL, CONTROL_BASE, load_control
 from ownlm.methods.proper.groups import ROUTER, require_groups, settings, targets_for
 from ownlm.store import Manifest
+from ownlm.train.group_em import stage2_monitor
 from ownlm.train.groups import stage2_pairs
 from ownlm.train.loop import fit
 from ownlm.train.population import write_merged
@@ -127,7 +128,8 @@ def fit_control(run, backbone, pairs, lora: LoraSettings, vset=None) -> dict:
     )
     stopper = None
     if vset:  # stage 2's rule: validate every epoch on its dev pairs, keep the best
-        stopper = early_stopping(run, vset, pair_validator(backbone, model, run.task, vset))
+        watch = stage2_monitor(run) if settings(run).assignment == "user" else None  # as stage 2
+        stopper = early_stopping(run, vset, pair_validator(backbone, model, run.task, vset), watch)
     losses = fit(
         lambda batch: backbone.loss(model, [b[0] for b in batch], [b[1] for b in batch]),
         pairs,

@@ -84,19 +84,26 @@ def _tag_user(uid: str, mapping: dict[str, str], cues: list[str]) -> User:
     return User(uid, items)
 
 
+CUES = ["space", "magic", "heist", "love"]
+
+
+def _group_maps() -> list[dict[str, str]]:
+    """Three groups' cue -> tag habits over the same four tags, permuted."""
+    return [
+        dict(zip(CUES, p, strict=True))
+        for p in (
+            ["sci-fi", "fantasy", "action", "romance"],
+            ["romance", "action", "fantasy", "sci-fi"],
+            ["action", "sci-fi", "romance", "fantasy"],
+        )
+    ]
+
+
 def test_kmeans_start_finds_groups_that_share_labels_but_map_inputs_differently():
     from ownlm.data.tasks import get_task
 
     task = get_task("demo-tags")
-    cues = ["space", "magic", "heist", "love"]
-    maps = [
-        dict(zip(cues, p, strict=True))
-        for p in (
-            ["sci-fi", "fantasy", "action", "romance"],
-            ["romance", "action", "fantasy", "sci-fi"],  # the same four tags, permuted
-            ["action", "sci-fi", "romance", "fantasy"],
-        )
-    ]
+    cues, maps = CUES, _group_maps()
     rng = np.random.default_rng(0)
     users = [
         _tag_user(f"u{g}{k}", maps[g], list(rng.choice(cues, 8)))
@@ -154,16 +161,8 @@ def test_a_new_user_with_three_items_is_routed_by_their_groups_answers():
     from ownlm.methods.proper.assign import GroupAnswers, answer_gates
 
     task = get_task("demo-tags")
-    cues = ["space", "magic", "heist", "love"]
-    maps = [
-        dict(zip(cues, p, strict=True))
-        for p in (
-            ["sci-fi", "fantasy", "action", "romance"],
-            ["romance", "action", "fantasy", "sci-fi"],
-            ["action", "sci-fi", "romance", "fantasy"],
-        )
-    ]
-    users = [_tag_user(f"u{g}{k}", maps[g], cues * 2) for g in range(3) for k in range(3)]
+    maps = _group_maps()
+    users = [_tag_user(f"u{g}{k}", maps[g], CUES * 2) for g in range(3) for k in range(3)]
     groups_of = {u.user_id: g for g, u in zip([0, 0, 0, 1, 1, 1, 2, 2, 2], users, strict=True)}
     answers = GroupAnswers(task, users, groups_of, 3)
     assert answers._models is None  # fitted on first use, not when the group model loads

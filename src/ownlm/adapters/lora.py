@@ -50,15 +50,21 @@ def inject(
         backbone.model._ownlm_kbit_ready = True
     model = get_peft_model(backbone.model, lora_config(backbone, s, head))
     if gradient_checkpointing:
-        if not hasattr(backbone.model, "gradient_checkpointing_enable"):
-            raise ConfigError(
-                f"gradient_checkpointing needs a Hugging Face model; the {backbone.kind} "
-                f"backbone {backbone.name!r} has none: set gradient_checkpointing=false"
-            )
-        backbone.model.gradient_checkpointing_enable(
-            gradient_checkpointing_kwargs={"use_reentrant": False}
-        )
+        enable_checkpointing(backbone)
     return model
+
+
+def enable_checkpointing(backbone) -> None:
+    """Make the backbone recompute its activations in the backward pass (Hugging Face
+    models only; another backbone is a ConfigError naming the fix)."""
+    if not hasattr(backbone.model, "gradient_checkpointing_enable"):
+        raise ConfigError(
+            f"gradient_checkpointing needs a Hugging Face model; the {backbone.kind} "
+            f"backbone {backbone.name!r} has none: set gradient_checkpointing=false"
+        )
+    backbone.model.gradient_checkpointing_enable(
+        gradient_checkpointing_kwargs={"use_reentrant": False}
+    )
 
 
 def detach(backbone, peft_model):

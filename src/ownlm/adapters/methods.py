@@ -97,7 +97,7 @@ def inject_method(
     deterministic per seed; take it off with `adapters.lora.detach`."""
     from peft import get_peft_model
 
-    from ownlm.adapters.lora import inject
+    from ownlm.adapters.lora import enable_checkpointing, inject
 
     method = check_method(method or s.method)
     if method == "lora":
@@ -106,14 +106,7 @@ def inject_method(
     torch.manual_seed(seed)
     model = get_peft_model(backbone.model, config)
     if gradient_checkpointing:
-        if not hasattr(backbone.model, "gradient_checkpointing_enable"):
-            raise ConfigError(
-                f"gradient_checkpointing needs a Hugging Face model; the {backbone.kind} "
-                f"backbone {backbone.name!r} has none: set gradient_checkpointing=false"
-            )
-        backbone.model.gradient_checkpointing_enable(
-            gradient_checkpointing_kwargs={"use_reentrant": False}
-        )
+        enable_checkpointing(backbone)
     return model
 
 

@@ -3,6 +3,8 @@
     toy_backbone()                 a small random-weight Llama with a trained BPE tokenizer
     add_user_adapter(bb, store, u) a random LoRA for user `u`, saved as ownlm saves one
     toy_run(run_dir, users)        <run>/base and <run>/adapters/users/<id>, ready to serve
+    save_family(path, family)      a random-init HF directory of one model family (Llama, Qwen2,
+                                   Mistral, Gemma, Phi, GPT-2) with a locally trained tokenizer
 
 ownlm's own tests (tests/serve, tests/adapters) and bench/serve_*.py use them; a user can
 check an install the same way, e.g. `build_server(toy_run_dir)` then a completion.
@@ -16,14 +18,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, get_peft_model
+from peft import get_peft_model
 
-from ownlm.adapters.lora import detach
+from ownlm.adapters.lora import detach, lora_config
 from ownlm.backbone.base import CausalBackbone, write_base_meta
 from ownlm.backbone.tiny import build_model
 from ownlm.backbone.tokenizer import train_tokenizer
-from ownlm.config import TinyConfig
+from ownlm.config import LoraSettings, TinyConfig
 from ownlm.store import AdapterStore, Manifest
+
+# model families a user brings (DESIGN.md, Backbones), by transformers' model_type
+FAMILIES = ("llama", "qwen2", "mistral", "gemma", "phi", "gpt2")
 
 WORDS = (
     "the a user likes movies books music news sports science tags answer rating good bad".split()
@@ -67,13 +72,15 @@ def add_user_adapter(
     seed: int,
     r: int = 8,
     std: float = 0.5,
-    targets: Sequence[str] = CausalBackbone.default_targets,
+    targets: Sequence[str] | None = None,
 ) -> Path:
-    """Save a LoRA of rank r on `targets` with random A and B for `user_id` into the
-    store, with a manifest for this base (so the server accepts it)."""
+    """Save a LoRA of rank r on `targets` (default: PEFT's for the model type) with random
+    A and B for `user_id` into the store, with a manifest for this base (so the server
+    accepts it)."""
     fingerprint = backbone.fingerprint()  # of the bare base, before PEFT wraps it in place
     torch.manual_seed(seed)
-    cfg = LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(targets), lora_dropout=0.0)
+    s = LoraSettings(r=r, alpha=2 * r, dropout=0.0, targets=list(targets) if targets else None)
+    cfg = lora_config(backbone, s)
     peft_model = get_peft_model(backbone.model, cfg)
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
@@ -92,7 +99,7 @@ def toy_run(
     run_dir: Path,
     users: list[str],
     ranks: list[int] | None = None,
-    targets: Sequence[str] = CausalBackbone.default_targets,
+    targets: Sequence[str] | None = None,
     **size,
 ) -> CausalBackbone:
     """Write <run>/base (HF dir + ownlm_base.json) and <run>/adapters/users/<id>, one
@@ -106,3 +113,58 @@ def toy_run(
         r = (ranks or [8] * len(users))[i]
         add_user_adapter(backbone, store, user, seed=100 + i, r=r, targets=targets)
     return backbone
+
+
+def family_config(
+    family: str,
+    vocab: int,
+    hidden: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    intermediate: int = 128,
+    max_len: int = 256,
+):
+    """A transformers config of `family` (a model_type of FAMILIES) at this small size."""
+    from transformers import AutoConfig, GPT2Config
+
+    ids = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
+    if family == "gpt2":  # GPT-2 names its sizes its own way (and its layers are Conv1D)
+        return GPT2Config(
+            vocab_size=vocab,
+            n_positions=max_len,
+            n_embd=hidden,
+            n_layer=layers,
+            n_head=heads,
+            n_inner=intermediate,
+            **ids,
+        )
+    if family not in FAMILIES:
+        raise ValueError(f"family {family!r} is not one of {FAMILIES}")
+    extra = {"head_dim": hidden // heads} if family == "gemma" else {}
+    return AutoConfig.for_model(
+        family,
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=max_len,
+        tie_word_embeddings=True,
+        **extra,
+        **ids,
+    )
+
+
+def save_family(path: Path, family: str, vocab: int = 300, seed: int = 0, **size) -> Path:
+    """Save a random-init causal LM of `family` and a BPE tokenizer trained here (on
+    toy_texts) into `path`: a backbone directory as a user would bring one (`size` goes
+    to family_config)."""
+    from transformers import AutoModelForCausalLM
+
+    tok = train_tokenizer(toy_texts(), vocab_size=vocab)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(family_config(family, max(vocab, len(tok)), **size))
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return Path(path)

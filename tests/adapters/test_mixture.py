@@ -99,7 +99,6 @@ def test_collapsed_gates_cost_more_than_uniform():
 
 
 def test_installs_on_the_minilm_encoder_ffn_only():
-    from ownlm.adapters.mixture import FFN_TARGETS
     from ownlm.backbone.base import EncoderBackbone
     from ownlm.backbone.encoder import load_minilm_classifier
 
@@ -107,7 +106,7 @@ def test_installs_on_the_minilm_encoder_ffn_only():
     backbone = EncoderBackbone(model, tok)
     state = install_mixture(
         backbone.model,
-        FFN_TARGETS["encoder"],
+        backbone.ffn_targets,
         4,
         2,
         2,

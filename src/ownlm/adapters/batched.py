@@ -1,4 +1,5 @@
 """Many users' LoRAs in one forward pass: a gathered multi-adapter Linear (Punica, S-LoRA).
+It wraps the layers PEFT's LoRA adapts: nn.Linear and GPT-2's Conv1D (`adapters.layers`).
 
 The adapters live stacked in memory, one *slot* per loaded user:
 
@@ -28,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ownlm.adapters.layers import adaptable_layers, layer_dims
 from ownlm.adapters.peft_io import LoadedAdapter, read_peft_adapter
 from ownlm.errors import ConfigError, StoreError
 
@@ -42,23 +44,20 @@ class SlotState:
 
 
 class BatchedLoraLinear(nn.Module):
-    """A frozen Linear plus the stacked LoRA slots of every loaded user."""
+    """A frozen Linear (or Conv1D) plus the stacked LoRA slots of every loaded user."""
 
-    def __init__(self, base: nn.Linear, state: SlotState, max_rank: int):
+    def __init__(self, base: nn.Module, state: SlotState, max_rank: int):
         super().__init__()
         self.base = base
         self.state = state
         n = state.n_slots + 1  # + the zero slot for rows without an adapter
+        d_in, d_out = layer_dims(base)
         w = base.weight
         self.register_buffer(
-            "A",
-            torch.zeros(n, max_rank, base.in_features, dtype=w.dtype, device=w.device),
-            persistent=False,
+            "A", torch.zeros(n, max_rank, d_in, dtype=w.dtype, device=w.device), persistent=False
         )
         self.register_buffer(
-            "B",
-            torch.zeros(n, base.out_features, max_rank, dtype=w.dtype, device=w.device),
-            persistent=False,
+            "B", torch.zeros(n, d_out, max_rank, dtype=w.dtype, device=w.device), persistent=False
         )
         self._gathered: tuple[int, torch.Tensor, torch.Tensor] | None = None
 
@@ -164,17 +163,16 @@ def install_batched_lora(
     max_rank: int = 8,
     targets: tuple[str, ...] = ("q_proj", "v_proj"),
 ) -> BatchedLora:
-    """Wrap every Linear whose name ends in one of `targets` in place; returns the handle."""
+    """Wrap every layer whose name ends in one of `targets` in place; returns the handle.
+    A module so named that no LoRA slot can wrap (not an nn.Linear nor a Conv1D) is a
+    ConfigError naming the model type, before anything is wrapped."""
     state = SlotState(n_slots)
+    fix = "serve adapters trained on this base, on such layers"
+    hits = adaptable_layers(model, targets, fix=fix)
     layers: dict[str, BatchedLoraLinear] = {}
-    for name, module in list(model.named_modules()):
-        if name.split(".")[-1] in targets and isinstance(module, nn.Linear):
-            parent_name, _, child = name.rpartition(".")
-            wrapped = BatchedLoraLinear(module, state, max_rank)
-            setattr(model.get_submodule(parent_name), child, wrapped)
-            layers[name] = wrapped
-    if not layers:
-        raise ConfigError(
-            f"no nn.Linear named {targets} in {type(model).__name__}; pass the model's projection names as targets"
-        )
+    for name, module in hits:
+        parent_name, _, child = name.rpartition(".")
+        wrapped = BatchedLoraLinear(module, state, max_rank)
+        setattr(model.get_submodule(parent_name), child, wrapped)
+        layers[name] = wrapped
     return BatchedLora(model, layers, state, max_rank)

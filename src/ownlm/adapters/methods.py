@@ -25,18 +25,16 @@ METHODS = ("lora", "ia3", "prompt")
 PEFT_TYPES = {"LORA": "lora", "IA3": "ia3", "PROMPT_TUNING": "prompt"}  # adapter_config.json
 NAMES = {"lora": "LoRA", "ia3": "IA3", "prompt": "prompt tuning"}
 
-# IA3's modules per backbone kind: (targets, feed-forward modules, whose *input* is
-# rescaled). The IA3 paper's choice: keys, values and the FFN's inner activations.
-# Llama: k_proj, v_proj, down_proj (PEFT's own Llama default). MiniLM (BERT): key, value
-# and the FFN's output.dense of each layer; regexes, since the suffix "output.dense" also
-# names the attention's output projection (`attention.output.dense`), which IA3 leaves be.
-IA3_TARGETS = {
-    "causal": (["k_proj", "v_proj", "down_proj"], ["down_proj"]),
-    "encoder": (
-        r".*\.(attention\.self\.(key|value)|layer\.\d+\.output\.dense)",
-        r".*\.layer\.\d+\.output\.dense",
-    ),
-}
+# IA3's modules: the IA3 paper's choice, keys, values and the FFN's inner activations.
+# A causal LM takes PEFT's own tables by its model type (Llama: k_proj, v_proj,
+# down_proj; GPT-2: c_attn, mlp.c_proj). MiniLM (BERT): key, value and the FFN's
+# output.dense of each layer, as (targets, feed-forward modules, whose *input* is
+# rescaled); regexes, since the suffix "output.dense" also names the attention's output
+# projection (`attention.output.dense`), which IA3 leaves be.
+IA3_ENCODER = (
+    r".*\.(attention\.self\.(key|value)|layer\.\d+\.output\.dense)",
+    r".*\.layer\.\d+\.output\.dense",
+)
 PROMPT_ON_ENCODER = (
     "prompt tuning needs a causal LM: it prepends learned embeddings to the input, and "
     "ownlm's MiniLM classifier takes token ids only; with backbone minilm use "
@@ -66,9 +64,7 @@ def method_config(backbone, s: UserSettings, method: str | None = None, head: bo
         return lora_config(backbone, s, head)
     saved = (list(getattr(backbone, "modules_to_save", ())) or None) if head else None
     if method == "ia3":
-        if backbone.kind not in IA3_TARGETS:
-            raise ConfigError(f"IA3 has no module choice for a {backbone.kind} backbone")
-        targets, feedforward = IA3_TARGETS[backbone.kind]
+        targets, feedforward = ia3_modules(backbone)
         return IA3Config(
             # CAUSAL_LM: vanilla `AutoPeftModelForCausalLM` loads it, PEFT's generate works
             task_type=TaskType.CAUSAL_LM if backbone.kind == "causal" else None,
@@ -83,6 +79,25 @@ def method_config(backbone, s: UserSettings, method: str | None = None, head: bo
         num_virtual_tokens=s.virtual_tokens,
         prompt_tuning_init="SAMPLE_VOCAB",  # Lester et al. Sec. 3: vocabulary init
     )
+
+
+def ia3_modules(backbone):
+    """(IA3's targets, its feed-forward modules) for `backbone`: PEFT's tables for a
+    causal LM's model type, ownlm's MiniLM choice for the encoder."""
+    from peft.utils import (
+        TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as FEEDFORWARD,
+    )
+    from peft.utils import TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING as TARGETS
+
+    if backbone.kind == "encoder":
+        return IA3_ENCODER
+    kind = getattr(getattr(backbone.model, "config", None), "model_type", None)
+    if backbone.kind != "causal" or kind not in TARGETS or kind not in FEEDFORWARD:
+        raise ConfigError(
+            f"PEFT has no IA3 modules for this {kind or backbone.kind} model; train its "
+            "users with user.method=lora (--set user.method=lora)"
+        )
+    return TARGETS[kind], FEEDFORWARD[kind]
 
 
 def inject_method(

@@ -1,6 +1,7 @@
 """Mixture of LoRA experts (PROPER's group level, Zhang et al. 2025, arXiv 2503.01303).
 
-A `MixtureLoRALinear` wraps one target `nn.Linear` of any Hugging Face model:
+A `MixtureLoRALinear` wraps one target layer of any Hugging Face model (an nn.Linear, or
+GPT-2's Conv1D: `adapters.layers`):
 
     y = base(x) + sum_g pi_g(x, u) * s * B_g A_g x  +  s_u * B_u A_u x
 
@@ -25,20 +26,14 @@ Inputs are (B, T, in) as in every HF transformer; a (B, in) input is treated as 
 from __future__ import annotations
 
 import math
-import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from ownlm.adapters.layers import adaptable_layers, layer_dims
 from ownlm.errors import ConfigError
-
-# FFN projections, as the paper places its LoRAs (Sec. 3): Llama/Qwen, then BERT/MiniLM.
-FFN_TARGETS = {
-    "causal": ("gate_proj", "up_proj", "down_proj"),
-    "encoder": (r".*intermediate\.dense", r".*layer\.\d+\.output\.dense"),
-}
 
 
 @dataclass
@@ -107,7 +102,7 @@ def top_k_softmax(logits: torch.Tensor, k: int) -> torch.Tensor:
 class MixtureLoRALinear(nn.Module):
     def __init__(
         self,
-        base: nn.Linear,
+        base: nn.Module,
         groups: int,
         r: int,
         alpha: float,
@@ -118,15 +113,16 @@ class MixtureLoRALinear(nn.Module):
         if groups <= 0 or r <= 0:
             raise ConfigError(f"groups and rank must be positive integers, got {groups}, {r}")
         self.base = base
+        self.in_features, self.out_features = layer_dims(base)
         self.groups, self.r, self.scaling = groups, r, alpha / r
         # Experts live beside the base weight but in float32 whatever the base's precision
         # (as PEFT keeps adapters of a bf16/fp16 base): they train and are saved exactly.
         dev = base.weight.device
-        a = torch.empty(groups, r, base.in_features, dtype=torch.float32, device=dev)
+        a = torch.empty(groups, r, self.in_features, dtype=torch.float32, device=dev)
         for g in range(groups):  # PEFT's LoRA init: kaiming A, zero B (delta starts at 0)
             nn.init.kaiming_uniform_(a[g], a=math.sqrt(5))
         self.A = nn.Parameter(a)  # (G, r, in)
-        self.B = nn.Parameter(torch.zeros(groups, base.out_features, r, device=dev))
+        self.B = nn.Parameter(torch.zeros(groups, self.out_features, r, device=dev))
         self.router = router
         self.state = state  # shared, not a submodule
         self.name = ""  # the wrapped Linear's name in the bare model, set by install
@@ -137,11 +133,11 @@ class MixtureLoRALinear(nn.Module):
     def add_user_lora(self, r_u: int, alpha_u: float) -> None:
         """A fresh residual LoRA (PEFT init) for one user's stage-3 training."""
         dev = self.A.device
-        a = torch.empty(r_u, self.base.in_features, dtype=self.A.dtype, device=dev)
+        a = torch.empty(r_u, self.in_features, dtype=self.A.dtype, device=dev)
         nn.init.kaiming_uniform_(a, a=math.sqrt(5))
         self.user_A = nn.Parameter(a)
         self.user_B = nn.Parameter(
-            torch.zeros(self.base.out_features, r_u, dtype=self.A.dtype, device=dev)
+            torch.zeros(self.out_features, r_u, dtype=self.A.dtype, device=dev)
         )
         self.user_scaling = alpha_u / r_u
 
@@ -166,27 +162,19 @@ class MixtureLoRALinear(nn.Module):
         # all experts in two matmuls: x A_cat^T, gate, then B_cat (out, G*r)
         xa = (h @ self.A.reshape(g * r, -1).T).view(b, t, g, r)  # (B, T, G, r)
         xa = (xa * gates[..., None]).reshape(b, t, g * r)  # gate each expert's rank slice
-        b_cat = self.B.permute(1, 0, 2).reshape(self.base.out_features, g * r)  # (out, G*r)
+        b_cat = self.B.permute(1, 0, 2).reshape(self.out_features, g * r)  # (out, G*r)
         delta = (xa @ b_cat.T) * self.scaling  # (B, T, out)
         if self.user_A is not None:
             delta = delta + (h @ self.user_A.T @ self.user_B.T) * self.user_scaling
         return y + (delta[:, 0] if flat else delta).to(y.dtype)
 
 
-def _matches(name: str, targets) -> bool:
-    return any(
-        name == t or name.endswith("." + t) or re.fullmatch(t, name) is not None for t in targets
-    )
-
-
-def matching_linears(model: nn.Module, targets) -> list[tuple[str, nn.Linear]]:
-    """(name, module) of every nn.Linear of `model` that the mixture wraps for `targets`;
-    also what a plain LoRA must adapt to sit on exactly the experts' modules."""
-    return [
-        (n, m)
-        for n, m in model.named_modules()
-        if isinstance(m, nn.Linear) and _matches(n, targets)
-    ]
+def matching_linears(model: nn.Module, targets) -> list[tuple[str, nn.Module]]:
+    """(name, layer) of every nn.Linear or Conv1D of `model` that the mixture wraps for
+    `targets`; also what a plain LoRA must adapt to sit on exactly the experts' modules.
+    A ConfigError naming the model type and `proper.targets` when none matches or one
+    that matches is another kind of module (`adapters.layers`)."""
+    return adaptable_layers(model, targets, "proper.targets")
 
 
 def install_mixture(
@@ -198,18 +186,11 @@ def install_mixture(
     make_router,
     state: MixtureState | None = None,
 ) -> MixtureState:
-    """Wrap every nn.Linear of `model` whose name matches a target (a suffix such as
+    """Wrap every layer of `model` whose name matches a target (a suffix such as
     `gate_proj` or a regex such as `.*intermediate\\.dense`) in a MixtureLoRALinear.
-    `make_router(linear)` builds each layer's router. Returns the shared state."""
+    `make_router(layer)` builds each layer's router. Returns the shared state."""
     state = state or MixtureState()
-    hits = matching_linears(model, targets)
-    if not hits:
-        raise ConfigError(
-            f"no nn.Linear of {type(model).__name__} matches targets {list(targets)}; "
-            "give module names such as gate_proj,up_proj,down_proj (Llama) or "
-            r"'.*intermediate\.dense' (BERT/MiniLM)"
-        )
-    for name, lin in hits:
+    for name, lin in matching_linears(model, targets):
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         router = make_router(lin).to(lin.weight.device)

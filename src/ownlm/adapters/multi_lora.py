@@ -32,6 +32,7 @@ import torch
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
+from ownlm.adapters.layers import layer_dims, model_type
 from ownlm.adapters.lora import detach, inject
 from ownlm.config import LoraSettings
 from ownlm.errors import ConfigError
@@ -109,7 +110,8 @@ class RowUsers:
 
 
 class MultiLoraLinear(nn.Module):
-    """A frozen Linear plus one trainable LoRA per user slot."""
+    """A frozen Linear (or GPT-2's Conv1D: `adapters.layers`) plus one trainable LoRA per
+    user slot."""
 
     def __init__(self, base: nn.Module, rows: RowUsers, scaling: float, dropout: float):
         super().__init__()
@@ -214,9 +216,11 @@ def install_multi_lora(model: nn.Module, scaling: dict[str, float], dropout: flo
                 f"module {name!r} is not in {type(model).__name__}; draw the LoRA (peft_init) "
                 "on this same model"
             ) from e
-        if not isinstance(getattr(base, "weight", None), torch.Tensor):
+        if layer_dims(base) is None:
             raise ConfigError(
-                f"module {name!r} ({type(base).__name__}) has no weight to adapt; target Linear layers"
+                f"module {name!r} of this {model_type(model)} model is a {type(base).__name__}, "
+                "which the multi-user LoRA cannot batch; target nn.Linear or Conv1D layers "
+                "(--set user.targets=...)"
             )
         layers[name] = MultiLoraLinear(base, rows, scale, dropout)
     handle = MultiLora(model, layers, rows)  # records requires_grad before wrapping

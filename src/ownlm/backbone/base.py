@@ -22,6 +22,7 @@ from ownlm.backbone.checksum import META_FILE, base_checksums
 from ownlm.backbone.decode import pick_labels
 from ownlm.backbone.device import model_device
 from ownlm.backbone.encoder import EncoderClassifier
+from ownlm.backbone.families import ffn_targets, lora_targets
 
 ANSWER_SEP = "\nAnswer: "  # between the prompt and the target, at training and inference
 
@@ -35,6 +36,7 @@ class Backbone(Protocol):
     model: nn.Module  # the bare base; a PEFT wrapper of it is passed where one is used
     tokenizer: object
     default_targets: tuple[str, ...]  # modules a LoRA adapts when the config names none
+    ffn_targets: tuple[str, ...]  # the feed-forward layers, where PROPER's experts sit
     max_len: int
 
     def save(self, path: Path) -> None: ...
@@ -81,7 +83,15 @@ def fingerprint_model(model: nn.Module) -> str:
 class CausalBackbone:
     kind = "causal"
     recorded_fingerprint: str | None = None  # set by `load_base` from ownlm_base.json
-    default_targets = ("q_proj", "v_proj")
+
+    @property
+    def default_targets(self) -> tuple[str, ...]:
+        """PEFT's LoRA targets for this model type (`backbone.families`)."""
+        return lora_targets(self.model)
+
+    @property
+    def ffn_targets(self) -> tuple[str, ...]:
+        return ffn_targets(self.model)
 
     def __init__(self, model, tokenizer, name: str = "causal", max_len: int = 384):
         self.model = model.eval()
@@ -236,6 +246,9 @@ class EncoderBackbone:
     kind = "encoder"
     recorded_fingerprint: str | None = None  # set by `load_base` from ownlm_base.json
     default_targets = ("query", "value")
+    # the FFN's two layers of each BERT block; regexes, since "output.dense" also names
+    # the attention's output projection (attention.output.dense)
+    ffn_targets = (r".*intermediate\.dense", r".*layer\.\d+\.output\.dense")
     modules_to_save = ("head",)
 
     def __init__(

@@ -8,6 +8,7 @@ token budget; the loop ends when every row has finished.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -15,8 +16,8 @@ import torch
 from transformers import DynamicCache
 
 from ownlm.adapters.batched import BatchedLora, install_batched_lora
-from ownlm.backbone.base import CausalBackbone
 from ownlm.backbone.device import model_device
+from ownlm.backbone.families import lora_targets
 from ownlm.errors import RequestError
 
 
@@ -116,8 +117,9 @@ def _pick(logits: torch.Tensor, rows: list[_Row], eos: int) -> list[int]:
 class Engine:
     """An HF causal LM with batched LoRA slots installed, and the decode loop over it.
 
-    `targets` names the Linear modules (last name part, e.g. "o_proj") that get slots:
-    exactly those the served adapters adapt (`serve.server.stored_targets`).
+    `targets` names the layers (last name part, e.g. "o_proj") that get slots: exactly
+    those the served adapters adapt (`serve.server.stored_targets`); by default PEFT's
+    LoRA targets for the model's type (`backbone.families`).
     """
 
     def __init__(
@@ -127,12 +129,14 @@ class Engine:
         n_slots: int,
         max_rank: int = 8,
         max_len: int = 384,
-        targets: tuple[str, ...] = CausalBackbone.default_targets,
+        targets: tuple[str, ...] | None = None,
     ):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.max_len = max_len
+        targets = targets or lora_targets(model)
         self.lora: BatchedLora = install_batched_lora(model, n_slots, max_rank, targets)
+        self.cache_arg = cache_argument(model)
         self.eos = tokenizer.eos_token_id
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos
         self.device = model_device(model)
@@ -183,8 +187,16 @@ class Engine:
             input_ids=ids,
             attention_mask=mask,
             position_ids=pos,
-            past_key_values=cache,
             use_cache=True,
+            **{self.cache_arg: cache},
             logits_to_keep=1,
         )
         return out.logits[:, -1]  # (b, V)
+
+
+def cache_argument(model) -> str:
+    """The name under which `model.forward` takes its KV cache: `cache` since
+    transformers 5.x (which warns that `past_key_values` goes in 5.40), else
+    `past_key_values`."""
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"

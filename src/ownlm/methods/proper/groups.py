@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from ownlm.adapters.layers import layer_dims
 from ownlm.adapters.mixture import (
-    FFN_TARGETS,
     TokenUserRouter,
     UserRouter,
     install_mixture,
@@ -63,13 +63,13 @@ def settings(run) -> ProperSettings:
     return getattr(run.cfg, "proper", None) or ProperSettings()
 
 
-def targets_for(backbone, s: ProperSettings) -> list[str]:
-    return list(s.targets or FFN_TARGETS[backbone.kind])
+def targets_for(backbone, s: ProperSettings) -> list[str]:  # default: the FFN's layers
+    return list(s.targets or backbone.ffn_targets)
 
 
 def router_factory(user_dim: int, groups: int, top_k: int):
-    """Builds each wrapped Linear's stage-2 router: softmax(W [x ; e_u])."""
-    return lambda lin: TokenUserRouter(lin.in_features, user_dim, groups, top_k)
+    """Builds each wrapped layer's stage-2 router: softmax(W [x ; e_u])."""
+    return lambda lin: TokenUserRouter(layer_dims(lin)[0], user_dim, groups, top_k)
 
 
 # -- user vectors --------------------------------------------------------------------

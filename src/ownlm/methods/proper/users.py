@@ -124,7 +124,7 @@ def by_user_router(gm, gates: torch.Tensor, router: str):
         return [shared_router.logits], []
     biases, weights = [], []
     for layer in layers.values():
-        layer.router = TokenUserRouter(layer.base.in_features, 0, gm.meta["groups"]).to(device)
+        layer.router = TokenUserRouter(layer.in_features, 0, gm.meta["groups"]).to(device)
         with torch.no_grad():
             layer.router.proj.weight.zero_()
             layer.router.proj.bias.copy_(log_g.to(device))
@@ -175,7 +175,7 @@ def apply_user(gm, path, router: str) -> None:
             elif router == "user":
                 layer.router = UserRouter(1, groups, gm.meta["top_k"]).to(device)
             elif gm.by_user:
-                layer.router = TokenUserRouter(layer.base.in_features, 0, groups).to(device)
+                layer.router = TokenUserRouter(layer.in_features, 0, groups).to(device)
             sd = {k: tensors[f"{name}.{k}"] for k in layer.router.state_dict()}
             layer.router.load_state_dict(sd)
     if router == "user":

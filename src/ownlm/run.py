@@ -9,6 +9,8 @@ runs/<name>/
   adapters-peft/       AdapterStore of the "PEFT only" ablation (trained on bare prompts)
   base-control/        OPPU's control base: base/ + the control pass merged (docs/proper.md)
   eval/                tables, JSON, official-format predictions, charts
+  updates/             history items `ownlm update` added, one JSONL per user
+  .locks/              the run's locks (`ownlm.store.guard`: per user, and run.json's)
 
 A run is never silently overwritten or mixed: `Run(cfg)` (train, prepare) refuses a
 directory trained from other data or other training keys, unless `overwrite` moves it
@@ -17,6 +19,7 @@ aside first; `Run.reopen` (eval, export) reads it as it was trained.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -31,11 +34,13 @@ from ownlm.config import ExperimentConfig, load_config, save_config, training_va
 from ownlm.data.demo import make_demo_headlines, make_demo_tags
 from ownlm.data.loaders import load_dataset
 from ownlm.data.records import Dataset
-from ownlm.data.splits import UserSplit, split_users, truncate_history
+from ownlm.data.splits import ROLES, UserSplit, split_by_roles, split_users, truncate_history
 from ownlm.data.task_file import resolve_task
-from ownlm.errors import ConfigError, DataError, OwnlmError
+from ownlm.errors import ConfigError, DataError, OwnlmError, StoreError
+from ownlm.files import sweep_files, write_file
 from ownlm.log import get_logger
 from ownlm.store import AdapterStore
+from ownlm.store.guard import FORGET_WAIT, record_lock, user_lock
 
 log = get_logger(__name__)
 DEMOS = {"demo-tags": make_demo_tags, "demo-headlines": make_demo_headlines}
@@ -106,9 +111,9 @@ class Run:
         return run
 
     @cached_property
-    def file_dataset(self) -> Dataset:
-        """The users of the data file (after max_users, max_history, forget): what
-        run.json's data record stands for."""
+    def loaded_dataset(self) -> Dataset:
+        """The users of the data file, after max_users and max_history (forgotten users
+        still in it: see `file_dataset`)."""
         if self.cfg.data in DEMOS:
             ds = DEMOS[self.cfg.data](seed=self.cfg.seed)
         else:
@@ -117,9 +122,17 @@ class Run:
             ds.users = ds.users[: self.cfg.max_users]
         if self.cfg.max_history:
             ds.users = [truncate_history(u, self.cfg.max_history) for u in ds.users]
-        forgotten = set(self._forgotten())
+        return ds
+
+    @cached_property
+    def file_dataset(self) -> Dataset:
+        """The users of the data file (after max_users, max_history, forget): what
+        run.json's data record stands for."""
+        self.forgotten_seen = forgotten = forgotten_keys(self.dir)
+        ds = self.loaded_dataset
         if forgotten:  # users erased by `ownlm forget`: the run never sees them again
-            ds.users = [u for u in ds.users if forgotten_key(u.user_id) not in forgotten]
+            users = [u for u in ds.users if forgotten_key(u.user_id) not in forgotten]
+            ds = replace(ds, users=users)
         return ds
 
     @cached_property
@@ -132,23 +145,32 @@ class Run:
         task = resolve_task(self.cfg.task or ds.task)
         return replace(ds, users=with_updates(self.dir, ds.users, task))
 
-    def _forgotten(self) -> list[str]:
-        try:
-            record = self.recorded() or {}
-        except ConfigError:
-            return []
-        keys = record.get("forgotten") if isinstance(record, dict) else None
-        return [k for k in keys if isinstance(k, str)] if isinstance(keys, list) else []
-
     @cached_property
     def task(self):
         return resolve_task(self.cfg.task or self.dataset.task)  # a name, YAML file or mapping
 
     @cached_property
     def split(self) -> UserSplit:
-        """Train, dev and test users: test users are the last `test_frac` in file order;
-        dev users (`validation.dev_frac` of the others, the last of them) are held out
-        of stages 1 and 2 to validate them and to tune the user stage."""
+        """Train, dev and test users, as run.json recorded them by id when the run was
+        first trained: a user's role never moves, also when others are forgotten. A run
+        without that record (not trained yet, or made before ownlm kept one) splits
+        afresh (`fresh_split`)."""
+        roles = recorded_roles(self.recorded_or_none())
+        if roles is None:
+            return self.fresh_split()
+        split, unknown = split_by_roles(self.dataset, roles)
+        if unknown:
+            log.warning(
+                f"{len(unknown)} user(s) of the data are not in the split {self.dir} was "
+                f"trained with (e.g. {unknown[0]}): they are left out; train a new run to "
+                "include them"
+            )
+        return split
+
+    def fresh_split(self) -> UserSplit:
+        """The split of a new run: test users are the last `test_frac` in file order; dev
+        users (`validation.dev_frac` of the others, the last of them) are held out of
+        stages 1 and 2 to validate them and to tune the user stage."""
         split = split_users(self.dataset, test_frac=self.cfg.test_frac)
         n_dev = round(len(split.train) * self.cfg.validation.dev_frac)
         if n_dev and len(split.train) - n_dev >= 1:
@@ -243,28 +265,126 @@ class Run:
                 f"{path} is corrupt ({e}); train with --overwrite to start the run afresh"
             ) from e
 
+    def recorded_or_none(self) -> dict | None:
+        """`recorded()`, None when run.json is unreadable (its readers say so elsewhere)."""
+        try:
+            record = self.recorded()
+        except ConfigError:
+            return None
+        return record if isinstance(record, dict) else None
+
+    @contextlib.contextmanager
+    def edit_record(self):
+        """run.json as a dict to change in place, read and written back under the record
+        lock, so that two processes' edits (a stage's record, a forget) both land."""
+        with record_lock(self.dir):
+            record = self.recorded() or {}
+            yield record
+            _write_json(self.dir / RECORD, record)
+
     def stage_record(self, stage: str) -> dict | None:
         """What the stored result of `stage` was trained from, as `record_stage` wrote it."""
         return ((self.recorded() or {}).get("stages") or {}).get(stage)
 
     def record_stage(self, stage: str, info: dict) -> None:
         """Note in run.json what a finished stage was trained from (a resume keeps it)."""
-        record = self.recorded() or {}
-        record.setdefault("stages", {})[stage] = info
-        _write_json(self.dir / RECORD, record)
+        with self.edit_record() as record:
+            record.setdefault("stages", {})[stage] = info
 
     def record_tuned(self, variant: str, info: dict) -> None:
         """Note in run.json the user-stage budget `ownlm tune` chose for `variant` (the
         run's own choice, not a training key: a resume keeps it, the stage reads it)."""
-        record = self.recorded() or {}
-        record.setdefault("tuned", {})[variant] = info
-        _write_json(self.dir / RECORD, record)
+        with self.edit_record() as record:
+            record.setdefault("tuned", {})[variant] = info
+
+    # -- users written while others read or forget them ------------------------------------
+    def recover(self) -> list[str]:
+        """`recover(self.dir)`."""
+        return recover(self.dir)
+
+    def current_history(self, user_id: str) -> str | None:
+        """The digest of `user_id`'s history as it stands now (the data file's items and
+        the updates file read afresh), None when the run no longer has them (forgotten)."""
+        from ownlm.data.updates import with_updates
+
+        if forgotten_key(user_id) in forgotten_keys(self.dir):
+            return None
+        user = next((u for u in self.file_dataset.users if u.user_id == user_id), None)
+        if user is None:
+            return None
+        return with_updates(self.dir, [user], self.task)[0].history_digest()
+
+    @contextlib.contextmanager
+    def writing_user(self, user, what: str):
+        """Hold `user`'s lock (`store.guard.user_lock`, waiting for an `update` or `forget`
+        of them to finish) and yield why their trained adapter must not be saved: "forgotten"
+        meanwhile, "history changed" (an update landed while they trained), or None."""
+        with user_lock(self.dir, user.user_id, what, wait=FORGET_WAIT):
+            now = self.current_history(user.user_id)
+            if now is None:
+                yield "forgotten"
+            elif now != user.history_digest():
+                yield "history changed"
+            else:
+                yield None
+
+    def check_forgotten_since(self, what: str) -> None:
+        """Refuse to write `what` (evaluation outputs) when a user was forgotten after this
+        process read the data: it would name them again."""
+        seen = getattr(self, "forgotten_seen", None)
+        if seen is not None and forgotten_keys(self.dir) - seen:
+            raise StoreError(
+                f"a user of {self.dir} was forgotten while this command ran; {what} would "
+                "name them, so it was not written: run the command again"
+            )
 
 
 def forgotten_key(user_id: str) -> str:
     """The one-way key under which run.json remembers a user erased by `ownlm forget`, so
     that the run leaves them out of its data from then on without naming them."""
     return hashlib.sha256(f"ownlm-forgotten\0{user_id}".encode()).hexdigest()
+
+
+def recover(run_dir: Path) -> list[str]:
+    """Finish or roll back what killed writers left in a run: each store's cut-short swaps
+    (`AdapterStore.sweep`: the previous version back in place, or the new one kept) and
+    the scratch copies of run.json, tokens.json and the updates files. Every command that
+    writes a user, and the server at start-up, call it first. Returns what it did."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    done = []
+    for store in sorted(p for p in run_dir.iterdir() if p.name.startswith("adapters")):
+        if store.is_dir():
+            done += AdapterStore(store).sweep()
+    for folder in (run_dir, run_dir / "updates"):
+        done += [f"removed {p}" for p in sweep_files(folder)]
+    return done
+
+
+def forgotten_keys(run_dir: Path) -> set[str]:
+    """The `forgotten_key`s run.json keeps, read afresh (empty when it is unreadable)."""
+    try:
+        record = json.loads((Path(run_dir) / RECORD).read_text())
+    except (OSError, ValueError, RecursionError):
+        return set()
+    keys = record.get("forgotten") if isinstance(record, dict) else None
+    return {k for k in keys if isinstance(k, str)} if isinstance(keys, list) else set()
+
+
+def recorded_roles(record: dict | None) -> dict[str, list[str]] | None:
+    """run.json's split, {"train": [ids], "dev": [...], "test": [...]}; None without one."""
+    split = record.get("split") if isinstance(record, dict) else None
+    if not isinstance(split, dict):
+        return None
+    roles = {r: split.get(r) for r in ROLES}
+    if not all(isinstance(v, list) and all(isinstance(u, str) for u in v) for v in roles.values()):
+        return None
+    return roles
+
+
+def split_record(split: UserSplit) -> dict[str, list[str]]:
+    return {r: [u.user_id for u in getattr(split, r)] for r in ROLES}
 
 
 def data_record(ds: Dataset) -> dict:
@@ -349,15 +469,18 @@ def _claim(run: Run, overwrite: bool) -> None:
     hold_lock(run.dir)
     if overwrite and run.dir.is_dir() and any(run.dir.iterdir()):
         log.info(f"moved the old run aside to {move_aside(run.dir)}")
+    run.recover()
     new = {"config": training_values(run.cfg), "data": data_record(run.file_dataset)}
-    old = run.recorded()
-    problem = _mismatch(run, old, new)
+    problem = _mismatch(run, run.recorded(), new)
     if problem is not None:
         raise problem
     run.dir.mkdir(parents=True, exist_ok=True)
     save_config(run.cfg, run.dir / "config.yaml")
-    created = (old or {}).get("created") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    _write_json(run.dir / RECORD, {**(old or {}), **new, "created": created})
+    with run.edit_record() as record:
+        created = record.get("created") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        if recorded_roles(record) is None:  # fixed now, by id: forget never moves a role
+            record["split"] = split_record(run.split)
+        record.update(new, created=created)
 
 
 def _mismatch(run: Run, old: dict | None, new: dict) -> OwnlmError | None:
@@ -443,6 +566,4 @@ def _set_key(cfg, key: str, value) -> None:
 
 def _write_json(path: Path, data: dict) -> None:
     """Write `path` whole or not at all (a killed run leaves the old file)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    write_file(path, json.dumps(data, indent=1, ensure_ascii=False))

@@ -116,7 +116,7 @@ def test_swap_killed_midway_restores_the_old_version(tmp_path):
 def test_a_live_writers_scratch_is_left_alone(tmp_path):
     import os
 
-    from ownlm.store.store import _HOST
+    from ownlm.files import HOST as _HOST
 
     live = tmp_path / "users" / f".tmp-7-{os.getpid()}-{_HOST}-abcd1234"
     live.mkdir(parents=True)
@@ -151,7 +151,7 @@ def test_delete_removes_a_symlinked_adapter_link_never_its_target(tmp_path):
     store.path("user:2").parent.mkdir(parents=True, exist_ok=True)
     store.path("user:2").symlink_to(tmp_path / "gone")  # dangling
     assert store.delete("user:2") and not store.path("user:2").is_symlink()
-    from ownlm.store.store import _HOST
+    from ownlm.files import HOST as _HOST
 
     link = store.path("user:1").parent / f".del-1-999999999-{_HOST}-abcd1234"  # writer gone
     link.symlink_to(outside)

@@ -15,6 +15,7 @@ from ownlm.data.records import Dataset, Item, User
 from ownlm.errors import ConfigError
 
 T = TypeVar("T")
+ROLES = ("train", "dev", "test")
 
 
 @dataclass
@@ -60,6 +61,24 @@ def split_users(
         dev=users[n_train : n_train + n_dev],
         test=users[n_train + n_dev :],
     )
+
+
+def split_by_roles(
+    dataset: Dataset, roles: dict[str, list[str]]
+) -> tuple[UserSplit, list[str]]:
+    """The split that `roles` ({"train": [ids], "dev": [...], "test": [...]}, as a run
+    recorded it) gives `dataset`'s users, each role in the data's order; and the ids of
+    the users it names no role for. An id in `roles` that the data lacks (a forgotten
+    user) is simply absent."""
+    role_of = {uid: role for role in ROLES for uid in roles.get(role, [])}
+    split, unknown = UserSplit(), []
+    for user in dataset.users:
+        role = role_of.get(user.user_id)
+        if role is None:
+            unknown.append(user.user_id)
+        else:
+            getattr(split, role).append(user)
+    return split, unknown
 
 
 def split_items(items: list[T], query_frac: float = 0.2, seed: int = 0) -> tuple[list[T], list[T]]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from ownlm.data.checks import USER_ID_RULE, user_id_problem
 from ownlm.data.io import make_item, parse_json, read_text
 from ownlm.data.records import Item, User
 from ownlm.errors import DataError
+from ownlm.files import write_file
 
 UPDATES = "updates"  # R/updates/<user id>.jsonl
 
@@ -83,12 +83,7 @@ def write_updates(run_dir: Path, user_id: str, items: list[Item]) -> Path:
         json.dumps({"id": it.id, **({"date": it.date} if it.date else {}), **it.fields})
         for it in items
     ]
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        tmp.write_text(
-            old + ("" if not old or old.endswith("\n") else "\n") + "\n".join(lines) + "\n"
-        )
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_file(
+        path, old + ("" if not old or old.endswith("\n") else "\n") + "\n".join(lines) + "\n"
+    )
     return path

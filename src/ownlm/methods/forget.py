@@ -7,6 +7,9 @@ What a run keeps of a user, and what becomes of it:
   adapters*/users/<id>/     their adapter in every store (variant)     deleted
   .tmp-/.old-/.del-<id>-…   what a killed writer left of it            swept
   tokens.json               their API tokens                           revoked (stays mode 600)
+  updates/<id>.jsonl        the history items `ownlm update` added      deleted
+  scratch files             a killed writer's copy of run.json,         swept (any whose
+                            tokens.json or their updates                writer is dead)
   adapters/router/          stage-2 id, learned embedding, history     taken out of it
                             vector (train users)
   eval/                     scores, predictions, groups view that      deleted: re-run
@@ -16,6 +19,13 @@ What a run keeps of a user, and what becomes of it:
 
 The data the run was trained from lives outside the run (its config's `data`); forget
 never edits it, and says to remove the user there before retraining or evaluating.
+
+Forget holds the user's lock (`ownlm.store.guard.user_lock`) throughout, waiting for a
+command that writes them (an update, an import, a token being made, a user stage saving
+them) to finish first; and it writes its one-way mark in run.json before it deletes
+anything, so a command that reaches the user afterwards finds them forgotten and writes
+nothing, and a forget cut short and run again still knows what the user was. Their
+place in the run's split is taken out and nobody else's moves (`Run.split`).
 """
 
 from __future__ import annotations
@@ -30,21 +40,24 @@ from pathlib import Path
 
 from ownlm.data.records import Dataset, User
 from ownlm.errors import DataError, NotFoundError, OwnlmError, StoreError
+from ownlm.files import write_file
 from ownlm.methods.mentions import names_user
 from ownlm.methods.oppu import CONTROL_BASE
 from ownlm.methods.proper.groups import ROUTER, forget_stage2_user
-from ownlm.run import forgotten_key
+from ownlm.run import RECORD, forgotten_key, recorded_roles, recover
 from ownlm.store import AdapterStore, TokenStore
+from ownlm.store.guard import FORGET_WAIT, LOCKS, record_lock, user_lock
 
-RECORD = "run.json"  # `ownlm.run.RECORD`: what the run was trained from
+FORGOTTEN_ROLES = "forgotten_roles"  # run.json: forgotten_key -> role, for a forget rerun
 
 
 @dataclass
 class Membership:
     """What the run's own data says of the user (None: the data could not be read)."""
 
-    in_data: bool | None = None  # in the data as it is now
+    in_data: bool | None = None  # in the data file as it is now
     in_record: bool = False  # in run.json's record of the data the run was trained on
+    role: str | None = None  # train, dev or test, as the run's split recorded it
     train: bool = False  # a train user: their history trained stage 1 (and stage 2)
     data: str = ""  # the config's data source
     backbone: str = ""
@@ -88,9 +101,9 @@ class Forgotten:
 
 
 def membership(run_dir: Path, user: str) -> Membership:
-    """Whether the run's data holds `user`, and as a train user: from its data as it is
-    now, else from run.json's record of the data it was trained on (the user may have
-    been taken out of the data first)."""
+    """Whether the run's data holds `user`, and in which role: from run.json's split (or,
+    when a forget of them was cut short, the role it kept), else from the data as it is
+    now, else from the record of the data it was trained on."""
     if not (run_dir / "config.yaml").exists():
         return Membership(why_unknown=f"{run_dir} has no config.yaml")
     from ownlm.run import Run
@@ -100,18 +113,30 @@ def membership(run_dir: Path, user: str) -> Membership:
     except (OwnlmError, OSError) as e:
         return Membership(why_unknown=f"its config could not be read ({e})")
     m = Membership(data=str(run.cfg.data), backbone=run.cfg.backbone)
-    try:
-        m.train = user in {u.user_id for u in run.split.train}
-        m.in_data = m.train or user in {u.user_id for u in run.dataset.users}
-    except (OwnlmError, OSError) as e:
-        m.why_unknown = f"its data could not be read ({e})"
+    record = _record(run_dir)
     recorded = _recorded_ids(run_dir)
     m.in_record = user in recorded
-    if not m.in_data and m.in_record:  # as trained, before they left the data
-        run.__dict__.pop("split", None)  # split again, over the recorded users
+    roles = recorded_roles(record)
+    m.role = next((r for r, ids in (roles or {}).items() if user in ids), None)
+    m.role = m.role or (record.get(FORGOTTEN_ROLES) or {}).get(forgotten_key(user))
+    m.in_record = m.in_record or m.role is not None  # the run recorded them
+    try:
+        m.in_data = user in {u.user_id for u in run.loaded_dataset.users}
+        if m.role is None and roles is None and m.in_data:  # a run from before the record
+            split = run.split
+            m.role = next((r for r in ("train", "dev", "test") if _has(split, r, user)), None)
+    except (OwnlmError, OSError) as e:
+        m.why_unknown = f"its data could not be read ({e})"
+    if m.role is None and roles is None and m.in_record:  # as trained, before they left
         run.__dict__["dataset"] = Dataset(run.cfg.task or "", [User(i, []) for i in recorded])
-        m.train = user in {u.user_id for u in run.split.train}
+        run.__dict__.pop("split", None)
+        m.role = next((r for r in ("train", "dev", "test") if _has(run.split, r, user)), None)
+    m.train = m.role == "train"
     return m
+
+
+def _has(split, role: str, user: str) -> bool:
+    return user in {u.user_id for u in getattr(split, role)}
 
 
 def _record(run_dir: Path) -> dict:
@@ -186,30 +211,49 @@ def _delete_adapters(run_dir: Path, user: str) -> tuple[list[str], list[str]]:
     return removed, notes
 
 
-def _scrub_record(run_dir: Path, user: str, tombstone: bool) -> bool:
-    """Take the user's row out of run.json's data record ([id, history digest, queries
-    digest] per user), and re-seal its sha256 when it is the one `ownlm.run.data_record`
-    computes. With `tombstone`, also keep `forgotten_key(user)` (a one-way hash, not the
-    id) in the record: the run then leaves them out of its data from now on, so the
-    record describes the data without them and `ownlm train` resumes, retraining only
-    the stages they were part of, even before they are removed from the data file."""
-    path = run_dir / RECORD
-    record = _record(run_dir)
-    users = _record_users(record)
-    keep = [row for row in users if _row_user(row) != user]
+def _scrub_record(run_dir: Path, user: str, m: Membership) -> list[str]:
+    """Take the user out of run.json under its lock: their row of the data record
+    ([id, history digest, queries digest] per user, its sha256 re-sealed when it is the
+    one `ownlm.run.data_record` computes) and their id from the recorded split (no one
+    else's role moves). When the run knew them, also keep `forgotten_key(user)` (a
+    one-way hash, not the id) and their role under it: the run leaves them out of its
+    data from now on, so the record describes the data without them and `ownlm train`
+    resumes, retraining only the stages they were part of, even before they are removed
+    from the data file; and a forget cut short and run again still knows their role.
+    Returns what it changed, in words ([] when nothing)."""
+    with record_lock(run_dir, "forget"):
+        record = _record(run_dir)
+        if not record:
+            return []
+        marked = _mark_forgotten(record, user, m) if (m.in_data or m.in_record) else False
+        changed = []
+        users = _record_users(record)
+        keep = [row for row in users if _row_user(row) != user]
+        if len(keep) != len(users):
+            data = record["data"]
+            if data.get("sha256") == _data_sha256(data.get("task"), users):
+                data["sha256"] = _data_sha256(data.get("task"), keep)
+            data["users"] = keep
+            changed.append("their row of the data record")
+        roles = recorded_roles(record)
+        if roles and any(user in ids for ids in roles.values()):
+            record["split"] = {r: [u for u in ids if u != user] for r, ids in roles.items()}
+            changed.append(f"their place in the split ({m.role} user; no one else's role moved)")
+        if marked or changed:
+            write_file(run_dir / RECORD, json.dumps(record, indent=1, ensure_ascii=False))
+        return changed or (["a one-way mark that the run has forgotten them"] if marked else [])
+
+
+def _mark_forgotten(record: dict, user: str, m: Membership) -> bool:
     key = forgotten_key(user)
-    marked = isinstance(record.get("data"), dict) and tombstone
-    if marked and key not in (record.get("forgotten") or []):
-        record["forgotten"] = [*(k for k in record.get("forgotten") or [] if k != key), key]
-    elif len(keep) == len(users):
+    keys = [k for k in record.get("forgotten") or [] if isinstance(k, str)]
+    roles = record.get(FORGOTTEN_ROLES)
+    roles = roles if isinstance(roles, dict) else {}
+    if key in keys and (m.role is None or roles.get(key) == m.role):
         return False
-    data = record["data"]
-    if data.get("sha256") == _data_sha256(data.get("task"), users):
-        data["sha256"] = _data_sha256(data.get("task"), keep)
-    data["users"] = keep
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(json.dumps(record, indent=1, ensure_ascii=False))
-    os.replace(tmp, path)
+    record["forgotten"] = [*(k for k in keys if k != key), key]
+    if m.role is not None:
+        record[FORGOTTEN_ROLES] = {**roles, key: m.role}
     return True
 
 
@@ -231,6 +275,11 @@ def _drop_eval(run_dir: Path, user: str) -> bool:
 
 
 def _trained_on(run_dir: Path, m: Membership, stage2: bool) -> list[str]:
+    if m.role == "dev" and not stage2:
+        return [
+            "the validation of stages 1 and 2 (a dev user: their history chose the epoch "
+            "each stage kept, and the user stage's tuned budget)"
+        ]
     if not (m.train or stage2):
         return []
     out = ["stage 1 (the population LoRA, adapters/population, merged into base/)"]
@@ -255,11 +304,20 @@ def _trained_on(run_dir: Path, m: Membership, stage2: bool) -> list[str]:
 
 def forget_user(run_dir: str | Path, user: str) -> Forgotten:
     """Delete or scrub everything `run_dir` stores of `user` (see the module docstring);
-    NotFoundError when the run holds nothing of them and its data does not know them."""
+    NotFoundError when the run holds nothing of them and its data does not know them.
+    Holds the user's lock throughout, waiting up to `FORGET_WAIT` seconds for a command
+    that writes them to finish."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise NotFoundError(f"run directory {run_dir} does not exist")
+    with user_lock(run_dir, user, "forget", wait=FORGET_WAIT):
+        return _forget(run_dir, user)
+
+
+def _forget(run_dir: Path, user: str) -> Forgotten:
     m = membership(run_dir, user)
+    swept = recover(run_dir)  # killed writers' scratch (it may hold the user's data)
+    scrubbed = _scrub_record(run_dir, user, m)  # first: from now on every writer skips them
     removed, notes = _delete_adapters(run_dir, user)
     out = Forgotten(user, removed=removed)
     try:
@@ -275,12 +333,14 @@ def forget_user(run_dir: str | Path, user: str) -> Forgotten:
     stage2 = forget_stage2_user(AdapterStore(run_dir / "adapters"), user)
     if stage2:
         out.removed.append("adapters/router (their stage-2 id, embedding and history vector)")
-    if _scrub_record(run_dir, user, tombstone=bool(m.in_data or m.in_record)):
-        out.removed.append("run.json (their row of the data record)")
+    if scrubbed:
+        out.removed.append(f"run.json ({'; '.join(scrubbed)})")
     if _drop_eval(run_dir, user):
         out.removed.append("eval/ (its scores and predictions included them)")
     if _drop_updates(run_dir, user):
         out.removed.append(f"updates/{user}.jsonl (the history items `ownlm update` added)")
+    if swept:
+        out.removed.append(f"{len(swept)} scratch file(s) of killed writers")
     out.remaining = sorted(str(p.relative_to(run_dir)) for p in mentions(run_dir, user))
     if not (out.removed or out.remaining or m.in_data or m.in_record or stage2):
         raise NotFoundError(not_known(run_dir, user, m))
@@ -351,7 +411,7 @@ def mentions(run_dir: Path, user: str) -> list[Path]:
     found = []
     for f in sorted(run_dir.rglob("*")):
         rel = f.relative_to(run_dir).parts
-        if rel[0] == "base" or not f.is_file():
+        if rel[0] in ("base", LOCKS) or not f.is_file():  # the model; pids and command names
             continue
         card = f.name == "README.md" and (f.parent / "ownlm.json").is_file()
         if _user_path(rel, user) or (not card and names_user(f, user)):

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import yaml
 
+from ownlm.files import real_name
+
 TEXT_SUFFIXES = {".txt", ".log", ".csv", ".jsonl", ".md", ".tsv"}
 
 
@@ -90,20 +92,33 @@ def archive_strings(path: Path) -> list[str]:
 
 
 def file_strings(path: Path) -> list[str]:
-    """The text of a file that could name a user ([] for binaries such as images)."""
-    suffix = path.suffix.lower()
+    """The text of a file that could name a user ([] for binaries such as weights). A
+    writer's scratch copy (`.run.json.tmp-<pid>-...`) is read as the file it stands
+    for; a file of another suffix is read as text when it is UTF-8 text."""
+    name = real_name(path.name) or path.name
+    suffix = Path(name).suffix.lower()
     try:
         if suffix == ".safetensors":
             return list(_strings(safetensors_header(path)))
         if suffix in (".json", ".yaml", ".yml", *TEXT_SUFFIXES):
-            return _text_strings(path.name, path.read_bytes)
+            return _text_strings(name, path.read_bytes)
         if tarfile.is_tarfile(path):
             return archive_strings(path)
+        return _plain_text(path)
     except (ValueError, RecursionError):  # not what its suffix says: read it as text
         return [path.read_bytes().decode("utf-8", errors="replace")]
     except OSError:  # unreadable (a dangling link): nothing to read
         return []
-    return []
+
+
+def _plain_text(path: Path) -> list[str]:
+    """A file of no known suffix, as text when it is UTF-8 (a binary seldom is)."""
+    if path.stat().st_size > MAX_MEMBER_BYTES:
+        return []
+    try:
+        return [path.read_bytes().decode("utf-8")]
+    except UnicodeDecodeError:
+        return []
 
 
 def names_user(path: Path, user: str) -> bool:

@@ -281,8 +281,12 @@ def build_server(
     from ownlm.backbone.device import resolve_device, resolve_dtype
     from ownlm.backbone.load import load_base
 
+    from ownlm.run import recover
+
     run_dir = Path(run_dir)
     settings = settings or ServeSettings()
+    for done in recover(run_dir):  # a swap cut short by a kill: finished or rolled back
+        log.info(f"start-up: {done}")
     device = resolve_device(settings.device)
     backbone = load_base(run_dir / "base", device, resolve_dtype(settings.dtype, device))
     if not isinstance(backbone, CausalBackbone):

@@ -22,24 +22,22 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import time
 import uuid
-import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ownlm import __version__
 from ownlm.errors import NotFoundError, StoreError
+from ownlm.files import HOST, pid_alive
 
 MANIFEST = "ownlm.json"
 FOLDERS = {"user": "users", "group": "groups"}  # name kind -> folder
 SCRATCH = (".tmp-", ".old-", ".del-")  # prefixes of a write's or delete's scratch dirs
-_HOST = f"{zlib.crc32(socket.gethostname().encode()):08x}"
 
 
 def _scratch_name(prefix: str, final: Path) -> Path:
-    return final.parent / f"{prefix}{final.name}-{os.getpid()}-{_HOST}-{uuid.uuid4().hex[:8]}"
+    return final.parent / f"{prefix}{final.name}-{os.getpid()}-{HOST}-{uuid.uuid4().hex[:8]}"
 
 
 KILL_ENV = "OWNLM_TEST_KILL_AT"  # tests: "write:N" / "swap:N" SIGKILLs the Nth save there
@@ -58,22 +56,12 @@ def _maybe_killed(moment: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
-
-
 def _abandoned(entry: Path) -> bool:
     """A scratch dir whose writer, on this host, is gone (a killed `ownlm train`)."""
     parts = entry.name.rsplit("-", 3)  # [prefix+name, pid, host, rand]
     if len(parts) != 4 or not parts[1].isdigit():
         return True  # written before scratch names carried their owner
-    return parts[2] == _HOST and not _pid_alive(int(parts[1]))
+    return parts[2] == HOST and not pid_alive(int(parts[1]))
 
 
 @dataclass
@@ -131,8 +119,8 @@ class AdapterStore:
             out += [
                 f"{k}:{p.name}"
                 for p in sorted((self.root / folder).iterdir())
-                if (p / MANIFEST).exists()
-            ]
+                if not p.name.startswith(".") and (p / MANIFEST).exists()
+            ]  # a dot-name is a write's scratch copy (`SCRATCH`), never an adapter
         return out
 
     def exists(self, name: str) -> bool:

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ownlm.errors import ConfigError, NotFoundError, StoreError
+from ownlm.files import sweep_files, write_file
+from ownlm.store.guard import user_lock
 from ownlm.store.store import AdapterStore
 
 try:  # POSIX; elsewhere only threads of one process are kept apart
@@ -117,16 +119,8 @@ class TokenStore:
         """Replace the file atomically, mode 600 from its first byte, with an mtime past
         the old one (readers compare signatures, and two writes may share a clock tick)."""
         old = self._signature()
-        tmp = self.path.with_name(f".{TOKENS_FILE}.tmp-{secrets.token_hex(4)}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(data, f, indent=2)
-            now = max(time.time_ns(), old[0] + 1 if old else 0)
-            os.utime(tmp, ns=(now, now))
-            os.replace(tmp, self.path)
-        finally:
-            tmp.unlink(missing_ok=True)  # a failed write leaves no copy naming users
+        text = json.dumps(data, indent=2)
+        write_file(self.path, text, mode=0o600, mtime_after=old[0] if old else None)
 
     @contextlib.contextmanager
     def _exclusive(self):
@@ -139,6 +133,7 @@ class TokenStore:
         try:
             if fcntl is not None:
                 fcntl.flock(fd, fcntl.LOCK_EX)
+            sweep_files(self.run_dir)  # a killed writer's copy of the file (it names users)
             yield
         finally:
             os.close(fd)  # closing releases the flock
@@ -175,6 +170,13 @@ class TokenStore:
             data[token_id] = entry
             self._write(data)
         return f"ownlm-{token_id}-{secret}"
+
+    def create_for_user(self, user: str, data_users: Callable[[], Iterable[str]] = tuple) -> str:
+        """A token for a user the run knows (`check_known`), checked and written under
+        the user's lock: a `forget` of them runs wholly before or after, never between."""
+        with user_lock(self.run_dir, user, "token create", wait=30.0):
+            self.check_known(user, data_users)
+            return self.create(user)
 
     def check_known(self, user: str, data_users: Callable[[], Iterable[str]] = tuple) -> None:
         """Refuse a token for a user the run does not know. Known: an adapter in one of

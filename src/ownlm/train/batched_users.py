@@ -39,7 +39,7 @@ from ownlm.log import get_logger, progress
 from ownlm.methods.oppu import VARIANTS, check_variant, user_pairs, user_seed
 from ownlm.train.budget import user_budget
 from ownlm.train.loop import batch_plan
-from ownlm.train.users import plan_users, stage_line, train_users, user_manifest
+from ownlm.train.users import plan_users, save_user, stage_line, train_users, user_manifest
 
 log = get_logger(__name__)
 
@@ -205,17 +205,20 @@ def group_step(multi: MultiLora, batch: dict[int, list[Row]], pad_id: int, chunk
     return total[slots].tolist()
 
 
-def save_group(run, store, backbone, group, results, variant: str, base_fp: str, budget) -> None:
-    """Save each trained user as the sequential stage does: a PEFT model's
-    `save_pretrained`, through the store, with the user manifest (and its `budget`)."""
+def save_group(run, store, backbone, group, results, variant: str, base_fp: str, budget) -> int:
+    """Save each trained user as the sequential stage does (`save_user`: a PEFT model's
+    `save_pretrained`, through the store, with the user manifest and its `budget`, unless
+    they were forgotten or updated meanwhile). Returns how many were saved."""
     vessel = inject(backbone, run.cfg.user, seed=run.cfg.seed)  # weights overwritten per user
+    saved = 0
     try:
         for user, (weights, losses) in zip(group, results, strict=True):
             copy_into_peft(vessel, weights)
             manifest = user_manifest(run, user, f"user/{variant}", base_fp, losses, budget)
-            store.save(user.name, vessel.save_pretrained, manifest)
+            saved += save_user(run, store, user, vessel.save_pretrained, manifest)
     finally:
         detach(backbone, vessel)
+    return saved
 
 
 def train_users_batched(
@@ -255,6 +258,7 @@ def train_users_batched(
     todo, counts = plan_users(store, users, base_fp, budget)
     bar = progress(total=len(users), desc=f"user LoRAs ({variant}, {k} at once)", unit="user")
     bar.update(len(users) - len(todo))
+    saved = 0
     for start in range(0, len(todo), k):
         group = todo[start : start + k]
         jobs = [
@@ -269,12 +273,11 @@ def train_users_batched(
             optimizer,
             gradient_checkpointing=run.cfg.gradient_checkpointing,
         )
-        save_group(run, store, backbone, group, results, variant, base_fp, budget)
+        saved += save_group(run, store, backbone, group, results, variant, base_fp, budget)
         del results  # the group's weights leave memory before the next group
         bar.update(len(group))
     bar.close()
     log.info(
-        f"[bold]stage 3[/] {VARIANTS[variant]} ({k} at once, {budget}): "
-        f"{stage_line(len(todo), counts)}"
+        f"[bold]stage 3[/] {VARIANTS[variant]} ({k} at once, {budget}): {stage_line(saved, counts)}"
     )
-    return {"trained": len(todo), **counts}
+    return {"trained": saved, **counts}

@@ -20,7 +20,7 @@ from ownlm.methods.proper.users import (
 )
 from ownlm.train.budget import user_budget
 from ownlm.train.loop import fit_mixture
-from ownlm.train.users import plan_users, stage_line, user_manifest
+from ownlm.train.users import plan_users, save_user, stage_line, user_manifest
 
 log = get_logger(__name__)
 
@@ -62,6 +62,7 @@ def train_proper_users(run, router: str = "input", users=None, backbone=None) ->
     store = run.store(f"proper-{router}")
     budget = user_budget(run, f"proper-{router}", fp)
     todo, counts = plan_users(store, users, fp, budget)
+    saved = 0
     with group_model(run, backbone) as gm:
         # a 'user' assignment routes by the history's likelihood: no history vectors
         vectors = history_vectors(run, todo, backbone) if todo and not gm.by_user else []
@@ -71,12 +72,8 @@ def train_proper_users(run, router: str = "input", users=None, backbone=None) ->
         ):
             gm.reset()
             losses = fit_user(run, gm, user, vec, router, budget)
-            store.save(
-                user.name,
-                lambda d: write_user(d, gm, router, s.user_alpha),
-                user_manifest(run, user, f"user/proper-{router}", fp, losses, budget),
-            )
-    log.info(
-        f"[bold]stage 3[/] PROPER ({ROUTERS[router]}, {budget}): {stage_line(len(todo), counts)}"
-    )
-    return {"trained": len(todo), **counts}
+            manifest = user_manifest(run, user, f"user/proper-{router}", fp, losses, budget)
+            write = lambda d: write_user(d, gm, router, s.user_alpha)  # noqa: E731
+            saved += save_user(run, store, user, write, manifest)
+    log.info(f"[bold]stage 3[/] PROPER ({ROUTERS[router]}, {budget}): {stage_line(saved, counts)}")
+    return {"trained": saved, **counts}

@@ -20,6 +20,11 @@ updated history). Budget: `update.lr` (empty: the user stage's lr) and `update.e
 budget the adapter was first trained with (so a resumed `ownlm train` does not retrain it) and records the update: new items, lr, epochs, when,
 and `updated_from`, the previous weights' sha256.
 
+Concurrency: the whole update holds the user's lock (`ownlm.store.guard.user_lock`), so
+a second update of the same user is refused at once, naming the first's pid, and a
+`forget` of them waits for it and then removes all of it; an update that finds the user
+forgotten writes nothing.
+
 Crash safety: the adapter is swapped in first, then the history file. A run cut short
 between the two holds an adapter trained on items its history lacks; running the same
 `ownlm update` again notices (the manifest's digest equals that of the history plus the
@@ -36,6 +41,7 @@ from ownlm.data.records import User
 from ownlm.data.updates import read_items, write_updates
 from ownlm.errors import DataError, NotFoundError, StoreError
 from ownlm.store import Manifest
+from ownlm.store.guard import user_lock
 
 WEIGHTS = "adapter_model.safetensors"
 
@@ -66,7 +72,7 @@ class Updated:
 def _target(run, user_id: str):
     """(user, store, base fingerprint) for an update; errors name the fix."""
     user = next((u for u in run.dataset.users if u.user_id == user_id), None)
-    if user is None:
+    if user is None or run.current_history(user_id) is None:  # absent, or forgotten since
         raise NotFoundError(
             f"user {user_id!r} is not in the data of run {run.dir}; `ownlm token users "
             f"--run-dir {run.dir}` lists its users"
@@ -77,6 +83,12 @@ def _target(run, user_id: str):
 def update_user(run, user_id: str, history: Path, lr: float | None = None, epochs=None):
     """Continue `user_id`'s OPPU adapter on the items of `history` (see module doc).
     `lr`, `epochs`: default the run's `update.lr` (else the user stage's) and `update.epochs`."""
+    with user_lock(run.dir, user_id, "update"):
+        run.recover()  # a cut-short swap of their adapter is finished or rolled back first
+        return _update(run, user_id, history, lr, epochs)
+
+
+def _update(run, user_id: str, history: Path, lr, epochs) -> Updated:
     lr = lr if lr is not None else run.cfg.update.lr
     epochs = epochs if epochs is not None else run.cfg.update.epochs
     user, store, fp = _target(run, user_id)

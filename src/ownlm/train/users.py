@@ -84,6 +84,24 @@ def stage_line(trained: int, counts: dict) -> str:
     return f"trained {trained}{why}, resumed {counts['resumed']}, no history {counts['empty']}"
 
 
+def save_user(run, store, user, write, manifest) -> bool:
+    """Save `user`'s trained adapter (`write(dir)` writes the PEFT files) under their lock,
+    unless they were forgotten, or their history changed (`ownlm update`), while they
+    trained (`Run.writing_user`): then nothing is written, it says why, and False."""
+    with run.writing_user(user, "train") as why:
+        if why is None:
+            store.save(user.name, write, manifest)
+            return True
+    if why == "forgotten":
+        log.warning(f"user {user.user_id} was forgotten while being trained: nothing saved")
+    else:
+        log.warning(
+            f"user {user.user_id}'s history changed while being trained (`ownlm update`): "
+            "not saved; train the user stage again to train them on all of it"
+        )
+    return False
+
+
 def fit_user(
     run, backbone, user, variant: str = "oppu", ctx=None, budget=None, watch=None, method=None
 ):
@@ -115,15 +133,13 @@ def train_users(run, variant: str = "oppu", users=None, backbone=None) -> dict:
     budget = user_budget(run, variant, base_fp)
     todo, counts = plan_users(store, users, base_fp, budget)
     what = "LoRAs" if run.cfg.user.method == "lora" else f"{run.cfg.user.method} adapters"
+    saved = 0
     for user in progress(todo, desc=f"user {what} ({variant})", unit="user"):
         model, losses = fit_user(run, backbone, user, variant, budget=budget)
         try:
-            store.save(
-                user.name,
-                model.save_pretrained,
-                user_manifest(run, user, f"user/{variant}", base_fp, losses, budget),
-            )
+            manifest = user_manifest(run, user, f"user/{variant}", base_fp, losses, budget)
+            saved += save_user(run, store, user, model.save_pretrained, manifest)
         finally:
             detach(backbone, model)
-    log.info(f"[bold]stage 3[/] {VARIANTS[variant]} ({budget}): {stage_line(len(todo), counts)}")
-    return {"trained": len(todo), **counts}
+    log.info(f"[bold]stage 3[/] {VARIANTS[variant]} ({budget}): {stage_line(saved, counts)}")
+    return {"trained": saved, **counts}

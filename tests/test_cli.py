@@ -132,3 +132,63 @@ def test_train_with_nonsense_settings_is_one_line_before_any_work(tmp_path, over
     lines = r.output.strip().splitlines()
     assert r.exit_code == 2 and len(lines) == 1 and message in lines[0], r.output
     assert not (tmp_path / "runs" / "cli").exists()
+
+
+def test_a_billion_laughs_config_is_one_short_line_at_once(tmp_path):
+    import time
+
+    from tests.test_safe_yaml import laughs
+
+    path = tmp_path / "c.yaml"
+    path.write_text(laughs(6))
+    start = time.perf_counter()
+    r = runner.invoke(app, ["train", "--config", str(path), *_sets(tmp_path)])
+    lines = r.output.strip().splitlines()
+    assert r.exit_code == 2 and len(lines) == 1 and "repeat more than" in lines[0], r.output
+    assert len(lines[0]) < 300 and time.perf_counter() - start < 2
+
+
+def _one_error_line(r) -> str:
+    lines = r.output.strip().splitlines()
+    assert r.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: "), r.output
+    assert "Traceback" not in r.output
+    return lines[0]
+
+
+def test_an_output_dir_that_is_a_file_is_one_line_naming_it(tmp_path):
+    (tmp_path / "runs").write_text("not a folder")
+    line = _one_error_line(runner.invoke(app, ["prepare", *_sets(tmp_path)]))
+    assert f"'{tmp_path / 'runs'}' is a file, not a folder: move it away" in line
+    (tmp_path / "runs").unlink()
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "cli").write_text("not a folder either")
+    line = _one_error_line(runner.invoke(app, ["prepare", *_sets(tmp_path)]))
+    assert "cli' is a file, not a folder" in line and "output_dir" in line
+
+
+@pytest.mark.parametrize(
+    "code, message",
+    [(13, "permission denied on '{}': make it writable"),
+     (30, "'{}' is on a read-only file system: remount it writable")],
+    ids=["permission", "read-only"],
+)  # fmt: skip
+def test_an_output_dir_ownlm_may_not_write_is_one_line_naming_it(
+    tmp_path, monkeypatch, code, message
+):
+    """Tests run as root, which a chmod does not stop: the folder refuses as a read-only
+    mount (EROFS) or a folder of another user (EACCES) would."""
+    import os
+    import pathlib
+
+    real_mkdir = pathlib.Path.mkdir
+    runs = tmp_path / "runs"
+
+    def mkdir(self, *args, **kwargs):
+        if self == runs or runs in self.parents:
+            raise OSError(code, os.strerror(code), str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "mkdir", mkdir)
+    line = _one_error_line(runner.invoke(app, ["prepare", *_sets(tmp_path)]))
+    assert message.format(runs / "cli") in line or message.format(runs) in line, line
+    assert "--set output_dir=DIR" in line

@@ -15,7 +15,7 @@ import typer
 from rich.markup import escape
 
 from ownlm.config import ServeSettings, describe_fields, load_config
-from ownlm.errors import ConfigError, OwnlmError
+from ownlm.errors import ConfigError, problem_line
 from ownlm.log import configure_output, console
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub at run time
@@ -38,15 +38,19 @@ OverwriteOpt = typer.Option(
 
 
 def friendly(fn):
-    """Print ownlm's own errors as one clear line (exit code 2), not a traceback."""
+    """Print ownlm's own errors and the operating system's (a full disk, a read-only or
+    missing folder) as one clear line (exit code 2), not a traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (OwnlmError, FileNotFoundError) as e:
+        except Exception as e:
+            line = problem_line(e)
+            if line is None:  # a bug: its traceback says where
+                raise
             # escaped: a message quoting data such as '[/x]' is text, not rich markup
-            console.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
+            console.print(f"[bold red]error:[/] {escape(line)}", soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper

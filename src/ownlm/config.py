@@ -17,7 +17,8 @@ from pathlib import Path
 
 import yaml
 
-from ownlm.errors import ConfigError
+from ownlm.errors import ConfigError, shown
+from ownlm.safe_yaml import load_yaml
 
 
 @dataclass
@@ -251,7 +252,7 @@ class TuneSettings:
         bad = [f for f in self.lr_factors if not (isinstance(f, int | float) and 0 < f < math.inf)]
         if not self.lr_factors or bad:
             raise ConfigError(
-                f"config key 'tune.lr_factors' is {self.lr_factors!r}; it must list positive "
+                f"config key 'tune.lr_factors' is {shown(self.lr_factors)}; it must list positive "
                 "numbers, e.g. --set tune.lr_factors=[0.333,1,3]"
             )
 
@@ -303,7 +304,7 @@ class ServeSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(
-                    f"ServeSettings.{name} is {value!r}; it must be an integer >= {low} "
+                    f"ServeSettings.{name} is {shown(value)}; it must be an integer >= {low} "
                     f"(default {getattr(ServeSettings, name)})"
                 )
 
@@ -439,7 +440,7 @@ class ExperimentConfig:
         """<output_dir>/<name>; a name that would lead elsewhere is refused."""
         if self.name in ("", ".", "..") or any(c in self.name for c in "/\\\0"):
             raise ConfigError(
-                f"run name {self.name!r} must be a plain folder name (no '/', '\\' or '..'); "
+                f"run name {shown(self.name)} must be a plain folder name (no '/', '\\' or '..'); "
                 "outputs go to <output_dir>/<name>: set output_dir to choose the parent folder"
             )
         return Path(self.output_dir) / self.name
@@ -503,7 +504,9 @@ def _coerce(tp, value, key: str):
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, list | tuple):
-            raise ConfigError(f"config key {key!r}: {value!r} is not a list; write a,b or [a, b]")
+            raise ConfigError(
+                f"config key {key!r}: {shown(value)} is not a list; write a,b or [a, b]"
+            )
         return [_coerce(args[0], v, key) for v in value]
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
@@ -513,7 +516,7 @@ def _coerce(tp, value, key: str):
         return _scalar(tp, value)
     except (TypeError, ValueError, OverflowError) as e:
         raise ConfigError(
-            f"config key {key!r}: {value!r} is not a valid {getattr(tp, '__name__', tp)}"
+            f"config key {key!r}: {shown(value)} is not a valid {getattr(tp, '__name__', tp)}"
         ) from e
 
 
@@ -619,7 +622,7 @@ def _check_values(obj, prefix: str) -> None:
         kind = "an integer " if isinstance(value, int) else ""
         example = getattr(defaults, name)
         raise ConfigError(
-            f"config key {prefix + name!r} is {value!r}; it must be {kind}{rule}{unset}, "
+            f"config key {prefix + name!r} is {shown(value)}; it must be {kind}{rule}{unset}, "
             f"e.g. --set {prefix + name}={8 if example is None else example}"
         )
     _check_together(obj, prefix)
@@ -636,7 +639,7 @@ def _check_together(obj, prefix: str) -> None:
     if isinstance(obj, UserSettings) and obj.method != "lora" and obj.targets:
         raise ConfigError(
             f"config key {prefix}targets={obj.targets} names LoRA's modules, but "
-            f"{prefix}method={obj.method!r} (IA3 adapts keys, values and the feed-forward; "
+            f"{prefix}method={shown(obj.method)} (IA3 adapts keys, values and the feed-forward; "
             f"prompt tuning no module): leave {prefix}targets empty, or use --set {prefix}method=lora"
         )
     if (
@@ -669,7 +672,7 @@ def _check_groups_choices(obj, prefix: str) -> None:
     if obj.assignment != "user":
         raise ConfigError(
             f"config key {prefix}groups_choices is only for {prefix}assignment=user (got "
-            f"{obj.assignment!r}); use --set {prefix}assignment=user or --set {prefix}groups_choices=[]"
+            f"{shown(obj.assignment)}); use --set {prefix}assignment=user or --set {prefix}groups_choices=[]"
         )
 
 
@@ -679,7 +682,8 @@ def build(cls, values: dict, prefix: str = ""):
     unknown = set(values) - names
     if unknown:
         raise ConfigError(
-            f"unknown config key(s) {sorted(prefix + str(u) for u in unknown)}; valid keys: {sorted(prefix + n for n in names)}"
+            f"unknown config key(s) {_listed(prefix + str(u) for u in unknown)}; "
+            f"valid keys: {sorted(prefix + n for n in names)}"
         )
     defaults = cls()
     kwargs = {}
@@ -697,25 +701,26 @@ def build(cls, values: dict, prefix: str = ""):
     return obj
 
 
+def _listed(keys, most: int = 5) -> str:
+    """`['a', 'b']`, each key cut by `shown` and at most `most` of them: a file's keys are
+    its author's to choose, and may be a megabyte long or a hundred thousand."""
+    keys = sorted(keys)
+    more = f" and {len(keys) - most} more" if len(keys) > most else ""
+    return f"[{', '.join(shown(k) for k in keys[:most])}]{more}"
+
+
+def _cut(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
 def _set_dotted(tree: dict, key: str, value) -> None:
     parts = key.split(".")
     for i, p in enumerate(parts[:-1]):
         tree = tree.setdefault(p, {})
         if not isinstance(tree, dict):  # `--set user=5 --set user.r=8`, or `r.x=1`
             where = ".".join(parts[: i + 1])
-            raise ConfigError(f"--set {key}: {where!r} is a value, not a group of keys")
+            raise ConfigError(f"--set {_cut(key)}: {shown(where)} is a value, not a group of keys")
     tree[parts[-1]] = value
-
-
-def _yaml(text: str, what: str):
-    """`yaml.safe_load`, its error said in one line with where it is."""
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or " ".join(str(e).split())
-        raise ConfigError(f"{what} is not valid YAML: {problem}{at}; fix it") from None
 
 
 def _read_yaml_file(p: Path) -> dict:
@@ -730,7 +735,7 @@ def _read_yaml_file(p: Path) -> dict:
             f"config file {p} is not UTF-8 (byte {e.object[e.start]:#04x} at offset "
             f"{e.start}); re-encode it as UTF-8"
         ) from None
-    values = _yaml(text, f"config file {p}") or {}
+    values = load_yaml(text, f"config file {p}") or {}
     if not isinstance(values, dict):
         raise ConfigError(
             f"config file {p} must hold a mapping of keys to values (key: value lines), "
@@ -745,8 +750,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ex
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep:
-            raise ConfigError(f"override {item!r} must look like key=value, e.g. user.lr=1e-3")
-        value = _yaml(raw, f"the value of --set {item}") if raw.strip() else None
+            raise ConfigError(f"override {shown(item)} must look like key=value, e.g. user.lr=1e-3")
+        value = load_yaml(raw, f"the value of --set {_cut(item)}") if raw.strip() else None
         _set_dotted(values, key.strip(), value)
     return build(ExperimentConfig, values)
 

@@ -159,3 +159,12 @@ def test_a_yaml_task_trains_and_evaluates_end_to_end(tmp_path, monkeypatch):
     assert scores["oppu"]["n_users"] == 2 and 0 <= scores["oppu"]["mae"] <= 4
     outputs = {p["output"] for p in saved["results"][-1]["predictions"]}
     assert outputs <= set("12345")
+
+
+def test_a_task_file_of_nested_aliases_is_refused_at_once(tmp_path):
+    from tests.test_safe_yaml import laughs
+
+    path = tmp_path / "t.yaml"
+    path.write_text(laughs(7, key="labels"))
+    with pytest.raises(ConfigError, match=r"task file .*t.yaml: its aliases .* repeat more"):
+        resolve_task(str(path))

@@ -15,7 +15,7 @@ import string
 from typing import Any
 
 from ownlm.data.tasks import Task
-from ownlm.errors import DataError
+from ownlm.errors import DataError, shown  # noqa: F401 (shown: re-exported)
 
 MAX_USER_ID = 128
 USER_ID_CHARS = "letters A-Z a-z, digits and - _ . @ +"
@@ -24,13 +24,6 @@ USER_ID_RULE = (
     f"user ids are 1-{MAX_USER_ID} characters from {USER_ID_CHARS}, not starting with '.' "
     "or '-' (each names a folder, users/<id>/)"
 )
-
-
-def shown(value: Any, limit: int = 60) -> str:
-    """`repr(value)`, cut to `limit` characters: messages stay one short line even when
-    a hostile file holds a megabyte-long value."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[: limit - 3]}... ({len(str(value))} chars)"
 
 
 def user_id_problem(uid: str) -> str | None:

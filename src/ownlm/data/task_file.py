@@ -26,12 +26,11 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ownlm.data.checks import shown
 from ownlm.data.io import RESERVED
 from ownlm.data.tasks import _FIELD, KINDS, TASKS, Task, get_task
 from ownlm.errors import ConfigError
+from ownlm.safe_yaml import load_yaml
 
 REQUIRED = ("name", "kind", "input_field", "output_field", "prompt", "item_template")
 OPTIONAL = ("labels", "description", "history_note")
@@ -73,13 +72,7 @@ def read_task_file(path: Path) -> Any:
             f"task file {path} is not UTF-8 (byte {e.object[e.start]:#04x} at offset "
             f"{e.start}); re-encode it as UTF-8"
         ) from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or " ".join(str(e).split())
-        raise ConfigError(f"task file {path} is not valid YAML: {problem}{at}; fix it") from None
+    return load_yaml(text, f"task file {path}")
 
 
 def task_from_mapping(raw: Any, where: str) -> Task:

@@ -18,9 +18,9 @@ import tarfile
 import zlib
 from pathlib import Path
 
-import yaml
-
+from ownlm.errors import ConfigError
 from ownlm.files import real_name
+from ownlm.safe_yaml import load_yaml
 
 TEXT_SUFFIXES = {".txt", ".log", ".csv", ".jsonl", ".md", ".tsv"}
 
@@ -65,8 +65,8 @@ def _text_strings(name: str, read) -> list[str]:
         if suffix == ".json":
             return list(_strings(json.loads(data.decode("utf-8"))))
         if suffix in (".yaml", ".yml"):
-            return list(_strings(yaml.safe_load(data.decode("utf-8"))))
-    except (ValueError, RecursionError, yaml.YAMLError):  # not what its suffix says
+            return list(_strings(load_yaml(data.decode("utf-8"), name)))
+    except (ValueError, RecursionError, ConfigError):  # not YAML, or a billion laughs
         pass
     return [data.decode("utf-8", errors="replace")]
 

@@ -415,3 +415,16 @@ def test_a_fifo_or_device_is_not_read_as_data(tmp_path: Path) -> None:
     os.mkfifo(fifo)  # reading it would block until a writer came
     with pytest.raises(DataError, match="is not a regular file"):
         load_jsonl(fifo, "LaMP-2")
+
+
+@pytest.mark.parametrize(
+    "item, message",
+    [({"description": "", "tag": "comedy"}, "field 'description' is empty, needed by task"),
+     ({"description": None, "tag": "comedy"}, "field 'description' is null, needed by task"),
+     ({"tag": "comedy"}, "lacks field 'description', needed by task")],
+    ids=["empty", "null", "absent"],
+)  # fmt: skip
+def test_an_empty_field_is_said_to_be_empty_not_missing(tmp_path: Path, item, message) -> None:
+    path = write(tmp_path / "u.jsonl", json.dumps({"user_id": "a", "history": [item]}))
+    with pytest.raises(DataError, match=r"history item 0: " + message):
+        load_jsonl(path, "LaMP-2")

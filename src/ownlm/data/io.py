@@ -179,10 +179,12 @@ def make_item(raw: Any, task: Task, where: str, default_id: str) -> Item:
     for name in task.fields:
         value = raw.get(name)
         if value is None or value == "":
+            said = "null" if value is None else "empty"
+            problem = f"field {name!r} is {said}" if name in raw else f"lacks field {name!r}"
             raise DataError(
-                f"{where}: lacks field {name!r} needed by task {task.name}; each history item "
-                f"must have fields {list(task.fields)} (fix the file, or set the right task: "
-                "--set task=NAME)"
+                f"{where}: {problem}, needed by task {task.name}; each history item must "
+                f"have fields {list(task.fields)} with text in them (fix the file, or set "
+                "the right task: --set task=NAME)"
             )
         if isinstance(value, dict | list):
             raise DataError(f"{where}: field {name!r} is a {type(value).__name__}; give it as text")

@@ -100,12 +100,14 @@ def toy_run(
     users: list[str],
     ranks: list[int] | None = None,
     targets: Sequence[str] | None = None,
+    family: str | None = None,
     **size,
 ) -> CausalBackbone:
     """Write <run>/base (HF dir + ownlm_base.json) and <run>/adapters/users/<id>, one
-    LoRA per user (rank ranks[i], default 8; on `targets`); `size` goes to toy_backbone."""
+    LoRA per user (rank ranks[i], default 8; on `targets`); `size` goes to toy_backbone,
+    or to family_backbone with a `family` (e.g. "gpt2")."""
     run_dir = Path(run_dir)
-    backbone = toy_backbone(**size)
+    backbone = family_backbone(family, **size) if family else toy_backbone(**size)
     backbone.save(run_dir / "base")
     write_base_meta(run_dir / "base", backbone, max_len=backbone.max_len)
     store = AdapterStore(run_dir / "adapters")
@@ -124,7 +126,8 @@ def family_config(
     intermediate: int = 128,
     max_len: int = 256,
 ):
-    """A transformers config of `family` (a model_type of FAMILIES) at this small size."""
+    """A transformers config of `family` at this small size: a model_type whose config
+    takes Llama's size names (FAMILIES but gpt2; also phi3, qwen3, ...), or gpt2."""
     from transformers import AutoConfig, GPT2Config
 
     ids = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
@@ -138,8 +141,6 @@ def family_config(
             n_inner=intermediate,
             **ids,
         )
-    if family not in FAMILIES:
-        raise ValueError(f"family {family!r} is not one of {FAMILIES}")
     extra = {"head_dim": hidden // heads} if family == "gemma" else {}
     return AutoConfig.for_model(
         family,
@@ -156,15 +157,19 @@ def family_config(
     )
 
 
-def save_family(path: Path, family: str, vocab: int = 300, seed: int = 0, **size) -> Path:
-    """Save a random-init causal LM of `family` and a BPE tokenizer trained here (on
-    toy_texts) into `path`: a backbone directory as a user would bring one (`size` goes
-    to family_config)."""
+def family_backbone(family: str, vocab: int = 300, seed: int = 0, **size) -> CausalBackbone:
+    """A random-init causal LM of `family` (deterministic per seed) with a BPE tokenizer
+    trained here on toy_texts; `size` goes to family_config."""
     from transformers import AutoModelForCausalLM
 
     tok = train_tokenizer(toy_texts(), vocab_size=vocab)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(family_config(family, max(vocab, len(tok)), **size))
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
+    return CausalBackbone(model.eval(), tok, name=family, max_len=size.get("max_len", 256))
+
+
+def save_family(path: Path, family: str, **kwargs) -> Path:
+    """Save `family_backbone(family, **kwargs)` into `path` (model and tokenizer): a
+    backbone directory as a user brings one."""
+    family_backbone(family, **kwargs).save(Path(path))
     return Path(path)

@@ -1,4 +1,5 @@
-"""Batched multi-user LoRA must equal PEFT's own output on the same adapters."""
+"""Batched multi-user LoRA must equal PEFT's own output on the same adapters, on a Llama
+(nn.Linear) and on a GPT-2 (Conv1D, weight transposed)."""
 
 from __future__ import annotations
 
@@ -19,10 +20,10 @@ USERS = ["u0", "u1", "u2", "u3"]
 RANKS = [8, 4, 8, 2]  # different ranks: zero-padded to the largest
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
+@pytest.fixture(scope="module", params=[None, "gpt2"], ids=["llama", "gpt2"])
+def run(tmp_path_factory, request):
     run_dir = tmp_path_factory.mktemp("run")
-    backbone = toy_run(run_dir, USERS, ranks=RANKS)
+    backbone = toy_run(run_dir, USERS, ranks=RANKS, family=request.param)
     return backbone, AdapterStore(run_dir / "adapters")
 
 
@@ -44,7 +45,7 @@ def _peft_alone(backbone, store, user):
 def test_mixed_batch_logits_equal_peft_alone(run):
     backbone, store = run
     model = copy.deepcopy(backbone.model)
-    lora = install_batched_lora(model, n_slots=4, max_rank=8)
+    lora = install_batched_lora(model, 4, 8, backbone.default_targets)
     for slot, user in enumerate(USERS):
         lora.load(slot, store.path(f"user:{user}"))
     prompts = ["the user likes movies", "news", "a good answer about sports", "books music", "tags"]
@@ -96,7 +97,7 @@ def test_engine_greedy_tokens_equal_peft_generate(run):
 def test_users_differ_and_base_row_unchanged(run):
     backbone, store = run
     model = copy.deepcopy(backbone.model)
-    lora = install_batched_lora(model, n_slots=2)
+    lora = install_batched_lora(model, 2, 8, backbone.default_targets)
     lora.load(0, store.path("user:u0"))
     lora.load(1, store.path("user:u1"))
     ids, mask = _batch(backbone, ["the user likes movies"] * 3)
@@ -110,6 +111,6 @@ def test_users_differ_and_base_row_unchanged(run):
 
 def test_rank_above_max_is_refused(run):
     backbone, store = run
-    lora = install_batched_lora(copy.deepcopy(backbone.model), n_slots=1, max_rank=4)
+    lora = install_batched_lora(copy.deepcopy(backbone.model), 1, 4, backbone.default_targets)
     with pytest.raises(StoreError, match="max_rank"):
         lora.load(0, read_peft_adapter(store.path("user:u0")))

@@ -14,7 +14,7 @@ from ownlm.adapters.multi_lora import (
 )
 from ownlm.config import LoraSettings
 from ownlm.errors import ConfigError
-from ownlm.testing import toy_backbone
+from ownlm.testing import family_backbone, toy_backbone
 
 USERS = [0, 1, 2, 2, 0, 1]  # row -> user: every user twice, mixed
 
@@ -55,8 +55,15 @@ def _peft_logits(backbone, s, weights, ids, mask):
         detach(backbone, model)
 
 
-def test_mixed_batch_equals_peft_per_row(backbone):
-    s = LoraSettings(dropout=0.0, targets=["q_proj", "v_proj", "down_proj"])
+@pytest.mark.parametrize(
+    "family, targets",
+    [(None, ["q_proj", "v_proj", "down_proj"]), ("gpt2", ["c_attn", "mlp.c_proj"])],
+    ids=["llama", "gpt2-conv1d"],
+)
+def test_mixed_batch_equals_peft_per_row(backbone, family, targets):
+    if family:  # GPT-2's layers are Conv1D, their weight (in, out)
+        backbone = family_backbone(family, hidden=32, layers=2, heads=2, intermediate=64)
+    s = LoraSettings(dropout=0.0, targets=targets)
     inits = _random_inits(backbone, s)
     ids, mask, _ = _batch(backbone)
     multi = install_multi_lora(backbone.model, inits[0].scaling, 0.0)

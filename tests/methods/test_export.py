@@ -13,9 +13,9 @@ from ownlm.store import AdapterStore
 from ownlm.testing import toy_run
 
 
-def _toy(run_dir: Path):
+def _toy(run_dir: Path, family: str | None = None):
     """A run object over a toy run (base + OPPU adapter of u1), as `export_user` reads it."""
-    toy_run(run_dir, ["u1"], hidden=32, layers=1, heads=2, intermediate=64)
+    toy_run(run_dir, ["u1"], hidden=32, layers=1, heads=2, intermediate=64, family=family)
     meta = json.loads((run_dir / "base" / "ownlm_base.json").read_text())
 
     def store(variant="oppu"):
@@ -58,3 +58,14 @@ def test_export_advice_is_a_command_line_option(tmp_path):
         export_user(run, "u1", tmp_path / "x", "proper-user")
     with pytest.raises(ConfigError, match="already exists"):
         export_user(run, "u1", tmp_path / "run", "oppu")
+
+
+def test_a_gpt2_export_says_vllm_cannot_serve_it_instead_of_a_vllm_line(tmp_path):
+    from peft import AutoPeftModelForCausalLM
+
+    run = _toy(tmp_path / "run", family="gpt2")
+    path, message = export_user(run, "u1", tmp_path / "export")
+    assert "vllm serve" not in message
+    assert "vLLM cannot serve it: vLLM runs GPT2LMHeadModel but cannot apply a LoRA" in message
+    assert "load with PEFT" in message
+    AutoPeftModelForCausalLM.from_pretrained(path)  # PEFT loads it from its config alone

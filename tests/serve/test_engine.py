@@ -1,8 +1,13 @@
 """The decode loop's sampling: any temperature and top_p the protocol accepts is
-sampled without error, so that one request cannot fail a batch of other users'."""
+sampled without error, so that one request cannot fail a batch of other users'; its KV
+cache passed as transformers supports it, with no deprecation warning."""
 
 from __future__ import annotations
 
+import inspect
+import warnings
+
+import pytest
 import torch
 
 from ownlm.serve.engine import Request, _pick, _Row
@@ -33,3 +38,23 @@ def test_extreme_logits_still_sample():
     logits = torch.tensor([[float("-inf"), 1e30, -1e30, float("-inf")]])
     rows = _rows(Request([1], temperature=2.0, top_p=0.5, seed=1))
     assert _pick(logits.clone(), rows, eos=99) == [1]
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_decode_uses_transformers_supported_cache_api_without_warnings(family):
+    """transformers deprecates `past_key_values=` (removed in 5.40) and the older
+    gradient-checkpointing names: the engine's prefill and decode steps raise none of
+    its deprecation warnings, here made errors."""
+    from ownlm.serve.engine import Engine, cache_argument
+    from ownlm.testing import family_backbone
+
+    backbone = family_backbone(family, hidden=32, layers=1, heads=2, intermediate=48)
+    engine = Engine(backbone.model, backbone.tokenizer, n_slots=2, max_len=64)
+    ids = backbone.tokenizer("the user likes", add_special_tokens=False)["input_ids"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        warnings.simplefilter("error", FutureWarning)
+        out = engine.generate([Request(ids, max_tokens=5), Request(ids[:2], max_tokens=3)])
+    assert [len(o.tokens) for o in out] == [5, 3] or any(o.finish_reason == "stop" for o in out)
+    if "cache" in inspect.signature(backbone.model.forward).parameters:
+        assert cache_argument(backbone.model) == "cache"

@@ -158,12 +158,10 @@ class BatchedLora:
 
 
 def install_batched_lora(
-    model: nn.Module,
-    n_slots: int,
-    max_rank: int = 8,
-    targets: tuple[str, ...] = ("q_proj", "v_proj"),
+    model: nn.Module, n_slots: int, max_rank: int, targets: tuple[str, ...]
 ) -> BatchedLora:
-    """Wrap every layer whose name ends in one of `targets` in place; returns the handle.
+    """Wrap every layer whose name ends in one of `targets` (the served adapters'
+    modules, or the backbone's `default_targets`) in place; returns the handle.
     A module so named that no LoRA slot can wrap (not an nn.Linear nor a Conv1D) is a
     ConfigError naming the model type, before anything is wrapped."""
     state = SlotState(n_slots)

@@ -20,6 +20,7 @@ import json
 from pathlib import Path
 
 import torch
+from transformers.pytorch_utils import Conv1D
 
 from ownlm.adapters.mixture import MixtureLoRALinear, MixtureState, UserRouter, mixture_layers
 from ownlm.adapters.peft_io import CONFIG_FILE, write_peft_lora
@@ -48,22 +49,52 @@ def flatten_layer(layer: MixtureLoRALinear, user_index: int = 0):
         return torch.cat(a, 0).contiguous(), torch.cat(b, 1).contiguous()
 
 
-def export_mixture(model, out_dir: Path, user_index: int = 0, base_name: str | None = None) -> Path:
-    """Flatten every mixture layer of `model` (user-only router) into one PEFT LoRA."""
+def export_mixture(
+    model,
+    out_dir: Path,
+    user_index: int = 0,
+    base_name: str | None = None,
+    task_type: str | None = None,
+) -> Path:
+    """Flatten every mixture layer of `model` (user-only router) into one PEFT LoRA.
+    `task_type="CAUSAL_LM"` for a causal base: `AutoPeftModelForCausalLM` loads it then."""
     layers = mixture_layers(model)
     if not layers:
         raise ConfigError("the model has no mixture layers; install the PROPER user first")
     flat = {name: flatten_layer(layer, user_index) for name, layer in layers.items()}
     rank = next(iter(flat.values()))[0].shape[0]
-    return write_peft_lora(out_dir, flat, alpha=rank, base_name=base_name)
+    # GPT-2's Conv1D layers: PEFT's fan_in_fan_out, as PEFT itself sets it for them
+    conv = any(isinstance(layer.base, Conv1D) for layer in layers.values())
+    return write_peft_lora(out_dir, flat, rank, base_name, task_type=task_type, fan_in_fan_out=conv)
 
 
 # vLLM's LoRAConfig.max_lora_rank accepts these values only (default 16).
 VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+# vLLM's list of supported models (docs/models/supported_models.md, its LoRA column), for
+# the families ownlm is used with: architectures vLLM serves with LoRA, and without.
+VLLM_LORA = {
+    *("LlamaForCausalLM", "MistralForCausalLM", "MixtralForCausalLM", "Qwen2ForCausalLM"),
+    *("Qwen2MoeForCausalLM", "Qwen3ForCausalLM", "Qwen3MoeForCausalLM", "GemmaForCausalLM"),
+    *("Gemma2ForCausalLM", "Gemma3ForCausalLM", "PhiForCausalLM", "Phi3ForCausalLM"),
+    *("OPTForCausalLM", "GraniteForCausalLM", "Olmo2ForCausalLM", "GPTBigCodeForCausalLM"),
+}
+VLLM_NO_LORA = {
+    *("GPT2LMHeadModel", "GPTJForCausalLM", "GPTNeoXForCausalLM", "BloomForCausalLM"),
+    *("FalconForCausalLM", "MPTForCausalLM", "StableLmForCausalLM"),
+}
+VLLM_MODELS = "https://docs.vllm.ai/en/latest/models/supported_models.html"
 
 
-def vllm_hint(base_dir: Path, adapter_dir: Path, name: str, kind: str = "causal") -> str:
-    """How to serve an exported LoRA with vLLM; its rank sets `--max-lora-rank`."""
+def architecture(base_dir: Path) -> str | None:
+    """The base's architecture as its config.json names it (e.g. "GPT2LMHeadModel")."""
+    cfg_file = Path(base_dir) / "config.json"
+    if not cfg_file.exists():
+        return None
+    return (json.loads(cfg_file.read_text()).get("architectures") or [None])[0]
+
+
+def vllm_problem(base_dir: Path, adapter_dir: Path, kind: str = "causal") -> str | None:
+    """Why vLLM cannot serve this exported adapter on its base; None when it can."""
     if kind != "causal":
         return (
             "vLLM serves generative (causal) models only; this adapter is for ownlm's "
@@ -75,14 +106,41 @@ def vllm_hint(base_dir: Path, adapter_dir: Path, name: str, kind: str = "causal"
             f"vLLM serves LoRA adapters only, not this {cfg['peft_type']} adapter; load it "
             "with vanilla PEFT"
         )
-    rank = int(cfg["r"])
-    fits = [r for r in VLLM_MAX_LORA_RANKS if r >= rank]
-    if not fits:
-        return f"rank {rank} exceeds vLLM's largest --max-lora-rank ({VLLM_MAX_LORA_RANKS[-1]})"
-    return (
-        f"vllm serve {base_dir} --enable-lora --max-lora-rank {fits[0]} "
-        f"--lora-modules {name}={adapter_dir}"
+    arch = architecture(base_dir)
+    if arch in VLLM_NO_LORA:
+        return (
+            f"vLLM runs {arch} but cannot apply a LoRA to it (its supported-models list, "
+            f"{VLLM_MODELS}); serve it with `ownlm serve` or load it with vanilla PEFT"
+        )
+    if max_lora_rank(int(cfg["r"])) is None:
+        return f"rank {cfg['r']} exceeds vLLM's largest --max-lora-rank ({VLLM_MAX_LORA_RANKS[-1]})"
+    return None
+
+
+def max_lora_rank(rank: int) -> int | None:
+    """The smallest --max-lora-rank vLLM accepts that holds `rank` (None: none does)."""
+    return next((r for r in VLLM_MAX_LORA_RANKS if r >= rank), None)
+
+
+def vllm_hint(
+    base_dir: Path, adapter_dir: Path, name: str, kind: str = "causal", max_loras: int = 16
+) -> str:
+    """How to serve an exported LoRA with vLLM, or why it cannot be. Its rank sets
+    `--max-lora-rank`; `--max-loras` is how many users' adapters one batch may mix
+    (vLLM's default is 1; 16 is `ownlm serve`'s max_batch_size). An architecture not in
+    vLLM's LoRA list as ownlm knows it gets the line with a pointer to that list."""
+    problem = vllm_problem(base_dir, adapter_dir, kind)
+    if problem:
+        return problem
+    rank = int(json.loads((Path(adapter_dir) / CONFIG_FILE).read_text())["r"])
+    line = (
+        f"vllm serve {base_dir} --enable-lora --max-loras {max_loras} "
+        f"--max-lora-rank {max_lora_rank(rank)} --lora-modules {name}={adapter_dir}"
     )
+    arch = architecture(base_dir)
+    if arch is not None and arch not in VLLM_LORA:
+        line += f"  (if vLLM lists {arch} with LoRA support: {VLLM_MODELS})"
+    return line
 
 
 def peft_hint(base_dir: Path, adapter_dir: Path, kind: str = "causal") -> str:

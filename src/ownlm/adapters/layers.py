@@ -50,7 +50,8 @@ def model_type(model: nn.Module) -> str:
 def adaptable_names(model: nn.Module) -> list[str]:
     """The distinct last name parts of the layers a LoRA can adapt (the head excluded)."""
     names = [n.rsplit(".", 1)[-1] for n, m in model.named_modules() if layer_dims(m)]
-    return [n for n in dict.fromkeys(names) if n not in ("lm_head", "head")]
+    # the head is no target; .base / .base_layer are wrapped layers (ownlm's, PEFT's)
+    return [n for n in dict.fromkeys(names) if n not in ("lm_head", "head", "base", "base_layer")]
 
 
 def adaptable_layers(model: nn.Module, targets, key: str = "lora.targets", fix: str = "") -> list:

@@ -41,9 +41,12 @@ def write_peft_lora(
     weights: dict[str, tuple[torch.Tensor, torch.Tensor]],
     alpha: float,
     base_name: str | None = None,
+    **config,
 ) -> Path:
     """A PEFT LoRA directory from {module name in the bare model: (A (r, in), B (out, r))}.
-    PEFT writes the config; the weights are saved on the CPU, contiguous, as PEFT does."""
+    PEFT writes the config (`config`: more LoraConfig fields, e.g. task_type="CAUSAL_LM",
+    which `AutoPeftModelForCausalLM` needs); the weights are saved on the CPU,
+    contiguous, as PEFT does."""
     from peft import LoraConfig  # heavy: only when an adapter is written
 
     ranks = {a.shape[0] for a, _ in weights.values()}
@@ -58,6 +61,7 @@ def write_peft_lora(
         target_modules=sorted(weights),
         bias="none",
         base_model_name_or_path=base_name,
+        **config,
     ).save_pretrained(str(out_dir))
     tensors = {}
     for name, (a, b) in weights.items():

@@ -18,6 +18,7 @@ from torch import nn
 from ownlm.errors import ConfigError
 
 FFN_BLOCKS = ("mlp", "feed_forward", "ffn")  # how HF decoder layers name their FFN block
+WRAPPED = ("base", "base_layer")  # where ownlm's and PEFT's wrappers keep the wrapped layer
 
 
 def _model_type(model: nn.Module) -> str | None:
@@ -25,11 +26,24 @@ def _model_type(model: nn.Module) -> str | None:
 
 
 def _linear_names(model: nn.Module) -> str:
-    names = [n.rsplit(".", 1)[-1] for n, m in model.named_modules() if _is_matrix(m)]
-    return ",".join(n for n in dict.fromkeys(names) if n != "lm_head")
+    return ",".join(dict.fromkeys(n.rsplit(".", 1)[-1] for n in _matrix_names(model)))
+
+
+def _matrix_names(model: nn.Module) -> list[str]:
+    """The names of the model's weight-matrix layers, the head excluded, each once
+    whether bare or wrapped by an adapter (a wrapper keeps its layer as .base or
+    .base_layer: PROPER's mixture, the serving slots, PEFT)."""
+    return [n for n, m in model.named_modules() if _is_matrix(m) and _own_name(n)]
+
+
+def _own_name(name: str) -> bool:
+    last = name.rsplit(".", 1)[-1]
+    return last not in WRAPPED and last != "lm_head"
 
 
 def _is_matrix(module: nn.Module) -> bool:
+    for attr in WRAPPED:  # an adapter's wrapper stands for the layer it wraps
+        module = getattr(module, attr, module)
     w = getattr(module, "weight", None)
     return isinstance(w, torch.Tensor) and w.dim() == 2 and not isinstance(module, nn.Embedding)
 
@@ -58,7 +72,7 @@ def ffn_targets(model: nn.Module, key: str = "proper.targets") -> tuple[str, ...
     targets that name those layers in every block and nothing else: the layer's own
     name when no other layer is called so (`gate_proj`), else block.layer (`mlp.c_proj`
     for GPT-2, whose attention has a c_proj too)."""
-    names = [n for n, m in model.named_modules() if _is_matrix(m)]
+    names = _matrix_names(model)
     for block_name, block in model.named_modules():
         block_kind = block_name.rsplit(".", 1)[-1]
         if block_kind not in FFN_BLOCKS:

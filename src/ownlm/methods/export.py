@@ -11,7 +11,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ownlm.adapters.export import INPUT_ROUTER_MSG, peft_hint, point_to_base, vllm_hint
+from ownlm.adapters.export import (
+    INPUT_ROUTER_MSG,
+    peft_hint,
+    point_to_base,
+    vllm_hint,
+    vllm_problem,
+)
 from ownlm.adapters.methods import NAMES, adapter_method, how_served
 from ownlm.backbone.checksum import read_base_meta
 from ownlm.errors import ConfigError, NotFoundError
@@ -71,14 +77,16 @@ def export_user(run, user_id: str, out: Path, variant: str = AUTO) -> tuple[Path
 def pairing(base: Path, adapter: Path, user_id: str, kind: str, variant: str) -> str:
     """What the export prints: which variant, the base, the PEFT and the vLLM lines. An
     adapter of another PEFT method than LoRA (`user.method`) gets, instead of vLLM's
-    line, what serves it: vLLM applies LoRA only."""
+    line, what serves it: vLLM applies LoRA only; so does a base vLLM cannot apply a
+    LoRA to (GPT-2), with the reason."""
     method = adapter_method(adapter)
     what = variant if method == "lora" else f"{variant}, {NAMES.get(method, method)}"
-    serve = (
-        f"or serve with vLLM: {vllm_hint(base, adapter, f'user-{user_id}', kind)}"
-        if method == "lora"
-        else f"vLLM cannot serve it: {how_served(method)}"
-    )
+    if method != "lora":
+        serve = f"vLLM cannot serve it: {how_served(method)}"
+    elif problem := vllm_problem(base, adapter, kind):
+        serve = f"vLLM cannot serve it: {problem}"
+    else:
+        serve = f"or serve with vLLM: {vllm_hint(base, adapter, f'user-{user_id}', kind)}"
     return "\n".join(
         [
             f"exported user {user_id} ({what}) to {adapter}",

@@ -50,9 +50,11 @@ def train_stages(
     tune of the same base and settings is kept)."""
     from ownlm.train.groups import train_groups
     from ownlm.train.population import train_population
+    from ownlm.train.preflight import check_targets
     from ownlm.train.proper_users import train_proper_users
 
     check_plan(stages, variants, executor)
+    check_targets(run.cfg, stages, variants)  # every LoRA placeable, before stage 1 trains
     if "population" in stages:
         train_population(run)
     if "groups" in stages:

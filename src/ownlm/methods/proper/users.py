@@ -225,5 +225,7 @@ def export_user(run, user_id: str, out_dir: Path) -> Path:
             f"{run.dir / 'config.yaml'} --stages groups,users --variants proper-user` "
             "(or export another variant: --variant oppu)"
         )
-    model = load_user_model(run, run.base(), user, "user")
-    return export_mixture(model, out_dir, 0, str(run.base_dir.resolve()))
+    backbone = run.base()
+    model = load_user_model(run, backbone, user, "user")
+    task = "CAUSAL_LM" if backbone.kind == "causal" else None  # AutoPeftModelForCausalLM
+    return export_mixture(model, out_dir, 0, str(run.base_dir.resolve()), task_type=task)

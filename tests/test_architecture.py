@@ -15,12 +15,13 @@ SRC = Path(ownlm.__file__).parent
 # part -> the parts it may import (besides itself and the bare `ownlm` package).
 # Data flows one way: data -> knowledge -> backbone/adapters/store -> methods ->
 # train / evaluate / serve -> studies -> CLI. Keep in step with docs/architecture.md.
-FOUNDATION = {"errors", "config", "log", "files", "safe_yaml"}
+FOUNDATION = {"errors", "config", "log", "files", "safe_yaml", "dirswap"}
 MAY_IMPORT = {
     "errors": set(),
     "log": set(),
     "files": set(),
     "safe_yaml": {"errors"},
+    "dirswap": {"files"},
     "config": {"errors", "safe_yaml"},
     "data": {"errors", "log", "safe_yaml"},
     "scores": {"data", "errors", "log"},

@@ -71,9 +71,26 @@ def test_round_trip_restores_the_adapter_as_stored(tmp_path, made):
     ).read_bytes()
 
 
-def test_import_over_an_existing_adapter_needs_replace(tmp_path, made):
+def _other_adapter_as_u1(run_dir, store="adapters"):
+    """The run's user u1 holds u2's weights: an adapter other than the bundle's."""
+    import shutil
+
+    store = AdapterStore(run_dir / store)
+    manifest = store.manifest("user:u2")
+    src = store.path("user:u2")
+    store.save(
+        "user:u1",
+        lambda d: shutil.copytree(src, d, ignore=shutil.ignore_patterns("ownlm.json")),
+        manifest,
+    )
+
+
+def test_import_over_another_adapter_needs_replace_and_again_is_harmless(tmp_path, made):
     run_dir = _fresh_run(tmp_path, made)
     import_bundle(made.done.path, run_dir)
+    again = import_bundle(made.done.path, run_dir)  # the same bytes: nothing to replace
+    assert again.unchanged == ["oppu"] and not again.adapters
+    _other_adapter_as_u1(run_dir)
     with pytest.raises(StoreError, match="already has user u1's oppu adapter.*--replace"):
         import_bundle(made.done.path, run_dir)
     assert import_bundle(made.done.path, run_dir, replace=True).replaced == ["oppu"]
@@ -240,7 +257,7 @@ def test_a_bundle_that_inflates_past_the_limit_is_refused_before_it_is_read(
 ):
     """A gzip bomb (or a sparse member): the headers' sizes are summed before any member
     is read into memory."""
-    import ownlm.methods.bundle as bundle_mod
+    import ownlm.methods.bundle.archive as bundle_mod
 
     monkeypatch.setattr(bundle_mod, "MAX_BUNDLE_BYTES", 1 << 20)
     run_dir = _fresh_run(tmp_path, made)

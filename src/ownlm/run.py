@@ -274,13 +274,15 @@ class Run:
         return record if isinstance(record, dict) else None
 
     @contextlib.contextmanager
-    def edit_record(self):
+    def edit_record(self, write: bool = True):
         """run.json as a dict to change in place, read and written back under the record
-        lock, so that two processes' edits (a stage's record, a forget) both land."""
+        lock, so that two processes' edits (a stage's record, a forget) both land.
+        `write=False`: only hold the lock (a forget waits for the block to end)."""
         with record_lock(self.dir):
             record = self.recorded() or {}
             yield record
-            _write_json(self.dir / RECORD, record)
+            if write:
+                _write_json(self.dir / RECORD, record)
 
     def stage_record(self, stage: str) -> dict | None:
         """What the stored result of `stage` was trained from, as `record_stage` wrote it."""

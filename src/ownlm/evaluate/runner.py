@@ -179,6 +179,13 @@ def report(run, results, out_dir: Path) -> None:
     print_comparisons(comparisons, n_boot, seed, console=console)
     print_stage_warnings(stage_warnings(run.recorded()), console=console)
     boot = {"unit": "user", "n_boot": n_boot, "seed": seed, "level": 0.95, "metric": primary}
+    with run.edit_record(write=False):  # a forget runs wholly before these writes, or after
+        run.check_forgotten_since(f"{out_dir} (its predictions name every test user)")
+        _write_outputs(run, results, out_dir, primary, comparisons, boot, decode)
+    log.info(f"results: {out_dir / 'results.json'}, chart: {out_dir / 'methods.png'}")
+
+
+def _write_outputs(run, results, out_dir: Path, primary, comparisons, boot, decode) -> None:
     write_json(out_dir / "results.json", run.task.name, results, comparisons, boot, decode)
     for r in results:
         path = out_dir / f"predictions_{r.method}.json"
@@ -189,4 +196,3 @@ def report(run, results, out_dir: Path) -> None:
         elif not r.is_reference:
             write_lamp_predictions(path, run.task.name, r)
     plot_methods(out_dir / "methods.png", run.task.name, results, primary)
-    log.info(f"results: {out_dir / 'results.json'}, chart: {out_dir / 'methods.png'}")

@@ -20,12 +20,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ownlm.errors import StoreError
+from ownlm.log import get_logger
 
 try:  # POSIX; elsewhere only threads of one process are kept apart
     import fcntl
 except ImportError:  # pragma: no cover
     fcntl = None
 
+log = get_logger(__name__)
 LOCKS = ".locks"  # <run>/.locks/: user-<key>.lock, record.lock
 FORGET_WAIT = 600.0  # seconds forget waits for a command writing the user to finish
 
@@ -54,7 +56,7 @@ def _holder(fd: int) -> str:
 def exclusive(path: Path, what: str, wait: float, busy: str) -> Iterator[None]:
     """Hold an exclusive flock on `path` (created if need be) for the `with` block.
     Re-entrant within a thread. `wait`: seconds to wait for another holder (0: refuse
-    at once); then BusyError(`busy`, with the holder's pid and command appended)."""
+    at once); then BusyError(`busy`, its `{holder}` the holder's pid and command)."""
     key = (str(path), threading.get_ident())
     with _held_mutex:
         if key in _held:
@@ -89,14 +91,18 @@ def exclusive(path: Path, what: str, wait: float, busy: str) -> Iterator[None]:
 def _acquire(fd: int, wait: float, busy: str) -> None:
     if fcntl is None:  # pragma: no cover
         return
-    deadline = time.monotonic() + wait
+    deadline, told = time.monotonic() + wait, False
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return
         except BlockingIOError:
             if time.monotonic() >= deadline:
-                raise BusyError(f"{busy} (held by pid {_holder(fd)})") from None
+                pid, _, what = _holder(fd).partition(" ")
+                raise BusyError(busy.format(holder=f"pid {pid}: {what or '?'}")) from None
+            if not told and wait >= 1:
+                log.info(f"waiting for pid {_holder(fd)} to finish (at most {wait:.0f} s)")
+                told = True
             time.sleep(0.05)
 
 
@@ -104,13 +110,13 @@ def user_lock(run_dir: Path, user: str, what: str, wait: float = 0.0):
     """The lock of one user of a run: held by whatever writes their adapters, history,
     tokens or record, and by `forget`. `what` names the command (shown to a waiter)."""
     busy = (
-        f"user {user} of run {run_dir} is being written by another ownlm command; wait for "
-        "it to finish, then run this again"
+        f"user {user} of run {run_dir} is being written by another ownlm command "
+        "({holder}); wait for it to finish, then run this again"
     )
     return exclusive(Path(run_dir) / LOCKS / f"user-{lock_key(user)}.lock", what, wait, busy)
 
 
 def record_lock(run_dir: Path, what: str = "run.json"):
     """The lock of `<run>/run.json`: every read-modify-write of it holds it (a few ms)."""
-    busy = f"{Path(run_dir) / 'run.json'} is being rewritten by another process; try again"
+    busy = f"{Path(run_dir) / 'run.json'} is being rewritten by another process ({{holder}}); try again"
     return exclusive(Path(run_dir) / LOCKS / "record.lock", what, 60.0, busy)

@@ -301,8 +301,25 @@ class Run:
 
     # -- users written while others read or forget them ------------------------------------
     def recover(self) -> list[str]:
-        """`recover(self.dir)`."""
-        return recover(self.dir)
+        """`recover(self.dir)`, and the updates a kill cut short: finished when their
+        adapter landed, else rolled back (`ownlm.train.update.finish_pending`), each under
+        its user's lock (a live update's journal is left to it)."""
+        from ownlm.data.updates import pending_users
+        from ownlm.store.guard import BusyError
+
+        done = recover(self.dir)
+        for user_id in pending_users(self.dir):
+            try:
+                with user_lock(self.dir, user_id, "recover"):
+                    done.append(_finish_pending(self, user_id))
+            except BusyError:
+                continue
+        return [d for d in done if d]
+
+    def refresh(self) -> None:
+        """Read the users' histories afresh on next use (an update landed meanwhile)."""
+        for name in ("dataset", "split", "file_dataset"):
+            self.__dict__.pop(name, None)
 
     def current_history(self, user_id: str) -> str | None:
         """The digest of `user_id`'s history as it stands now (the data file's items and
@@ -345,6 +362,27 @@ def forgotten_key(user_id: str) -> str:
     """The one-way key under which run.json remembers a user erased by `ownlm forget`, so
     that the run leaves them out of its data from then on without naming them."""
     return hashlib.sha256(f"ownlm-forgotten\0{user_id}".encode()).hexdigest()
+
+
+def _finish_pending(run: Run, user_id: str) -> str | None:
+    """A journal `ownlm update` left (`ownlm.data.updates`): its items appended when the
+    adapter it trained landed (its manifest stands for the history with them), else
+    dropped. Returns what was done (None without a journal)."""
+    from ownlm.data.updates import pending_path, read_items, write_updates
+
+    journal = pending_path(run.dir, user_id)
+    if not journal.is_file():
+        return None
+    user = next((u for u in run.dataset.users if u.user_id == user_id), None)
+    landed = False
+    if user is not None:
+        items = read_items(journal, run.task, user_id)
+        digest = replace(user, history=user.history + items).history_digest()
+        landed = run.store("oppu").current(user.name, run.base_fingerprint(), digest)
+        if landed:
+            write_updates(run.dir, user_id, items)
+    journal.unlink()
+    return f"{'finished' if landed else 'rolled back'} a cut-short update of user {user_id}"
 
 
 def recover(run_dir: Path) -> list[str]:

@@ -1,5 +1,11 @@
 """History items added to a run by `ownlm update` (ownlm.train.update), kept beside it.
 
+An update writes two things, the user's adapter and their items; so that a kill between
+the two leaves neither half, the items are first written to a journal
+(`updates/pending/<user>.jsonl`), then the adapter is swapped in, then the items are
+appended and the journal removed. `Run.recover` finishes a journal whose adapter landed
+and drops one whose adapter did not.
+
 The run reads its users from its data file, which ownlm never edits, so the new items
 of user U are kept in `<run>/updates/U.jsonl`, one history item per line (the generic
 layout's item fields, docs/data.md), rewritten whole and renamed into place.
@@ -22,6 +28,7 @@ from ownlm.errors import DataError
 from ownlm.files import write_file
 
 UPDATES = "updates"  # R/updates/<user id>.jsonl
+PENDING = "pending"  # R/updates/pending/<user id>.jsonl: an update's items until it lands
 
 
 def updates_path(run_dir: str | Path, user_id: str) -> Path:
@@ -79,11 +86,31 @@ def write_updates(run_dir: Path, user_id: str, items: list[Item]) -> Path:
     path = updates_path(run_dir, user_id)
     path.parent.mkdir(parents=True, exist_ok=True)
     old = read_text(path) if path.is_file() else ""
-    lines = [
-        json.dumps({"id": it.id, **({"date": it.date} if it.date else {}), **it.fields})
-        for it in items
-    ]
+    lines = [json.dumps(_item_row(it)) for it in items]
     write_file(
         path, old + ("" if not old or old.endswith("\n") else "\n") + "\n".join(lines) + "\n"
     )
     return path
+
+
+def pending_path(run_dir: str | Path, user_id: str) -> Path:
+    return updates_path(run_dir, user_id).parent / PENDING / f"{user_id}.jsonl"
+
+
+def write_pending(run_dir: Path, user_id: str, items: list[Item]) -> Path:
+    """The journal of an update under way: its items, before its adapter is swapped in."""
+    path = pending_path(run_dir, user_id)
+    write_file(path, "".join(json.dumps(_item_row(it)) + "\n" for it in items))
+    return path
+
+
+def pending_users(run_dir: str | Path) -> list[str]:
+    """Users with an update journal left behind (a kill cut their update short)."""
+    folder = Path(run_dir) / UPDATES / PENDING
+    if not folder.is_dir():
+        return []
+    return sorted(p.stem for p in folder.glob("*.jsonl") if not user_id_problem(p.stem))
+
+
+def _item_row(it: Item) -> dict:
+    return {"id": it.id, **({"date": it.date} if it.date else {}), **it.fields}

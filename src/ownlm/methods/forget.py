@@ -350,16 +350,17 @@ def _forget(run_dir: Path, user: str) -> Forgotten:
 
 
 def _drop_updates(run_dir: Path, user: str) -> bool:
-    from ownlm.data.updates import updates_path
+    """Delete the user's updates file and an update's journal (`ownlm.data.updates`)."""
+    from ownlm.data.updates import pending_path, updates_path
 
     try:
-        path = updates_path(run_dir, user)
+        paths = [updates_path(run_dir, user), pending_path(run_dir, user)]
     except DataError:  # no file can be named after an id that is not valid
         return False
-    if not path.is_file():
-        return False
-    path.unlink()
-    return True
+    found = [p for p in paths if p.is_file()]
+    for path in found:
+        path.unlink()
+    return bool(found)
 
 
 def _advise(run_dir: Path, user: str, m: Membership, stage2: bool, out: Forgotten) -> None:

@@ -274,6 +274,16 @@ def get_server(request: HttpRequest) -> Server:
     return request.app.state.server
 
 
+def _recover(run_dir: Path) -> list[str]:
+    """`Run.recover` for a trained run (its cut-short swaps and updates), the stores'
+    and files' part alone for a bare served directory (no config.yaml)."""
+    from ownlm.run import Run, recover
+
+    if not (run_dir / "config.yaml").exists():
+        return recover(run_dir)
+    return Run.open(run_dir).recover()
+
+
 def build_server(
     run_dir: Path, settings: ServeSettings | None = None, personalize: bool = True
 ) -> Server:
@@ -281,11 +291,9 @@ def build_server(
     from ownlm.backbone.device import resolve_device, resolve_dtype
     from ownlm.backbone.load import load_base
 
-    from ownlm.run import recover
-
     run_dir = Path(run_dir)
     settings = settings or ServeSettings()
-    for done in recover(run_dir):  # a swap cut short by a kill: finished or rolled back
+    for done in _recover(run_dir):  # writes cut short by a kill: finished or rolled back
         log.info(f"start-up: {done}")
     device = resolve_device(settings.device)
     backbone = load_base(run_dir / "base", device, resolve_dtype(settings.dtype, device))

@@ -25,10 +25,11 @@ a second update of the same user is refused at once, naming the first's pid, and
 `forget` of them waits for it and then removes all of it; an update that finds the user
 forgotten writes nothing.
 
-Crash safety: the adapter is swapped in first, then the history file. A run cut short
-between the two holds an adapter trained on items its history lacks; running the same
-`ownlm update` again notices (the manifest's digest equals that of the history plus the
-file's items) and writes the history file only.
+Crash safety: the items go to a journal first (`updates/pending/<user>.jsonl`), then the
+adapter is swapped in, then the items are appended to the history file and the journal
+removed. The next command that writes the run (`Run.recover`) finishes a journal whose
+adapter landed and drops one whose adapter did not, so the stored history and the
+adapter always agree; running the same `ownlm update` again then says it had landed.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ownlm.data.records import User
-from ownlm.data.updates import read_items, write_updates
+from ownlm.data.updates import read_items, updates_path, write_pending, write_updates
 from ownlm.errors import DataError, NotFoundError, StoreError
 from ownlm.store import Manifest
 from ownlm.store.guard import user_lock
@@ -84,7 +85,8 @@ def update_user(run, user_id: str, history: Path, lr: float | None = None, epoch
     """Continue `user_id`'s OPPU adapter on the items of `history` (see module doc).
     `lr`, `epochs`: default the run's `update.lr` (else the user stage's) and `update.epochs`."""
     with user_lock(run.dir, user_id, "update"):
-        run.recover()  # a cut-short swap of their adapter is finished or rolled back first
+        if run.recover():  # a cut-short update or swap, finished or rolled back first
+            run.refresh()
         return _update(run, user_id, history, lr, epochs)
 
 
@@ -92,26 +94,35 @@ def _update(run, user_id: str, history: Path, lr, epochs) -> Updated:
     lr = lr if lr is not None else run.cfg.update.lr
     epochs = epochs if epochs is not None else run.cfg.update.epochs
     user, store, fp = _target(run, user_id)
-    items = read_items(Path(history), run.task, user_id, {it.id for it in user.history})
+    items = read_items(Path(history), run.task, user_id)
     if not items:
         raise DataError(f"{history} holds no history item; give one JSON object per line")
+    if _landed(store, user, items, fp):  # a cut-short update of these items, finished since
+        path = updates_path(run.dir, user_id)
+        return Updated(
+            user_id, len(items), len(user.history), path, store.manifest(user.name), True
+        )
+    items = read_items(Path(history), run.task, user_id, {it.id for it in user.history})
     if epochs <= 0 or (lr is not None and lr <= 0):
         raise DataError(f"--lr and --epochs must be > 0, got lr={lr}, epochs={epochs}")
     updated = replace(user, history=user.history + items)
-    if store.stale_reason(user.name, fp, updated.history_digest()) is None:
-        path = write_updates(run.dir, user_id, items)  # resume a cut-short update
-        return Updated(
-            user_id, len(items), len(updated.history), path, store.manifest(user.name), True
-        )
     reason = store.stale_reason(user.name, fp, user.history_digest())
     if reason is not None:
         raise StoreError(
             f"user {user_id}'s OPPU adapter cannot be updated ({reason}); train it first: "
             f"`ownlm train -c {run.dir / 'config.yaml'} --stages users --variants oppu`"
         )
+    journal = write_pending(run.dir, user_id, items)  # a kill from here on: `Run.recover`
     manifest = _fit_and_save(run, store, updated, len(items), fp, lr, epochs)
     path = write_updates(run.dir, user_id, items)
+    journal.unlink()
     return Updated(user_id, len(items), len(updated.history), path, manifest)
+
+
+def _landed(store, user: User, items, fp: str) -> bool:
+    """These items are the last of `user`'s history and their adapter stands for it."""
+    ids = [it.id for it in user.history[len(user.history) - len(items) :]]
+    return ids == [it.id for it in items] and store.current(user.name, fp, user.history_digest())
 
 
 def continue_user(

@@ -36,3 +36,15 @@ def test_targets_on_other_layers_or_on_nothing_are_one_line_naming_type_and_sett
     assert "c_attn" in msg and "\n" not in msg
     with pytest.raises(ConfigError, match="no module of this gpt2 model matches targets q_proj"):
         adaptable_layers(model, ["q_proj"])
+
+
+def test_a_lora_on_a_type_without_pefts_default_names_the_setting():
+    from ownlm.adapters.lora import lora_config
+    from ownlm.config import LoraSettings, UserSettings
+
+    backbone = family_backbone("phi3", hidden=32, layers=1, heads=2, intermediate=48)
+    assert backbone.default_targets == ()  # not in PEFT's table: nothing guessed
+    with pytest.raises(ConfigError, match=r"no default LoRA targets for this phi3.*user\.targets"):
+        lora_config(backbone, UserSettings())
+    cfg = lora_config(backbone, LoraSettings(targets=["qkv_proj"]))
+    assert cfg.target_modules == {"qkv_proj"} and not cfg.fan_in_fan_out

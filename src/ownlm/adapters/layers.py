@@ -59,9 +59,14 @@ def adaptable_layers(model: nn.Module, targets, key: str = "lora.targets", fix: 
     can sit on. A ConfigError naming the model type and the fix (`fix`, else: change the
     setting `key`) when no module matches or one that matches is of another type (an
     embedding, a whole block)."""
-    hits = [(n, m) for n, m in model.named_modules() if n and matches(n, targets)]
     kind, names = model_type(model), ",".join(adaptable_names(model))
     fix = fix or f"name some with --set {key}=..."
+    if not targets:  # a model type without a default in PEFT's table, and none named
+        raise ConfigError(
+            f"PEFT has no default LoRA targets for this {kind} model; its linear layers "
+            f"are {names}: {fix}"
+        )
+    hits = [(n, m) for n, m in model.named_modules() if n and matches(n, targets)]
     if not hits:
         raise ConfigError(
             f"no module of this {kind} model matches targets {_show(targets)}; its linear "

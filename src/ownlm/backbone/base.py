@@ -86,8 +86,8 @@ class CausalBackbone:
 
     @property
     def default_targets(self) -> tuple[str, ...]:
-        """PEFT's LoRA targets for this model type (`backbone.families`)."""
-        return lora_targets(self.model)
+        """PEFT's LoRA targets for this model type (`backbone.families`); () if none."""
+        return lora_targets(self.model, required=False)
 
     @property
     def ffn_targets(self) -> tuple[str, ...]:

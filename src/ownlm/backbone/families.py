@@ -53,18 +53,21 @@ def _table_value(value) -> tuple[str, ...]:
     return (value,) if isinstance(value, str) else tuple(value)
 
 
-def lora_targets(model: nn.Module) -> tuple[str, ...]:
-    """PEFT's default LoRA targets for `model`'s type, or a ConfigError naming the fix."""
+def lora_targets(model: nn.Module, required: bool = True) -> tuple[str, ...]:
+    """PEFT's default LoRA targets for `model`'s type. A type PEFT has no entry for is a
+    ConfigError naming the fix, or () with `required=False`."""
     from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as TABLE
 
     kind = _model_type(model)
-    if kind not in TABLE:
-        raise ConfigError(
-            f"PEFT has no default LoRA targets for model type {kind!r}; name the layers to "
-            "adapt with --set population.targets=... and --set user.targets=... (its "
-            f"linear layers: {_linear_names(model)})"
-        )
-    return _table_value(TABLE[kind])
+    if kind in TABLE:
+        return _table_value(TABLE[kind])
+    if not required:
+        return ()
+    raise ConfigError(
+        f"PEFT has no default LoRA targets for model type {kind!r}; name the layers to "
+        "adapt with --set population.targets=... and --set user.targets=... (its "
+        f"linear layers: {_linear_names(model)})"
+    )
 
 
 def ffn_targets(model: nn.Module, key: str = "proper.targets") -> tuple[str, ...]:

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ownlm.adapters.lora import detach, inject
+from ownlm.adapters.lora import detach, inject, set_checkpointing
 from ownlm.adapters.multi_lora import (
     MultiLora,
     Weights,
@@ -161,9 +161,7 @@ def train_group(
         opt = (optimizer or adamw)(groups)
         losses: list[list[float]] = [[] for _ in jobs]
         if gradient_checkpointing:
-            model.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False}
-            )
+            set_checkpointing(model, True)
         model.train()
         for step in range(max(len(p) for p in plans)):
             active = [k for k, plan in enumerate(plans) if step < len(plan)]
@@ -178,7 +176,7 @@ def train_group(
         return [(multi.weights(k), losses[k]) for k in range(len(jobs))]
     finally:
         if gradient_checkpointing:
-            model.gradient_checkpointing_disable()
+            set_checkpointing(model, False)
         model.eval()
         multi.uninstall()
 

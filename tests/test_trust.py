@@ -263,7 +263,7 @@ def test_a_token_made_while_the_user_is_forgotten_is_never_issued(trained):
         assert proc.poll() is None  # ...so `token create` waits for it
         forget_user(run.dir, user)
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 2 and "unknown to run" in out and "ownlm-" not in out
+    assert proc.returncode == 2 and "was forgotten by run" in out and "ownlm-" not in out
     assert TokenStore(run.dir).tokens() == []
 
 
@@ -285,4 +285,36 @@ def test_forget_waits_for_the_command_writing_the_user(trained):
     forget_user(run.dir, user)  # waits, not refuses: forgetting is a promise
     assert done and time.monotonic() >= done[0]
     thread.join()
+    _nothing_names(run.dir, user)
+
+
+def test_a_forget_cut_short_after_its_mark_serves_and_admits_the_user_no_more(trained):
+    from ownlm.config import ServeSettings
+    from ownlm.methods import forget as forget_module
+    from ownlm.serve.errors import ApiError
+    from ownlm.serve.server import build_server
+    from ownlm.store.tokens import Principal
+
+    run, user = trained, trained.split.test[0].user_id
+    token = TokenStore(run.dir).create(user)
+    server = build_server(run.dir, ServeSettings(cache_size=2, max_batch_size=2, device="cpu"))
+    assert server.resolve(f"tiny:{user}", Principal("t", user, False)) == user
+
+    def killed(*a):  # SIGKILL right after run.json's mark: the adapter is still stored
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(forget_module, "_delete_adapters", killed)
+        with pytest.raises(KeyboardInterrupt):
+            forget_user(run.dir, user)
+    assert user in stored_users(run.dir)  # half done...
+    with pytest.raises(ApiError) as e:  # ...yet no longer served, listed or admitted
+        server.resolve(f"tiny:{user}", Principal("t", user, False))
+    assert e.value.status == 404
+    assert f"tiny:{user}" not in server.model_ids(Principal("a", None, True))
+    with pytest.raises(NotFoundError, match="was forgotten"):
+        TokenStore(run.dir).create_for_user(user)
+    done = forget_user(run.dir, user)  # run again, it finishes
+    assert any(r.startswith("adapters/users/") for r in done.removed)
+    assert TokenStore(run.dir).check(token) is None
     _nothing_names(run.dir, user)

@@ -40,7 +40,13 @@ from ownlm.errors import ConfigError, DataError, OwnlmError, StoreError
 from ownlm.files import sweep_files, write_file
 from ownlm.log import get_logger
 from ownlm.store import AdapterStore
-from ownlm.store.guard import FORGET_WAIT, record_lock, user_lock
+from ownlm.store.guard import (  # noqa: F401  (forgotten_key: ownlm.run's name for it)
+    FORGET_WAIT,
+    forgotten_key,
+    forgotten_keys,
+    record_lock,
+    user_lock,
+)
 
 log = get_logger(__name__)
 DEMOS = {"demo-tags": make_demo_tags, "demo-headlines": make_demo_headlines}
@@ -358,12 +364,6 @@ class Run:
             )
 
 
-def forgotten_key(user_id: str) -> str:
-    """The one-way key under which run.json remembers a user erased by `ownlm forget`, so
-    that the run leaves them out of its data from then on without naming them."""
-    return hashlib.sha256(f"ownlm-forgotten\0{user_id}".encode()).hexdigest()
-
-
 def _finish_pending(run: Run, user_id: str) -> str | None:
     """A journal `ownlm update` left (`ownlm.data.updates`): its items appended when the
     adapter it trained landed (its manifest stands for the history with them), else
@@ -400,16 +400,6 @@ def recover(run_dir: Path) -> list[str]:
     for folder in (run_dir, run_dir / "updates"):
         done += [f"removed {p}" for p in sweep_files(folder)]
     return done
-
-
-def forgotten_keys(run_dir: Path) -> set[str]:
-    """The `forgotten_key`s run.json keeps, read afresh (empty when it is unreadable)."""
-    try:
-        record = json.loads((Path(run_dir) / RECORD).read_text())
-    except (OSError, ValueError, RecursionError):
-        return set()
-    keys = record.get("forgotten") if isinstance(record, dict) else None
-    return {k for k in keys if isinstance(k, str)} if isinstance(keys, list) else set()
 
 
 def recorded_roles(record: dict | None) -> dict[str, list[str]] | None:

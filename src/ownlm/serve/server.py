@@ -26,6 +26,7 @@ from ownlm.serve.errors import ApiError
 from ownlm.serve.personalize import Personalizer
 from ownlm.serve.protocol import SamplingBody
 from ownlm.store import AdapterStore, Principal, TokenStore
+from ownlm.store.guard import ForgottenUsers
 
 log = get_logger(__name__)
 
@@ -111,6 +112,7 @@ class Server:
             )
         self.backbone, self.store, self.tokens = backbone, store, tokens
         self.settings, self.personalizer = settings, personalizer
+        self.forgotten = ForgottenUsers(tokens.run_dir)  # marked by a forget, maybe cut short
         self.base = backbone.name
         fingerprint = backbone.fingerprint()  # before the slots are installed into the model
         targets = stored_targets(store, backbone.default_targets)
@@ -141,10 +143,14 @@ class Server:
         """The base and the users' models this token may use: a user token sees its own
         model only, never other users' names."""
         if not who.admin:  # one stat, not a listing of every user's folder
-            own = who.user is not None and self.cache.servable(who.user)
+            own = who.user is not None and who.user not in self.forgotten
+            own = own and self.cache.servable(who.user)
             return [self.base] + ([f"{self.base}:{who.user}"] if own else [])
         users = [n.partition(":")[2] for n in self.store.names("user")]
-        return [self.base] + [f"{self.base}:{u}" for u in users if u not in self.cache.removed]
+        gone = set(self.cache.removed)
+        return [self.base] + [
+            f"{self.base}:{u}" for u in users if u not in gone and u not in self.forgotten
+        ]
 
     def resolve(self, model: str, who: Principal) -> str | None:
         """The user whose adapter `model` names (None = the base); checks access. Blocks
@@ -168,8 +174,8 @@ class Server:
                 "model",
                 "permission_denied",
             )
-        if not self.cache.servable(user):
-            if not self.cache.stored(user):
+        if user in self.forgotten or not self.cache.servable(user):
+            if user in self.forgotten or not self.cache.stored(user):
                 self.forget(user)  # forgotten by another process: out of memory too
             raise ApiError(
                 404,

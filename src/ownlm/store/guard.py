@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import threading
 import time
@@ -120,3 +121,45 @@ def record_lock(run_dir: Path, what: str = "run.json"):
     """The lock of `<run>/run.json`: every read-modify-write of it holds it (a few ms)."""
     busy = f"{Path(run_dir) / 'run.json'} is being rewritten by another process ({{holder}}); try again"
     return exclusive(Path(run_dir) / LOCKS / "record.lock", what, 60.0, busy)
+
+
+# -- users a run has forgotten -------------------------------------------------------------
+def forgotten_key(user_id: str) -> str:
+    """The one-way key under which run.json remembers a user erased by `ownlm forget`, so
+    that the run leaves them out of its data from then on without naming them."""
+    return hashlib.sha256(f"ownlm-forgotten\0{user_id}".encode()).hexdigest()
+
+
+def forgotten_keys(run_dir: Path) -> set[str]:
+    """The `forgotten_key`s run.json keeps, read afresh (empty when it is unreadable)."""
+    try:
+        record = json.loads((Path(run_dir) / "run.json").read_text())
+    except (OSError, ValueError, RecursionError):
+        return set()
+    keys = record.get("forgotten") if isinstance(record, dict) else None
+    return {k for k in keys if isinstance(k, str)} if isinstance(keys, list) else set()
+
+
+class ForgottenUsers:
+    """`forgotten_keys` of a run for a long-lived reader (the server): run.json is read
+    again only when its (mtime, inode, size) changed. A user marked there is gone even
+    while a forget cut short has left some of their files: nobody serves them or gives
+    them a token."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / "run.json"
+        self._seen: tuple | None = None
+        self._keys: set[str] = set()
+        self._mutex = threading.Lock()
+
+    def __contains__(self, user_id: str) -> bool:
+        try:
+            st = os.stat(self.path)
+            sig = (st.st_mtime_ns, st.st_ino, st.st_size)
+        except OSError:
+            sig = None
+        with self._mutex:
+            if sig != self._seen:
+                self._keys = forgotten_keys(self.path.parent) if sig else set()
+                self._seen = sig
+            return forgotten_key(user_id) in self._keys

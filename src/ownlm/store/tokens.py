@@ -27,7 +27,7 @@ from pathlib import Path
 
 from ownlm.errors import ConfigError, NotFoundError, StoreError
 from ownlm.files import sweep_files, write_file
-from ownlm.store.guard import user_lock
+from ownlm.store.guard import ForgottenUsers, user_lock
 from ownlm.store.store import AdapterStore
 
 try:  # POSIX; elsewhere only threads of one process are kept apart
@@ -181,6 +181,11 @@ class TokenStore:
     def check_known(self, user: str, data_users: Callable[[], Iterable[str]] = tuple) -> None:
         """Refuse a token for a user the run does not know. Known: an adapter in one of
         the run's stores, or (`data_users`, asked only when needed) a user of its data."""
+        if user in ForgottenUsers(self.run_dir):
+            raise NotFoundError(
+                f"user {user!r} was forgotten by run {self.run_dir} (if that `ownlm forget` "
+                "was cut short, run it again): no token is made for them"
+            )
         if user in stored_users(self.run_dir) or user in set(data_users()):
             return
         raise NotFoundError(

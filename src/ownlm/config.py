@@ -82,7 +82,7 @@ class ProperSettings:
     targets: list[str] | None = field(
         default=None,
         metadata={
-            "help": "modules carrying the experts; empty = FFN (gate/up/down_proj for Llama, intermediate/output dense for MiniLM)"
+            "help": "modules carrying the experts; empty = the FFN's layers (gate/up/down_proj for Llama, c_fc,mlp.c_proj for GPT-2, intermediate/output dense for MiniLM)"
         },
     )
     user_dim: int = field(default=16, metadata={"help": "size of the learned user embedding"})
@@ -152,7 +152,7 @@ class LoraSettings:
     targets: list[str] | None = field(
         default=None,
         metadata={
-            "help": "modules to adapt; empty = the backbone's default (q_proj,v_proj for Llama; query,value for MiniLM)"
+            "help": "modules to adapt; empty = PEFT's default for the model type (q_proj,v_proj for Llama, Qwen2, Mistral, Gemma; c_attn for GPT-2; query,value for MiniLM)"
         },
     )
     lr: float = field(default=1e-4, metadata={"help": "learning rate (AdamW)"})

@@ -74,6 +74,8 @@ def test_stages_train_and_generate_in_bfloat16(tiny_cfg):
 
 
 def test_gradient_checkpointing_trains_the_same_lora(tiny_cfg):
+    from ownlm.adapters.lora import is_checkpointing
+
     tiny_cfg.gradient_checkpointing = True
     tiny_cfg.user.dropout = 0.0
     run = Run(tiny_cfg)
@@ -81,7 +83,7 @@ def test_gradient_checkpointing_trains_the_same_lora(tiny_cfg):
     backbone = run.base()
     user = run.split.test[0]
     train_users(run, "oppu", users=[user], backbone=backbone)
-    assert not getattr(backbone.model, "is_gradient_checkpointing", False)  # off again
+    assert not is_checkpointing(backbone.model)  # off again
     with_gc = run.store().manifest(user.name).extra["loss_last"]
     run.store().delete(user.name)
     run.cfg.gradient_checkpointing = False

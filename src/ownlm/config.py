@@ -297,16 +297,37 @@ class ServeSettings:
         default=1024,
         metadata={"help": "requests waiting for a batch at most; more are refused (429)"},
     )
+    header_timeout_s: float = field(
+        default=10.0,
+        metadata={
+            "help": "seconds a connection has to send a request's headers (from connecting, "
+            "or from its previous response); a slower one is answered 408 and closed"
+        },
+    )
+    max_connections: int = field(
+        default=512,
+        metadata={
+            "help": "open connections at most (and below the file-descriptor limit); past "
+            "it, the one waiting longest for its headers is closed to make room"
+        },
+    )
 
     def __post_init__(self):
         """The limits, checked where they are set: a server must never start unlimited."""
-        for name, low in (("max_body_bytes", 1), ("max_prompt_tokens", 0), ("max_queued", 1)):
+        ints = (("max_body_bytes", 1), ("max_prompt_tokens", 0), ("max_queued", 1))
+        for name, low in (*ints, ("max_connections", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(
                     f"ServeSettings.{name} is {shown(value)}; it must be an integer >= {low} "
                     f"(default {getattr(ServeSettings, name)})"
                 )
+        t = self.header_timeout_s
+        if isinstance(t, bool) or not isinstance(t, int | float) or not 0 < t < math.inf:
+            raise ConfigError(
+                f"ServeSettings.header_timeout_s is {shown(t)}; it must be a number of "
+                "seconds > 0 (default 10)"
+            )
 
 
 @dataclass

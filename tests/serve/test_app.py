@@ -278,3 +278,23 @@ def test_an_extreme_sampling_request_does_not_fail_the_batch_it_shares(live):
 
     texts = asyncio.run(together())
     assert len(texts) == 4 and all(isinstance(t, str) for t in texts)
+
+
+def test_no_docs_pages_and_the_schema_only_for_an_admin(live):
+    """/docs and /redoc loaded scripts from a CDN and answered anyone; the schema is an
+    admin's (issue #19, item 8)."""
+    for path in ("/docs", "/redoc", "/docs/oauth2-redirect"):
+        r = httpx.get(f"{live.url}{path}")
+        assert r.status_code == 404 and "cdn" not in r.text.lower(), path
+    assert httpx.get(f"{live.url}/openapi.json").status_code == 401
+    user = {"Authorization": f"Bearer {live.tokens['alice']}"}
+    assert httpx.get(f"{live.url}/openapi.json", headers=user).status_code == 403
+    admin = {"Authorization": f"Bearer {live.tokens['admin']}"}
+    r = httpx.get(f"{live.url}/openapi.json", headers=admin)
+    assert r.status_code == 200 and "/v1/completions" in r.json()["paths"]
+
+
+def test_an_admin_token_body_is_strict(live):
+    admin = {"Authorization": f"Bearer {live.tokens['admin']}"}
+    r = httpx.post(f"{live.url}/admin/tokens", json={"admin": "yes"}, headers=admin)
+    assert r.status_code == 422 and r.json()["error"]["param"] == "admin"

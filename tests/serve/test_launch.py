@@ -15,12 +15,14 @@ from ownlm.testing import toy_run
 def test_serve_creates_and_shows_an_admin_token_once(tmp_path, monkeypatch, capsys):
     toy_run(tmp_path, ["alice"])
     started = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: started.append(kw))
+    monkeypatch.setattr(uvicorn.Server, "run", lambda uv: started.append(uv.config))
     settings = ServeSettings(cache_size=2, max_batch_size=2)
     serve(tmp_path, port=8123, settings=settings)
     token = capsys.readouterr().out.strip().splitlines()[-1]
     assert TokenStore(tmp_path).check(token).admin  # printed once, on stdout
-    assert started == [{"host": "127.0.0.1", "port": 8123, "log_level": "info"}]
+    config = started[0]
+    assert (config.host, config.port, config.log_level) == ("127.0.0.1", 8123, "info")
+    assert config.http.header_timeout_s == 10 and config.http.cap <= 512  # the guarded h11
     serve(tmp_path, settings=settings)  # the run has an admin now: no new token
     assert "ownlm-" not in capsys.readouterr().out
     assert len(started) == 2

@@ -128,3 +128,43 @@ def test_stream_options_include_usage_adds_openais_usage_chunk(live):
     last = json.loads(events[-2])
     assert last["choices"] == [] and last["usage"]["prompt_tokens"] > 0
     assert last["usage"]["completion_tokens"] <= 3
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("max_tokens", True), ("max_tokens", "5"), ("max_tokens", 5.0), ("temperature", True),
+     ("temperature", "1"), ("top_p", False), ("stream", "yes"), ("stream", 1), ("n", True),
+     ("seed", "7"), ("ownlm_personalize", "no"), ("stop", 5)],
+)  # fmt: skip
+def test_a_value_of_the_wrong_type_is_refused_not_coerced_over_http(live, field, value):
+    """OpenAI's API refuses `max_tokens: true` and `stream: "yes"`; so does ownlm."""
+    h = {"Authorization": f"Bearer {live.tokens['alice']}"}
+    r = httpx.post(f"{live.url}/v1/completions", json=BASE | {field: value}, headers=h)
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["param"].startswith(field)
+    chat = {"model": "toy:alice", "messages": [{"role": "user", "content": "x"}], field: value}
+    r = httpx.post(f"{live.url}/v1/chat/completions", json=chat, headers=h)
+    assert r.status_code == 422 and r.json()["error"]["param"].startswith(field)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{"stream_options": {"include_usage": "yes"}},
+     {"messages": [{"role": "user", "content": 5}]},
+     {"max_completion_tokens": True}],
+)  # fmt: skip
+def test_nested_chat_fields_are_strict_too(live, extra):
+    h = {"Authorization": f"Bearer {live.tokens['alice']}"}
+    chat = {"model": "toy:alice", "messages": [{"role": "user", "content": "x"}], **extra}
+    r = httpx.post(f"{live.url}/v1/chat/completions", json=chat, headers=h)
+    assert r.status_code == 422 and r.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_numbers_stay_numbers_and_neutral_values_are_not_coerced():
+    ok = CompletionBody.model_validate(BASE | {"temperature": 1, "top_p": 1, "max_tokens": 2})
+    ok.check()
+    assert ok.temperature == 1.0
+    CompletionBody.model_validate(BASE | {"frequency_penalty": 0.0, "logprobs": 0}).check()
+    for extra in ({"echo": 0}, {"frequency_penalty": False}, {"best_of": True}):
+        assert refused(BASE | extra).param == next(iter(extra))

@@ -5,6 +5,7 @@
     POST /v1/chat/completions     chat: the last user message is the task input
     GET  /health
     POST/DELETE /admin/adapters/{user_id}, GET /admin/adapters, POST /admin/tokens
+    GET  /openapi.json            the API's schema, to an admin token (no /docs, /redoc)
 
 `create_app` only wires: the batcher's lifetime and the sweep that drops forgotten users
 from memory, the body limit (`serve.limits`, in front of everything), the error handlers
@@ -49,7 +50,8 @@ def create_app(server: Server) -> FastAPI:
         sweeper.cancel()
         await server.batcher.stop()
 
-    app = FastAPI(title="ownlm", lifespan=lifespan)
+    # no /docs, /redoc: their pages load scripts from a CDN; the schema is for admins
+    app = FastAPI(title="ownlm", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.server = server
     app.add_middleware(BodyLimit, max_bytes=server.settings.max_body_bytes)
     app.add_exception_handler(ApiError, api_error_handler)
@@ -57,7 +59,7 @@ def create_app(server: Server) -> FastAPI:
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(HTTPException, http_error_handler)  # 404/405 of routing too
     app.add_exception_handler(Exception, unexpected_error_handler)  # a bug: still OpenAI's shape
-    for router in (openai.router, admin.router, health.router):
+    for router in (openai.router, admin.router, admin.schema, health.router):
         app.include_router(router)
     return app
 

@@ -37,7 +37,18 @@ def serve(
         port,
         extra={"markup": False},  # names and hosts are not rich markup
     )
-    uvicorn.run(create_app(server), host=host, port=port, log_level="info")
+    uvicorn.Server(uvicorn_config(create_app(server), server.settings, host, port)).run()
+
+
+def uvicorn_config(app, settings: ServeSettings, host: str, port: int, log_level="info"):
+    """uvicorn's settings for the app: its h11 protocol with the header deadline and the
+    connection cap of `settings` (`serve.connections`)."""
+    import uvicorn
+
+    from ownlm.serve.connections import guarded_h11
+
+    http = guarded_h11(settings.header_timeout_s, settings.max_connections)
+    return uvicorn.Config(app, host=host, port=port, log_level=log_level, http=http)
 
 
 def serve_in_thread(server, host: str = "127.0.0.1", port: int = 0, timeout: float = 20):
@@ -55,9 +66,7 @@ def serve_in_thread(server, host: str = "127.0.0.1", port: int = 0, timeout: flo
         with socket.socket() as s:
             s.bind((host, 0))
             port = s.getsockname()[1]
-    uv = uvicorn.Server(
-        uvicorn.Config(create_app(server), host=host, port=port, log_level="warning")
-    )
+    uv = uvicorn.Server(uvicorn_config(create_app(server), server.settings, host, port, "warning"))
     thread = threading.Thread(target=uv.run, daemon=True)
     thread.start()
     deadline = time.time() + timeout

@@ -25,7 +25,7 @@ NEUTRAL: dict[str, tuple] = {
     "frequency_penalty": (0,),
     "presence_penalty": (0,),
     "logit_bias": (None, {}),
-    "logprobs": (None, False),  # an int for completions, a bool for chat; 0 == False
+    "logprobs": (None, False, 0),  # an int for completions, a bool for chat
     "top_logprobs": (None, 0),
     "echo": (False,),
     "best_of": (None, 1),
@@ -39,7 +39,14 @@ NEUTRAL: dict[str, tuple] = {
 }
 
 
+# Every body is strict, as OpenAI's API is: `max_tokens: true`, `temperature: "1"` and
+# `stream: "yes"` are refused (422, naming the field), never coerced; an integer is a
+# number where a float is asked.
+STRICT = ConfigDict(strict=True)
+
+
 class StreamOptions(BaseModel):
+    model_config = STRICT
     include_usage: bool = False  # a last chunk with the usage, before [DONE]
 
 
@@ -48,7 +55,7 @@ class SamplingBody(BaseModel):
     Every field changes the answer as OpenAI documents it, or is refused by `check`:
     nothing that would change the text is silently ignored."""
 
-    model_config = ConfigDict(extra="allow")  # kept, so that `check` can name them
+    model_config = ConfigDict(strict=True, extra="allow")  # extras kept for `check` to name
 
     model: str
     max_tokens: int | None = None
@@ -100,7 +107,7 @@ class SamplingBody(BaseModel):
 
     def _check_extras(self) -> None:
         for key, value in (self.model_extra or {}).items():
-            if key in IGNORED or value in NEUTRAL.get(key, ()):
+            if key in IGNORED or any(_same(value, v) for v in NEUTRAL.get(key, ())):
                 continue
             if key in NEUTRAL:
                 raise ApiError(
@@ -118,6 +125,11 @@ class SamplingBody(BaseModel):
             )
 
 
+def _same(value, neutral) -> bool:
+    """`value` is `neutral`, without Python's coercions: `false` is not `0`, nor `1` `true`."""
+    return value == neutral and isinstance(value, bool) == isinstance(neutral, bool)
+
+
 class CompletionBody(SamplingBody):
     prompt: str | list[str]
 
@@ -132,7 +144,7 @@ class CompletionBody(SamplingBody):
 
 
 class Message(BaseModel):
-    model_config = ConfigDict(extra="allow")  # name, tool_call_id, ...: not read
+    model_config = ConfigDict(strict=True, extra="allow")  # name, tool_call_id, ...: not read
     role: str
     content: str | list[dict] | None = ""
 

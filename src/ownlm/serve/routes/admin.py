@@ -5,14 +5,15 @@ POST   /admin/adapters/{user_id}    (re)load from the store, checked
 DELETE /admin/adapters/{user_id}    unload and stop serving (the store keeps it); 404 if unknown
 POST   /admin/tokens                {"user": "42"} or {"admin": true} -> a new token, for a
                                     user the run knows (an adapter, or in its data)
+GET    /openapi.json                the API's schema (`schema`: FastAPI's own route is off)
 """
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
-from pydantic import BaseModel
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict
 from starlette.concurrency import run_in_threadpool
 
 from ownlm.errors import OwnlmError
@@ -21,12 +22,19 @@ from ownlm.serve.errors import ApiError, api_error
 from ownlm.serve.server import Server, get_server, user_id_problem
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(admin)])
+schema = APIRouter(dependencies=[Depends(admin)])
 Serving = Annotated[Server, Depends(get_server)]
 
 
 class TokenBody(BaseModel):
+    model_config = ConfigDict(strict=True)  # "admin": "yes" is refused, not read as true
     user: str | None = None
     admin: bool = False
+
+
+@schema.get("/openapi.json", include_in_schema=False)
+async def openapi(request: Request) -> dict:
+    return request.app.openapi()
 
 
 def checked(user_id: str) -> str:

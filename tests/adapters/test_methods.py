@@ -110,3 +110,23 @@ def test_ia3_on_minilm_rescales_keys_values_and_the_ffn_and_detaches_exactly():
     detach(backbone, model)
     with torch.no_grad():
         assert torch.equal(backbone.model(input_ids=ids, attention_mask=mask), before)
+
+
+@pytest.mark.parametrize("method", ["lora", "ia3"])
+def test_gpt2_takes_pefts_modules_for_its_type_and_its_conv1d_layout(method):
+    """GPT-2 (Conv1D, weight (in, out)): PEFT's own modules for gpt2, fan_in_fan_out set
+    as PEFT would set it (no warning), the base given back exactly."""
+    import warnings
+
+    from ownlm.testing import family_backbone
+
+    gpt2 = family_backbone("gpt2", hidden=HIDDEN, layers=1, heads=2, intermediate=FFN)
+    cfg = method_config(gpt2, UserSettings(method=method))
+    want = {"lora": {"c_attn"}, "ia3": {"c_attn", "mlp.c_proj"}}[method]
+    assert set(cfg.target_modules) == want and cfg.fan_in_fan_out
+    before = _logits(gpt2, gpt2.model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        model = inject_method(gpt2, UserSettings(method=method), seed=0)
+    detach(gpt2, model)
+    assert torch.equal(_logits(gpt2, gpt2.model), before)

@@ -56,7 +56,9 @@ def method_config(backbone, s: UserSettings, method: str | None = None, head: bo
     """PEFT's config of `method` (default `s.method`) for `backbone`. `head=False` leaves
     the encoder's label head out of the adapter, as `lora_config` does."""
     from peft import IA3Config, PromptTuningConfig, TaskType
+    from transformers.pytorch_utils import Conv1D
 
+    from ownlm.adapters.layers import adaptable_layers
     from ownlm.adapters.lora import lora_config
 
     method = check_method(method or s.method)
@@ -65,11 +67,15 @@ def method_config(backbone, s: UserSettings, method: str | None = None, head: bo
     saved = (list(getattr(backbone, "modules_to_save", ())) or None) if head else None
     if method == "ia3":
         targets, feedforward = ia3_modules(backbone)
+        causal = backbone.kind == "causal"
+        layers = adaptable_layers(backbone.model, targets, "user.targets") if causal else []
         return IA3Config(
             # CAUSAL_LM: vanilla `AutoPeftModelForCausalLM` loads it, PEFT's generate works
-            task_type=TaskType.CAUSAL_LM if backbone.kind == "causal" else None,
+            task_type=TaskType.CAUSAL_LM if causal else None,
             target_modules=targets,
             feedforward_modules=feedforward,
+            # GPT-2's Conv1D: as PEFT would set it itself, with a warning
+            fan_in_fan_out=any(isinstance(m, Conv1D) for _, m in layers),
             modules_to_save=saved,
         )
     if backbone.kind != "causal":

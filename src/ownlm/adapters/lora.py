@@ -13,7 +13,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers.pytorch_utils import Conv1D
 
-from ownlm.adapters.layers import adaptable_layers
+from ownlm.adapters.layers import adaptable_layers, layer_dims
 from ownlm.config import LoraSettings, UserSettings
 from ownlm.errors import ConfigError
 
@@ -30,7 +30,10 @@ def lora_config(backbone, s: LoraSettings, head: bool = True) -> LoraConfig:
         raise ConfigError(f"LoRA rank r must be a positive integer, got {s.r}")
     targets = peft_targets(s.targets or backbone.default_targets)
     key = "user.targets" if isinstance(s, UserSettings) else "population.targets"
-    layers = [] if targets == "all-linear" else adaptable_layers(backbone.model, targets, key)
+    if targets == "all-linear":
+        layers = [(n, m) for n, m in backbone.model.named_modules() if layer_dims(m)]
+    else:
+        layers = adaptable_layers(backbone.model, targets, key)
     return LoraConfig(
         r=s.r,
         lora_alpha=s.alpha,

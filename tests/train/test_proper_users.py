@@ -44,6 +44,12 @@ def test_proper_users_train_store_and_export(tiny_cfg, tmp_path):
     with torch.no_grad():
         got = flat(input_ids=ids, attention_mask=mask).logits
     assert (got - mixed).abs().max().item() < 1e-5
+    # task_type CAUSAL_LM: vanilla PEFT loads the flat export and its base from its config
+    from peft import AutoPeftModelForCausalLM
+
+    alone = AutoPeftModelForCausalLM.from_pretrained(out).eval()
+    with torch.no_grad():
+        assert torch.allclose(alone(input_ids=ids, attention_mask=mask).logits, got, atol=1e-6)
 
 
 @pytest.mark.slow  # ~1 min on 2 CPUs: the packaged all-MiniLM-L6-v2 through PROPER's stages

@@ -23,7 +23,7 @@ MAY_IMPORT = {
     "safe_yaml": {"errors"},
     "dirswap": {"files"},
     "config": {"errors", "safe_yaml"},
-    "data": {"errors", "log", "safe_yaml"},
+    "data": {"errors", "log", "safe_yaml", "files"},
     "scores": {"data", "errors", "log"},
     "retrieval": {"data", "errors", "log"},
     "backbone": {"retrieval", "data"} | FOUNDATION,
@@ -51,12 +51,25 @@ def _module(path: Path) -> str:
     return ".".join(["ownlm", *parts])
 
 
+def _typing_only(tree: ast.Module) -> set[int]:
+    """The import nodes under `if TYPE_CHECKING:` (annotations only: never run)."""
+    return {
+        id(inner)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING"
+        for inner in ast.walk(node)
+    }
+
+
 def _imports(path: Path) -> list[tuple[str, bool]]:
-    """(imported ownlm module, at module level?) for every import in the file, lazy too."""
+    """(imported ownlm module, at module level?) for every import in the file, lazy too;
+    not those under `if TYPE_CHECKING:`, which only annotations read."""
     tree = ast.parse(path.read_text())
-    top = {id(n) for n in tree.body}
+    top, typing_only = {id(n) for n in tree.body}, _typing_only(tree)
     out = []
     for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:

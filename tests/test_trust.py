@@ -107,9 +107,11 @@ def test_forget_waits_for_an_update_and_the_user_never_comes_back(trained, tmp_p
 
 
 @pytest.mark.parametrize("per_batch", [1, 2])
-def test_a_user_stage_never_saves_a_user_forgotten_while_it_trained(
-    trained, monkeypatch, per_batch
+@pytest.mark.parametrize("landing", ["forget", "update"])
+def test_a_user_stage_never_saves_a_user_forgotten_or_updated_while_it_trained(
+    trained, monkeypatch, per_batch, landing
 ):
+    from ownlm.data.updates import read_items, write_updates
     from ownlm.train import users as users_module
     from ownlm.train.user_stage import train_user_stage
 
@@ -118,21 +120,25 @@ def test_a_user_stage_never_saves_a_user_forgotten_while_it_trained(
     victim = run.split.test[0].user_id
     store = run.store("peft")
     real_save = users_module.save_user
+    new = _new_items(trained.dir.parent / "new.jsonl")
 
-    def forgotten_first(run_, store_, user, write, manifest):
-        if user.user_id == victim:  # `ownlm forget` lands while the stage trains them
+    def landing_first(run_, store_, user, *args):
+        if user.user_id == victim and landing == "forget":  # lands while they train
             forget_user(run_.dir, victim)
-        return real_save(run_, store_, user, write, manifest)
+        elif user.user_id == victim:  # an update's items land while they train
+            write_updates(run_.dir, victim, read_items(new, run_.task, victim))
+        return real_save(run_, store_, user, *args)
 
-    monkeypatch.setattr(users_module, "save_user", forgotten_first)
+    monkeypatch.setattr(users_module, "save_user", landing_first)
     if per_batch > 1:
         from ownlm.train import batched_users
 
-        monkeypatch.setattr(batched_users, "save_user", forgotten_first)
+        monkeypatch.setattr(batched_users, "save_user", landing_first)
     stats = train_user_stage(run, "peft")
     assert stats["trained"] == len(run.split.test) - 1
     assert not store.exists(f"user:{victim}")
-    _nothing_names(run.dir, victim)
+    if landing == "forget":
+        _nothing_names(run.dir, victim)
 
 
 def test_a_second_update_of_one_user_is_refused_and_nothing_is_lost(trained, tmp_path):

@@ -323,6 +323,12 @@ def serve_cmd(
         0, help="longest prompt in tokens (0 = the model's context); longer: 400"
     ),
     max_queued: int = typer.Option(1024, help="requests waiting for a batch at most; more: 429"),
+    header_timeout_s: float = typer.Option(
+        10, help="seconds a connection has to send its request's headers; slower: 408, closed"
+    ),
+    max_connections: int = typer.Option(
+        512, help="open connections at most (kept 64 below the descriptor limit)"
+    ),
 ):
     """OpenAI-compatible server: one base, every user's adapter, mixed-user batches."""
     from ownlm.serve.launch import serve
@@ -338,6 +344,8 @@ def serve_cmd(
         max_body_bytes=int(max_body_mb * 2**20),
         max_prompt_tokens=max_prompt_tokens,
         max_queued=max_queued,
+        header_timeout_s=header_timeout_s,
+        max_connections=max_connections,
     )
     serve(run_dir, host, port, settings)
 
@@ -355,12 +363,13 @@ def token_create(
     (`ownlm token users` lists them)."""
     from ownlm.store.tokens import TokenStore
 
-    if not admin and not user:
-        raise ConfigError("give --user U for a user token, or --admin for an admin token")
+    if admin == bool(user):
+        raise ConfigError("give exactly one of --user U (a user token) or --admin (an admin token)")
     store = TokenStore(run_dir)
     if user:  # a user the run knows: an adapter in a store, or a user of its data
-        store.check_known(user, lambda: _data_users(run_dir))
-    token = store.create(user, admin)
+        token = store.create_for_user(user, lambda: _data_users(run_dir))
+    else:
+        token = store.create(admin=True)
     who = "admin" if admin else f"user {user}"
     console.print(f"token for {who} (shown once, keep it secret):\n{token}", soft_wrap=True)
 

@@ -214,7 +214,7 @@ def _delete_adapters(run_dir: Path, user: str) -> tuple[list[str], list[str]]:
 def _scrub_record(run_dir: Path, user: str, m: Membership) -> list[str]:
     """Take the user out of run.json under its lock: their row of the data record
     ([id, history digest, queries digest] per user, its sha256 re-sealed when it is the
-    one `ownlm.run.data_record` computes) and their id from the recorded split (no one
+    one `ownlm.run.record.data_record` computes) and their id from the recorded split (no one
     else's role moves). When the run knew them, also keep `forgotten_key(user)` (a
     one-way hash, not the id) and their role under it: the run leaves them out of its
     data from now on, so the record describes the data without them and `ownlm train`
@@ -258,7 +258,7 @@ def _mark_forgotten(record: dict, user: str, m: Membership) -> bool:
 
 
 def _data_sha256(task, users: list) -> str:
-    """`ownlm.run.data_record`'s seal of a data record."""
+    """`ownlm.run.record.data_record`'s seal of a data record."""
     return hashlib.sha256(json.dumps([task, users], ensure_ascii=False).encode()).hexdigest()
 
 
@@ -421,7 +421,7 @@ def mentions(run_dir: Path, user: str) -> list[Path]:
 
 
 def _user_path(parts: tuple[str, ...], user: str) -> bool:
-    scratch = tuple(f"{p}{user}-" for p in (".tmp-", ".old-", ".del-"))
+    scratch = tuple(f"{p}{user}-" for p in (".tmp-", ".old-", ".del-", ".new-", ".prev-"))
     return any(
         prev == "users" and (part == user or part.startswith(scratch))
         for prev, part in zip(parts, parts[1:], strict=False)

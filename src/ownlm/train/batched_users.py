@@ -203,7 +203,9 @@ def group_step(multi: MultiLora, batch: dict[int, list[Row]], pad_id: int, chunk
     return total[slots].tolist()
 
 
-def save_group(run, store, backbone, group, results, variant: str, base_fp: str, budget) -> int:
+def save_group(
+    run, store, backbone, group, results, variant: str, base_fp: str, budget, seen: dict
+) -> int:
     """Save each trained user as the sequential stage does (`save_user`: a PEFT model's
     `save_pretrained`, through the store, with the user manifest and its `budget`, unless
     they were forgotten or updated meanwhile). Returns how many were saved."""
@@ -213,7 +215,7 @@ def save_group(run, store, backbone, group, results, variant: str, base_fp: str,
         for user, (weights, losses) in zip(group, results, strict=True):
             copy_into_peft(vessel, weights)
             manifest = user_manifest(run, user, f"user/{variant}", base_fp, losses, budget)
-            saved += save_user(run, store, user, vessel.save_pretrained, manifest)
+            saved += save_user(run, store, user, vessel.save_pretrained, manifest, seen)
     finally:
         detach(backbone, vessel)
     return saved
@@ -254,6 +256,7 @@ def train_users_batched(
     store = run.store(variant)
     budget = user_budget(run, variant, base_fp)  # the run's lr and epochs, tuned or not
     todo, counts = plan_users(store, users, base_fp, budget)
+    seen = run.current_histories(todo)  # an update or forget landing later: not saved
     bar = progress(total=len(users), desc=f"user LoRAs ({variant}, {k} at once)", unit="user")
     bar.update(len(users) - len(todo))
     saved = 0
@@ -271,7 +274,7 @@ def train_users_batched(
             optimizer,
             gradient_checkpointing=run.cfg.gradient_checkpointing,
         )
-        saved += save_group(run, store, backbone, group, results, variant, base_fp, budget)
+        saved += save_group(run, store, backbone, group, results, variant, base_fp, budget, seen)
         del results  # the group's weights leave memory before the next group
         bar.update(len(group))
     bar.close()

@@ -62,6 +62,7 @@ def train_proper_users(run, router: str = "input", users=None, backbone=None) ->
     store = run.store(f"proper-{router}")
     budget = user_budget(run, f"proper-{router}", fp)
     todo, counts = plan_users(store, users, fp, budget)
+    seen = run.current_histories(todo)  # an update or forget landing later: not saved
     saved = 0
     with group_model(run, backbone) as gm:
         # a 'user' assignment routes by the history's likelihood: no history vectors
@@ -74,6 +75,6 @@ def train_proper_users(run, router: str = "input", users=None, backbone=None) ->
             losses = fit_user(run, gm, user, vec, router, budget)
             manifest = user_manifest(run, user, f"user/proper-{router}", fp, losses, budget)
             write = lambda d: write_user(d, gm, router, s.user_alpha)  # noqa: E731
-            saved += save_user(run, store, user, write, manifest)
+            saved += save_user(run, store, user, write, manifest, seen)
     log.info(f"[bold]stage 3[/] PROPER ({ROUTERS[router]}, {budget}): {stage_line(saved, counts)}")
     return {"trained": saved, **counts}

@@ -84,11 +84,12 @@ def stage_line(trained: int, counts: dict) -> str:
     return f"trained {trained}{why}, resumed {counts['resumed']}, no history {counts['empty']}"
 
 
-def save_user(run, store, user, write, manifest) -> bool:
+def save_user(run, store, user, write, manifest, seen: dict) -> bool:
     """Save `user`'s trained adapter (`write(dir)` writes the PEFT files) under their lock,
-    unless they were forgotten, or their history changed (`ownlm update`), while they
-    trained (`Run.writing_user`): then nothing is written, it says why, and False."""
-    with run.writing_user(user, "train") as why:
+    unless they were forgotten, or their history changed (`ownlm update`), since the
+    stage planned (`seen`: `Run.current_histories` then; `Run.writing_user`): then
+    nothing is written, it says why, and False."""
+    with run.writing_user(user.user_id, "train", seen.get(user.user_id)) as why:
         if why is None:
             store.save(user.name, write, manifest)
             return True
@@ -132,13 +133,14 @@ def train_users(run, variant: str = "oppu", users=None, backbone=None) -> dict:
     store = run.store(variant)
     budget = user_budget(run, variant, base_fp)
     todo, counts = plan_users(store, users, base_fp, budget)
+    seen = run.current_histories(todo)  # an update or forget landing later: not saved
     what = "LoRAs" if run.cfg.user.method == "lora" else f"{run.cfg.user.method} adapters"
     saved = 0
     for user in progress(todo, desc=f"user {what} ({variant})", unit="user"):
         model, losses = fit_user(run, backbone, user, variant, budget=budget)
         try:
             manifest = user_manifest(run, user, f"user/{variant}", base_fp, losses, budget)
-            saved += save_user(run, store, user, model.save_pretrained, manifest)
+            saved += save_user(run, store, user, model.save_pretrained, manifest, seen)
         finally:
             detach(backbone, model)
     log.info(f"[bold]stage 3[/] {VARIANTS[variant]} ({budget}): {stage_line(saved, counts)}")

@@ -36,7 +36,8 @@ from hypothesis.stateful import (
 from ownlm.errors import NotFoundError
 from ownlm.methods.forget import mentions
 from ownlm.run import Run
-from ownlm.store import TokenStore
+from ownlm.serve.errors import ApiError
+from ownlm.store import Principal, TokenStore
 from ownlm.store.guard import ForgottenUsers
 from ownlm.store.tokens import stored_users
 
@@ -102,6 +103,7 @@ class Outcome:
     items: list[str] = field(default_factory=list)
 
 
+ADMIN = Principal("admin", None, True)
 SEED = 20261207  # the default suite's schedules
 COMMANDS = ("update", "forget", "token-create", "token-revoke", "train")
 KILLS = st.one_of(
@@ -156,6 +158,7 @@ class Schedules(RuleBasedStateMachine):
         self.killed: list[tuple[str, list[str]]] = []
         self.tokens: dict[str, list[str]] = {u: [] for u in self.users}
         self.items = 0
+        self.server = _server(self.dir)  # a server running all along, in this process
 
     def _argv(self, kind: str, user: str) -> tuple[list[str], list[str]]:
         run = ["--run-dir", str(self.dir)]
@@ -230,6 +233,9 @@ class Schedules(RuleBasedStateMachine):
             assert user not in histories
             with pytest.raises(NotFoundError):
                 tokens.check_known(user)
+            with pytest.raises(ApiError) as refused:  # the running server refuses them
+                self.server.resolve(f"tiny:{user}", ADMIN)
+            assert refused.value.status == 404
         store, fp = run.store("oppu"), run.base_fingerprint()
         for user in set(self.users) - marked:
             ids = {it.id for it in histories[user].history}
@@ -246,14 +252,17 @@ class Schedules(RuleBasedStateMachine):
     def teardown(self):
         if not hasattr(self, "dir"):
             return
-        from ownlm.config import ServeSettings
-        from ownlm.serve.server import build_server
-        from ownlm.store.tokens import Principal
-
-        server = build_server(self.dir, ServeSettings(cache_size=2, max_batch_size=2))
-        served = server.model_ids(Principal("t", None, True))
+        server = _server(self.dir)  # a fresh start after every kill: it starts
         marked = {u for u in self.users if u in ForgottenUsers(self.dir)}
+        served = server.model_ids(ADMIN)
         assert not any(m.endswith(f":{u}") for m in served for u in marked), served
+
+
+def _server(run_dir: Path):
+    from ownlm.config import ServeSettings
+    from ownlm.serve.server import build_server
+
+    return build_server(run_dir, ServeSettings(cache_size=2, max_batch_size=2, device="cpu"))
 
 
 def _run_schedules(base_run, workers, tmp_path, fixed_seed: int | None = None, **opts):

@@ -377,8 +377,9 @@ class ExperimentConfig:
     quantize: str | None = field(
         default=None,
         metadata={
-            "help": "4bit: load an HF causal base in 4-bit NF4 for QLoRA-style training "
-            "(CUDA only; pip install 'ownlm[qlora]'); empty: the base in `dtype`"
+            "help": "4bit: load an HF causal base in 4-bit NF4 for QLoRA-style training, "
+            "serving and export (CUDA, or the CPU slowly; pip install 'ownlm[qlora]'); "
+            "empty: the base in `dtype`"
         },
     )
     seed: int = field(default=0, metadata={"help": "seed for splits, sampling and initialisation"})

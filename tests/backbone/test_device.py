@@ -95,8 +95,8 @@ def test_quantize_4bit_refused_where_it_cannot_run(tiny_cfg):
     from ownlm.backbone.device import quantization_kwargs
     from ownlm.train.pretrain import initial_backbone
 
-    with pytest.raises(ConfigError, match="needs a CUDA GPU"):
-        quantization_kwargs("4bit", torch.device("cpu"), torch.float32)
+    with pytest.raises(ConfigError, match="runs on a CUDA GPU or the CPU"):
+        quantization_kwargs("4bit", torch.device("meta"), torch.float32)
     with pytest.raises(ConfigError, match="not supported"):
         quantization_kwargs("3bit", torch.device("cpu"), None)
     tiny_cfg.quantize = "4bit"

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ownlm.adapters.layers import adaptable_layers, layer_dims
+from ownlm.adapters.layers import adaptable_layers, compute_dtype, layer_dims
 from ownlm.adapters.peft_io import LoadedAdapter, read_peft_adapter
 from ownlm.errors import ConfigError, StoreError
 
@@ -52,13 +52,10 @@ class BatchedLoraLinear(nn.Module):
         self.state = state
         n = state.n_slots + 1  # + the zero slot for rows without an adapter
         d_in, d_out = layer_dims(base)
-        w = base.weight
-        self.register_buffer(
-            "A", torch.zeros(n, max_rank, d_in, dtype=w.dtype, device=w.device), persistent=False
-        )
-        self.register_buffer(
-            "B", torch.zeros(n, d_out, max_rank, dtype=w.dtype, device=w.device), persistent=False
-        )
+        # the layer's compute dtype, never its storage's (uint8 for a 4-bit NF4 weight)
+        kw = {"dtype": compute_dtype(base), "device": base.weight.device}
+        self.register_buffer("A", torch.zeros(n, max_rank, d_in, **kw), persistent=False)
+        self.register_buffer("B", torch.zeros(n, d_out, max_rank, **kw), persistent=False)
         self._gathered: tuple[int, torch.Tensor, torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -74,7 +71,7 @@ class BatchedLoraLinear(nn.Module):
             self._gathered = (self.state.version, At, Bt)
         _, At, Bt = self._gathered
         # x (b, T, in) @ (b, in, r) -> (b, T, r) @ (b, r, out) -> (b, T, out)
-        return y + torch.bmm(torch.bmm(x, At), Bt)
+        return y + torch.bmm(torch.bmm(x.to(At.dtype), At), Bt).to(y.dtype)
 
     @torch.no_grad()
     def set_slot(self, slot: int, a: torch.Tensor | None, b: torch.Tensor | None) -> None:

@@ -17,13 +17,23 @@ With the input-dependent router, pi varies per token, so no static LoRA equals i
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from transformers.pytorch_utils import Conv1D
 
 from ownlm.adapters.mixture import MixtureLoRALinear, MixtureState, UserRouter, mixture_layers
-from ownlm.adapters.peft_io import CONFIG_FILE, write_peft_lora
+from ownlm.adapters.peft_io import (
+    _KEY,
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    _pattern_value,
+    peft_key,
+    read_config,
+    write_peft_lora,
+)
 from ownlm.errors import ConfigError
 
 INPUT_ROUTER_MSG = (
@@ -171,3 +181,57 @@ def point_to_base(adapter_dir: Path, base_dir: Path) -> None:
     if old and card.exists():
         card.write_text(card.read_text().replace(f"base_model: {old}", f"base_model: {new}"))
         card.write_text(card.read_text().replace(f"adapter:{old}", f"adapter:{new}"))
+
+
+def _scaled_lora(path: Path) -> tuple[dict, int]:
+    """({module: (A (r, in), B * scaling (out, r))} in float32, the largest rank) of a
+    PEFT LoRA directory; tensors that are no LoRA matrix (a saved head) are skipped."""
+    cfg = read_config(path)
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    for key, t in load_file(str(Path(path) / WEIGHTS_FILE)).items():
+        if m := _KEY.match(key):
+            pairs.setdefault(m["module"], {})[m["ab"]] = t.float()
+    out = {}
+    for module, ab in pairs.items():
+        r = ab["A"].shape[0]
+        alpha = _pattern_value(cfg.get("alpha_pattern"), module, cfg.get("lora_alpha", r))
+        out[module] = (
+            ab["A"],
+            ab["B"] * (alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r),
+        )
+    return out, max((a.shape[0] for a, _ in out.values()), default=0)
+
+
+def stack_under(adapter_dir: Path, lower: list[Path]) -> int:
+    """Make the exported LoRA at `adapter_dir` carry the LoRAs its base keeps unmerged
+    (`lower`: stage 1, and the control pass, of a bfloat16 or 4-bit base), in place:
+
+        s_u B_u A_u + sum_k s_k B_k A_k  =  B_cat A_cat   (scaling 1, as `flatten_layer`)
+
+    one PEFT LoRA of rank r_u + sum_k r_k, zero-padded where one of them skips a module,
+    so that on the bare base it answers as the served model does. Other tensors it
+    saves (a head in modules_to_save) and its other settings are kept; returns the rank."""
+    parts = [_scaled_lora(d) for d in [adapter_dir, *lower]]
+    total = sum(rank for _, rank in parts)
+    stacked = {}
+    for module in sorted(set().union(*(set(w) for w, _ in parts))):
+        a_in, b_out = next(w[module] for w, _ in parts if module in w)
+        d_in, d_out = a_in.shape[1], b_out.shape[0]
+        a_cat, b_cat = torch.zeros(total, d_in), torch.zeros(d_out, total)
+        at = 0
+        for weights, rank in parts:
+            if module in weights:
+                a, b = weights[module]
+                a_cat[at : at + a.shape[0]], b_cat[:, at : at + a.shape[0]] = a, b
+            at += rank
+        stacked[peft_key(module, "A")], stacked[peft_key(module, "B")] = a_cat, b_cat
+    weights_file = Path(adapter_dir) / WEIGHTS_FILE
+    kept = {k: v for k, v in load_file(str(weights_file)).items() if not _KEY.match(k)}
+    save_file({**kept, **stacked}, str(weights_file), metadata={"format": "pt"})
+    cfg_file = Path(adapter_dir) / CONFIG_FILE
+    cfg = json.loads(cfg_file.read_text())
+    modules = sorted({k.removeprefix("base_model.model.").rsplit(".lora_", 1)[0] for k in stacked})
+    cfg |= {"r": total, "lora_alpha": total, "target_modules": modules, "use_rslora": False}
+    cfg |= {"rank_pattern": {}, "alpha_pattern": {}}
+    cfg_file.write_text(json.dumps(cfg, indent=2, sort_keys=True))
+    return total

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 
+import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
@@ -30,6 +31,16 @@ def layer_dims(module: nn.Module) -> tuple[int, int] | None:
     if isinstance(module, Conv1D):  # weight (in, out) = (nx, nf)
         return module.nx, module.nf
     return None
+
+
+def compute_dtype(layer: nn.Module) -> torch.dtype:
+    """The dtype a layer computes in, which LoRA slots beside it take: a bitsandbytes
+    4-bit layer's `compute_dtype` (its weight is packed uint8 storage, never a dtype to
+    compute in), else its weight's dtype."""
+    if getattr(layer, "compute_dtype", None) is not None:
+        return layer.compute_dtype
+    w = layer.weight
+    return w.dtype if w.is_floating_point() else torch.float32
 
 
 def matches(name: str, targets) -> bool:

@@ -79,24 +79,27 @@ QUANTIZE = ("4bit",)
 
 def quantization_kwargs(quantize: str, device, dtype) -> dict:
     """`from_pretrained` arguments for a 4-bit NF4 frozen base (QLoRA: Dettmers et al.
-    2023), computing in `dtype`. bitsandbytes' 4-bit kernels need a CUDA GPU."""
+    2023), computing in `dtype` (default: bfloat16 on a GPU, float32 on the CPU).
+    bitsandbytes runs NF4 layers on the CPU too (0.50 tested), slowly: for checks and tests."""
     if quantize not in QUANTIZE:
         raise ConfigError(f"quantize={quantize!r} is not supported; use 4bit or leave it empty")
     device = torch.device(device or "cpu")
-    if device.type != "cuda":
+    if device.type not in ("cuda", "cpu"):
         raise ConfigError(
-            f"quantize={quantize} needs a CUDA GPU (bitsandbytes' 4-bit kernels), but the "
-            f"device is {device}; leave quantize empty on this machine"
+            f"quantize={quantize} runs on a CUDA GPU or the CPU (bitsandbytes), but the "
+            f"device is {device}; use device=cuda or cpu, or leave quantize empty"
         )
     try:
         import bitsandbytes  # noqa: F401
         from transformers import BitsAndBytesConfig
     except ImportError as e:
         raise ConfigError("quantize=4bit needs bitsandbytes: pip install 'ownlm[qlora]'") from e
+    default = torch.bfloat16 if device.type == "cuda" else torch.float32
     config = BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=dtype or torch.bfloat16,
+        bnb_4bit_compute_dtype=dtype or default,
     )
-    return {"quantization_config": config, "device_map": {"": device.index or 0}}
+    place = (device.index or 0) if device.type == "cuda" else "cpu"
+    return {"quantization_config": config, "device_map": {"": place}}

@@ -8,6 +8,7 @@ from pathlib import Path
 from ownlm.backbone.base import CausalBackbone, EncoderBackbone
 from ownlm.backbone.checksum import META_FILE, read_base_meta, verify_base
 from ownlm.backbone.encoder import load_minilm_classifier
+from ownlm.backbone.unmerged import attach_recorded
 from ownlm.errors import ConfigError
 
 
@@ -42,8 +43,9 @@ def load_backbone(spec: str, task, max_len: int = 384, device=None, dtype=None, 
 
 
 def load_base(path: Path, device=None, dtype=None):
-    """Load a run's merged base written after stage 1 (see `write_base_meta`) onto
-    `device` in `dtype` (default: the CPU, as saved). Its files are checked against the
+    """Load a run's base written after stage 1 (see `write_base_meta`) onto `device` in
+    `dtype` (default: the CPU, as saved), with the LoRAs it keeps unmerged hooked on
+    (`backbone.unmerged`: a bfloat16 or 4-bit base). Its files are checked against the
     sha256 recorded with it first (`verify_base`: about a second per GB of weights, once
     per process): a corrupt base raises StoreError instead of answering."""
     meta_path = Path(path) / META_FILE
@@ -57,6 +59,8 @@ def load_base(path: Path, device=None, dtype=None):
         backbone = CausalBackbone.from_pretrained(
             path, meta["name"], meta.get("max_len", 384), device, dtype
         )
+    # LoRAs a low-precision base keeps beside its weights (stage 1, the control pass)
+    attach_recorded(backbone.model, path, meta)
     # the identity computed when the base was written: adapters trained on it stay valid
     # when it is loaded in another precision (bf16 values hash differently from fp32)
     backbone.recorded_fingerprint = meta.get("fingerprint")

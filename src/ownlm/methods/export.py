@@ -4,22 +4,26 @@ OPPU user of another PEFT method (`user.method`: IA3, prompt tuning) is exported
 PEFT directory, with the PEFT line and the words that vLLM cannot serve it.
 
 The exported `adapter_config.json` names the run's base by absolute path, so
-`AutoPeftModelForCausalLM.from_pretrained(export_dir)` works from any directory.
+`AutoPeftModelForCausalLM.from_pretrained(export_dir)` works from any directory. A base
+that keeps stage 1 unmerged (bfloat16 or 4-bit) has it stacked into the exported LoRA.
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from ownlm.adapters.export import (
     INPUT_ROUTER_MSG,
     peft_hint,
     point_to_base,
+    stack_under,
     vllm_hint,
     vllm_problem,
 )
 from ownlm.adapters.methods import NAMES, adapter_method, how_served
 from ownlm.backbone.checksum import read_base_meta
+from ownlm.backbone.unmerged import UNMERGED_DIR
 from ownlm.errors import ConfigError, NotFoundError
 from ownlm.methods import oppu, proper
 
@@ -70,8 +74,28 @@ def export_user(run, user_id: str, out: Path, variant: str = AUTO) -> tuple[Path
         raise ConfigError(INPUT_ROUTER_MSG)
     base, path = run.base_dir.resolve(), Path(path).resolve()
     point_to_base(path, base)
-    kind = read_base_meta(base)["kind"]  # as `load_base` reads it
+    meta = read_base_meta(base)  # as `load_base` reads it
+    carry_unmerged(base, path, meta.get("unmerged") or [])
+    kind = meta["kind"]
     return path, pairing(base, path, user_id, kind, variant)
+
+
+def carry_unmerged(base: Path, adapter: Path, names: list[str]) -> None:
+    """A base that keeps stage 1 unmerged (bfloat16 or 4-bit: `backbone.unmerged`) is
+    bare without it: the exported LoRA carries those LoRAs stacked under the user's
+    (`adapters.export.stack_under`), so that PEFT or vLLM on the base answers as ownlm
+    served it. Another PEFT method cannot carry them: a ConfigError saying so."""
+    if not names:
+        return
+    method = adapter_method(adapter)
+    if method != "lora":
+        shutil.rmtree(adapter)
+        raise ConfigError(
+            f"this run's base keeps stage 1 unmerged beside its bfloat16 or 4-bit weights "
+            f"({base / UNMERGED_DIR}), which a {NAMES.get(method, method)} adapter cannot "
+            "carry; export a LoRA user, or train the run in float32 to merge stage 1"
+        )
+    stack_under(adapter, [base / UNMERGED_DIR / name for name in names])
 
 
 def pairing(base: Path, adapter: Path, user_id: str, kind: str, variant: str) -> str:

@@ -11,7 +11,8 @@ is (`train.validation`: the same dev users' pairs, patience and monitor; it keep
 best epoch), so both get the same budget and the same rule for what they keep.
 
 Flow: load run.base() -> inject the control LoRA -> train it on stage 2's pairs ->
-store it (`run.store("oppu-control")`, name "control") -> merge -> write
+store it (`run.store("oppu-control")`, name "control") -> merge (kept unmerged on a
+bfloat16 or 4-bit base: `backbone.unmerged`) -> write
 <run>/base-control/ whole or not at all, with its fingerprint, checksums and the
 stage-1 base it stands on -> record in run.json (`train.resume`: a resume keeps it while
 its inputs and stored results hold). The "oppu-control" users are then trained on that
@@ -106,18 +107,18 @@ def train_control(run, backbone=None) -> dict:
             f"{len(pairs)} pairs ({CONTROL_BASE}/ untouched)"
         )
         return {"pairs": len(pairs), "kept": True}
-    stats = fit_control(run, backbone, pairs, lora, vset)
-    write_control_base(run, backbone, parent=base_fp)
+    stats, model = fit_control(run, backbone, pairs, lora, vset)
+    write_control_base(run, backbone, model, parent=base_fp)
     mark_done(run, NAME, inputs, lambda: stored_identity(run))
     hints = tuning_hints("proper", lora.epochs, lora.lr)  # its budget is stage 2's
     stats["warnings"] = finish(run, NAME, "control", stats.pop("validation"), hints)
     return stats
 
 
-def fit_control(run, backbone, pairs, lora: LoraSettings, vset=None) -> dict:
+def fit_control(run, backbone, pairs, lora: LoraSettings, vset=None) -> tuple[dict, object]:
     """Train the control LoRA on stage 2's (prompt, target, user row) pairs (the row is
-    unused: nothing is routed), validated on `vset` when given, store it, and leave it
-    merged in `backbone.model`."""
+    unused: nothing is routed), validated on `vset` when given, and store it; returns
+    (statistics, the PEFT model) for `write_control_base` to fold in."""
     # seeded as stage 2 seeds its experts; no label head: stage 2 leaves it frozen
     model = inject(backbone, lora, run.cfg.seed, head=False)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -149,16 +150,16 @@ def fit_control(run, backbone, pairs, lora: LoraSettings, vset=None) -> dict:
         model.save_pretrained,
         Manifest(NAME, "control", run.task.name, backbone.fingerprint(), extra=stats),
     )
-    backbone.model = model.merge_and_unload().eval()
-    backbone.recorded_fingerprint = None  # the merged weights are a new base
     log.info(f"control done: loss {losses[0]:.3f} -> {losses[-1]:.3f} in {len(losses)} steps")
-    return {**stats, "validation": record}
+    return {**stats, "validation": record}, model
 
 
-def write_control_base(run, backbone, parent: str) -> None:
-    """Save the merged control base to <run>/base-control whole or not at all, recording
-    the stage-1 base it stands on (`methods.oppu.control_problem` checks it)."""
-    write_merged(run, backbone, run.dir / CONTROL_BASE, parent_fingerprint=parent)
+def write_control_base(run, backbone, model, parent: str) -> None:
+    """Fold the control LoRA (`model`) in and save the control base to
+    <run>/base-control whole or not at all, recording the stage-1 base it stands on
+    (`methods.oppu.control_problem` checks it)."""
+    lora = (model, "control")
+    write_merged(run, backbone, run.dir / CONTROL_BASE, lora, parent_fingerprint=parent)
 
 
 def train_control_users(run, users=None) -> dict:

@@ -1,5 +1,7 @@
 """Stage 1 (OPPU's task-level LoRA; PROPER's population level): one LoRA trained on the
-histories of all train users, saved to the store, then merged into the backbone.
+histories of all train users, saved to the store, then merged into the backbone (a
+float32 one; a bfloat16 or 4-bit base keeps it unmerged beside its weights:
+`backbone.unmerged`).
 
 With dev users it is validated each epoch on their items, as stage-1 pairs
 (`train.validation`): it stops early, keeps its best epoch, prints its table and warns
@@ -17,7 +19,14 @@ import shutil
 from dataclasses import asdict
 
 from ownlm.adapters.lora import inject
-from ownlm.backbone.base import write_base_meta
+from ownlm.backbone.base import fingerprint_model, write_base_meta
+from ownlm.backbone.unmerged import (
+    UNMERGED_DIR,
+    attach,
+    combined_fingerprint,
+    keeps_unmerged,
+    save_unmerged,
+)
 from ownlm.log import get_logger
 from ownlm.retrieval.prompts import population_pairs, user_context
 from ownlm.store import Manifest
@@ -100,8 +109,7 @@ def train_population(run) -> dict:
             extra={**stats, "validation": record},
         ),
     )
-    backbone.model = model.merge_and_unload().eval()
-    write_base(run, backbone)
+    write_merged(run, backbone, run.base_dir, lora=(model, "population"))
     mark_done(run, "population", inputs, lambda: stored_identity(run))
     hints = tuning_hints("population", cfg.population.epochs, cfg.population.lr)
     warnings = finish(run, "population", "stage 1 (population)", record, hints)
@@ -109,16 +117,21 @@ def train_population(run) -> dict:
 
 
 def write_base(run, backbone) -> None:
-    """Save the merged backbone as base/, replacing the old one only once it is whole."""
+    """Save the backbone as base/, replacing the old one only once it is whole."""
     write_merged(run, backbone, run.base_dir)
 
 
-def write_merged(run, backbone, final, **meta) -> None:
-    """Save a merged backbone to `final` (with `write_base_meta` and `meta`) whole or not
-    at all: written beside it, the old one moved aside, the new one renamed in."""
+def write_merged(run, backbone, final, lora=None, **meta) -> None:
+    """Save a backbone to `final` (with `write_base_meta` and `meta`) whole or not at all:
+    written beside it, the old one moved aside, the new one renamed in. `lora`: (the
+    trained PEFT model on `backbone.model`, its stage's name), folded in by `fold_in`."""
     tmp, old = final.with_name(f"{final.name}.tmp"), final.with_name(f"{final.name}.old")
     shutil.rmtree(tmp, ignore_errors=True)
+    kept = fold_in(backbone, *lora, tmp) if lora is not None else []
     backbone.save(tmp)
+    if kept:  # the weights are the bare base's: the identity includes the kept LoRAs
+        meta["unmerged"] = kept
+        meta["fingerprint"] = combined_fingerprint(fingerprint_model(backbone.model), tmp, kept)
     max_len = getattr(backbone, "max_len", 384)
     write_base_meta(tmp, backbone, task=run.task.name, max_len=max_len, **meta)
     shutil.rmtree(old, ignore_errors=True)
@@ -126,3 +139,22 @@ def write_merged(run, backbone, final, **meta) -> None:
         final.replace(old)
     tmp.replace(final)
     shutil.rmtree(old, ignore_errors=True)
+    if kept:  # the backbone in memory answers as the saved one will when loaded
+        attach(backbone.model, final / UNMERGED_DIR / kept[-1])
+
+
+def fold_in(backbone, peft_model, name: str, out) -> list[str]:
+    """Take the trained LoRA off into the backbone for good. A float32 base gets it
+    merged (exact to ~1e-7: the default path). A bfloat16 or 4-bit base keeps it
+    unmerged, saved into the base being written at `out` with the ones already kept
+    (`backbone.unmerged`: a merge there rounds away most of a small update); returns
+    the kept LoRAs' names, [] when merged."""
+    if not keeps_unmerged(backbone.model):
+        backbone.model = peft_model.merge_and_unload().eval()
+        backbone.recorded_fingerprint = None  # the merged weights are a new base
+        return []
+    kept = save_unmerged(peft_model.get_base_model(), peft_model, out, name)
+    # unloaded as a merge would leave it: a trained head (modules_to_save) stays in place
+    backbone.model = peft_model.unload().eval()
+    vars(backbone.model).pop("peft_config", None)
+    return kept

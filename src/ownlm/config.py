@@ -382,6 +382,23 @@ class ExperimentConfig:
             "empty: the base in `dtype`"
         },
     )
+    context_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "tokens a prompt and its answer may fill at training, evaluation and "
+            "serving; empty = the model's own (max_position_embeddings) up to 4096, for "
+            "memory; the tiny backbone's is tiny.max_len. A longer prompt gives up its least "
+            "relevant retrieved items, then its profile (docs/serving.md)"
+        },
+    )
+    prompt_format: str = field(
+        default="auto",
+        metadata={
+            "help": "how prompts reach the model: auto (the tokenizer's chat template when it "
+            "has one, else plain), plain (the tokenizer's special tokens such as BOS, the "
+            "prompt, '\\nAnswer: '), chat (the chat template); recorded with the base"
+        },
+    )
     seed: int = field(default=0, metadata={"help": "seed for splits, sampling and initialisation"})
     test_frac: float = field(
         default=0.3,
@@ -626,6 +643,8 @@ VALID: dict[type, dict[str, Bound | Choice]] = {
     ExperimentConfig: {"device": Choice(("auto", "cpu", "cuda", "cuda:N", "mps")),
                        "dtype": Choice(("auto", "float32", "bfloat16", "float16")),
                        "quantize": Choice(("4bit",)), "seed": AT_LEAST_0,
+                       "context_length": Bound(2),
+                       "prompt_format": Choice(("auto", "plain", "chat")),
                        "n_boot": AT_LEAST_1, "boot_seed": AT_LEAST_0,
                        "decode": Choice(("auto", "argmax", "median")),
                        "test_frac": Bound(0, strict=True, high=1), "retrieval_k": AT_LEAST_0,

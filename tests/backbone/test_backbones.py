@@ -91,7 +91,11 @@ def test_first_token_scoring_matches_the_full_pass_ranking(tmp_path):
     )
     words = [backbone.tokenizer.decode([i]) for i in range(40, 120)]
     labels = tuple(
-        dict.fromkeys(w for w in words if w.strip() and len(backbone._ids([w])[0]) == 1)
+        dict.fromkeys(
+            w
+            for w in words
+            if w.strip() and len(backbone.tokenizer(w, add_special_tokens=False)["input_ids"]) == 1
+        )
     )[:4]
     assert len(labels) >= 2
     fast = backbone.score_labels(backbone.model, ["user 3 likes", "a movie"], labels)

@@ -11,7 +11,6 @@ import pytest
 import torch
 from peft import PeftModel
 
-from ownlm.backbone.base import ANSWER_SEP
 from ownlm.backbone.load import load_base
 from ownlm.config import ServeSettings
 from ownlm.errors import ConfigError, StoreError
@@ -32,7 +31,7 @@ class _Stub:
         return user == "alice"
 
     def prompt(self, user, text):
-        return "User profile: likes news\n" + text + ANSWER_SEP
+        return "User profile: likes news\n" + text
 
 
 def test_server_applies_personalization_switchably(live):

@@ -19,12 +19,13 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ownlm.backbone.checksum import META_FILE, base_checksums
+from ownlm.backbone.context import context_length, fit_ids
 from ownlm.backbone.decode import pick_labels
 from ownlm.backbone.device import model_device
 from ownlm.backbone.encoder import EncoderClassifier
 from ownlm.backbone.families import ffn_targets, lora_targets
-
-ANSWER_SEP = "\nAnswer: "  # between the prompt and the target, at training and inference
+from ownlm.backbone.prompt_format import ANSWER_SEP as ANSWER_SEP  # read here by run, serve
+from ownlm.backbone.prompt_format import PromptFormat
 
 
 @runtime_checkable
@@ -93,13 +94,23 @@ class CausalBackbone:
     def ffn_targets(self) -> tuple[str, ...]:
         return ffn_targets(self.model)
 
-    def __init__(self, model, tokenizer, name: str = "causal", max_len: int = 384):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        name: str = "causal",
+        max_len: int | None = None,
+        prompt_format: str = "auto",
+    ):
+        """`max_len`: the context length (default: the model's, `backbone.context`);
+        `prompt_format`: auto, plain, chat (or bare), `backbone.prompt_format`."""
         self.model = model.eval()
         self.tokenizer = tokenizer
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         self.name = name
-        self.max_len = min(max_len, getattr(model.config, "max_position_embeddings", max_len))
+        self.max_len = context_length(model.config, max_len)
+        self.prompt_format = PromptFormat(tokenizer, prompt_format)
         self._label_ids: dict[tuple[str, ...], list[list[int]]] = {}
 
     @classmethod
@@ -107,10 +118,11 @@ class CausalBackbone:
         cls,
         path_or_id: str | Path,
         name: str | None = None,
-        max_len: int = 384,
+        max_len: int | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         quantize: str | None = None,
+        prompt_format: str = "auto",
     ):
         """Load a Hugging Face causal LM in `dtype` (default: as saved) onto `device`;
         with quantize="4bit" its frozen linear layers are NF4 (QLoRA, bitsandbytes)."""
@@ -125,7 +137,7 @@ class CausalBackbone:
             if device is not None and not getattr(model, "is_loaded_in_4bit", False):
                 model = model.to(device)
         tokenizer = AutoTokenizer.from_pretrained(path_or_id)
-        return cls(model, tokenizer, name or Path(str(path_or_id)).name, max_len)
+        return cls(model, tokenizer, name or Path(str(path_or_id)).name, max_len, prompt_format)
 
     def save(self, path: Path) -> None:
         self.model.save_pretrained(path)
@@ -135,19 +147,16 @@ class CausalBackbone:
         return self.recorded_fingerprint or fingerprint_model(self.model)
 
     # -- tokenization ---------------------------------------------------------------
-    def _ids(self, texts: list[str]) -> list[list[int]]:
-        return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
-
-    def encode_pairs(self, prompts: list[str], targets: list[str]):
-        """Right-padded (B, T) ids, mask and labels supervising only target + </s>.
-        Prompts are cut from the left so the task input, which comes last, survives."""
-        eos = self.tokenizer.eos_token_id
-        rows = []
-        for p, t in zip(
-            self._ids([p + ANSWER_SEP for p in prompts]), self._ids(targets), strict=True
-        ):
-            t = (t + [eos])[: self.max_len // 2]
-            p = p[-(self.max_len - len(t)) :]
+    def encode_pairs(self, prompts: list[str], targets: list[str], target_room: int = 0):
+        """Right-padded (B, T) ids, mask and labels supervising only the answer's ids
+        (`prompt_format`: the answer and the end of its turn). Each prompt is fitted
+        to the context left after its answer, or after `target_room` tokens when more
+        (`backbone.context.fit_ids`: personal context given up, the task kept)."""
+        fmt, rows = self.prompt_format, []
+        for prompt, target in zip(prompts, targets, strict=True):
+            t = fmt.answer_ids(target)[: self.max_len // 2]
+            room = min(max(len(t), target_room), self.max_len // 2)
+            p = fit_ids(fmt, prompt, self.max_len - room)
             rows.append((p + t, [-100] * len(p) + t))
         return self._pad_right(rows)
 
@@ -185,9 +194,12 @@ class CausalBackbone:
         label's tokens (and the closing </s>) are scored in full, one pass per label.
         """
         device = model_device(model)
-        firsts = [ids[0] if ids else None for ids in self._ids(list(labels))]
+        answers = [self.prompt_format.answer_ids(label) for label in labels]
+        room = max(map(len, answers))  # every label scored after the same prompt ids
+        firsts = [ids[0] if len(ids) > 1 else None for ids in answers]  # ids end with EOS
         if None not in firsts and len(set(firsts)) == len(firsts):
-            ids, mask, lab = _to(device, *self.encode_pairs(prompts, [labels[0]] * len(prompts)))
+            encoded = self.encode_pairs(prompts, [labels[0]] * len(prompts), room)
+            ids, mask, lab = _to(device, *encoded)
             last = (lab != -100).float().argmax(
                 -1
             ) - 1  # position predicting the label's first token
@@ -196,7 +208,8 @@ class CausalBackbone:
             return logp[:, firsts]  # (N, L)
         scores = torch.empty(len(prompts), len(labels), device=device)
         for j, label in enumerate(labels):
-            ids, mask, lab = _to(device, *self.encode_pairs(prompts, [label] * len(prompts)))
+            encoded = self.encode_pairs(prompts, [label] * len(prompts), room)
+            ids, mask, lab = _to(device, *encoded)
             logits = token_logits(model, ids, mask)[:, :-1]
             logp = logits.float().log_softmax(-1)
             tgt = lab[:, 1:]
@@ -207,10 +220,8 @@ class CausalBackbone:
     @torch.no_grad()
     def generate(self, model, prompts: list[str], max_new_tokens: int = 32) -> list[str]:
         eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
-        rows = [
-            p[-(self.max_len - max_new_tokens) :]
-            for p in self._ids([p + ANSWER_SEP for p in prompts])
-        ]
+        budget = self.max_len - max_new_tokens
+        rows = [fit_ids(self.prompt_format, p, budget) for p in prompts]
         width = max(len(r) for r in rows)
         ids, mask = _to(
             model_device(model),
@@ -345,7 +356,11 @@ def dtype_kwargs(dtype: torch.dtype | None) -> dict:
 
 
 def describe(backbone) -> dict:
-    return {"kind": backbone.kind, "name": backbone.name, "fingerprint": backbone.fingerprint()}
+    """What `ownlm_base.json` says of a backbone; a causal one's prompt format too, so
+    whatever loads the base (evaluation, serving, export) prompts it as it was trained."""
+    out = {"kind": backbone.kind, "name": backbone.name, "fingerprint": backbone.fingerprint()}
+    fmt = getattr(backbone, "prompt_format", None)
+    return out if fmt is None else {**out, "prompt_format": fmt.name}
 
 
 def write_base_meta(path: Path, backbone, **extra) -> None:

@@ -12,9 +12,12 @@ from ownlm.backbone.unmerged import attach_recorded
 from ownlm.errors import ConfigError
 
 
-def load_backbone(spec: str, task, max_len: int = 384, device=None, dtype=None, quantize=None):
+def load_backbone(
+    spec: str, task, max_len=None, device=None, dtype=None, quantize=None, prompt_format="auto"
+):
     """The backbone `spec` names, before any ownlm stage: `minilm` (the packaged encoder,
-    label tasks), or a Hugging Face causal LM directory / hub id in the local cache."""
+    label tasks), or a Hugging Face causal LM directory / hub id in the local cache, with
+    context `max_len` (None: its own, `backbone.context`) and `prompt_format`."""
     if spec == "tiny":
         raise ConfigError(
             "the tiny backbone is pre-trained on the run's corpus, not loaded: "
@@ -34,7 +37,9 @@ def load_backbone(spec: str, task, max_len: int = 384, device=None, dtype=None, 
         )
     try:
         name = path.name if path.exists() else spec
-        return CausalBackbone.from_pretrained(spec, name, max_len, device, dtype, quantize)
+        return CausalBackbone.from_pretrained(
+            spec, name, max_len, device, dtype, quantize, prompt_format
+        )
     except OSError as e:
         raise ConfigError(
             f"cannot load backbone {spec!r} ({e}); give 'tiny', 'minilm', a local Hugging Face model "
@@ -56,8 +61,11 @@ def load_base(path: Path, device=None, dtype=None):
     if meta["kind"] == "encoder":
         backbone = EncoderBackbone.from_pretrained(path, meta["name"], device, dtype)
     else:
+        # a base written before the format was recorded was trained without special tokens
+        fmt = meta.get("prompt_format", "bare")
+        max_len = meta.get("max_len", 384)
         backbone = CausalBackbone.from_pretrained(
-            path, meta["name"], meta.get("max_len", 384), device, dtype
+            path, meta["name"], max_len, device, dtype, prompt_format=fmt
         )
     # LoRAs a low-precision base keeps beside its weights (stage 1, the control pass)
     attach_recorded(backbone.model, path, meta)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ownlm.data.prompt import Prompt, assemble
 from ownlm.data.records import Item, Query
 from ownlm.errors import ConfigError
 
@@ -119,27 +120,17 @@ class Task:
         profile: str | None = None,
         max_item_chars: int | None = MAX_ITEM_CHARS,
         max_profile_chars: int | None = MAX_PROFILE_CHARS,
-    ) -> str:
-        """The prompt at inference (and for OPPU's retrieval-augmented training pairs).
-
-        Format, one part per line, absent parts left out::
-
-            User profile: {profile}
-            {item 1}, and {item 2}.{history_note}
-            {task_input}
+    ) -> Prompt:
+        """The prompt at inference (and for OPPU's retrieval-augmented training pairs),
+        with its shorter fallbacks (`data.prompt.assemble`: the format and the order in
+        which personal context is given up to fit a context).
 
         Retrieved items are joined with ", and " as in LaMP's prompts. Without retrieved
         items and profile, `task_input` is returned unchanged (non-personalized baseline).
         """
-        parts: list[str] = []
-        if profile and profile.strip():
-            parts.append(f"User profile: {truncate(profile, max_profile_chars)}")
-        if retrieved:
-            rendered = ", and ".join(self.render_item(it, max_item_chars) for it in retrieved)
-            parts.append(f"{rendered}.{self.history_note}")
-        if not parts:
-            return task_input
-        return "\n".join([*parts, task_input])
+        rendered = [self.render_item(it, max_item_chars) for it in retrieved]
+        cut = truncate(profile, max_profile_chars) if profile and profile.strip() else None
+        return assemble(task_input, rendered, cut, ", and ", self.history_note)
 
     # -- retrieval text ------------------------------------------------------------------
     def item_text(self, item: Item) -> str:

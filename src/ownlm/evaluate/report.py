@@ -50,6 +50,9 @@ class MethodResult:
     not_run: NotRun | None = None
     # metric -> [low, high]: 95% bootstrap interval over users (`evaluate.intervals`)
     intervals: dict[str, list[float]] = field(default_factory=dict)
+    # [cut, all]: its prompts that gave up personal context (or, bare, their middle) to
+    # fit the context (`backbone.context.fit_ids`); None for references (no prompt)
+    prompts_cut: list[int] | None = None
 
 
 def not_run_message(result: MethodResult, shown: int = 5) -> str:
@@ -169,6 +172,22 @@ def print_gaps(
     for line in lines:
         out.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
     return lines
+
+
+def print_cuts(
+    results: Sequence[MethodResult], context: int, console: Console | None = None
+) -> str | None:
+    """The table's footer: how many prompts each method cut to fit `context` tokens
+    (the least relevant retrieved items, then the profile, given up first)."""
+    counted = [r for r in results if r.prompts_cut is not None and not r.not_run]
+    if not counted:
+        return None
+    cut = [f"{r.method} {r.prompts_cut[0]}/{r.prompts_cut[1]}" for r in counted if r.prompts_cut[0]]
+    line = f"prompts cut to fit the context of {context} tokens: " + (
+        ", ".join(cut) + " (retrieved items, then the profile, left out)" if cut else "none"
+    )
+    (console or default_console).print(line, markup=False, highlight=False, soft_wrap=True)
+    return line
 
 
 def stage_warnings(record: Mapping | None) -> list[str]:

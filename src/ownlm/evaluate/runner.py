@@ -40,6 +40,7 @@ from ownlm.evaluate.report import (
     MethodResult,
     not_run_message,
     plot_methods,
+    print_cuts,
     print_gaps,
     print_stage_warnings,
     print_table,
@@ -153,13 +154,14 @@ def evaluate_run(
         from ownlm.evaluate.proper import evaluate_proper
 
         results += evaluate_proper(run, rows, contexts, routers=routers, backbone=backbone)
-    report(run, results, out_dir or run.dir / "eval")
+    report(run, results, out_dir or run.dir / "eval", getattr(backbone, "max_len", None))
     return results
 
 
-def report(run, results, out_dir: Path) -> None:
-    """Print the table (95% intervals over users), the paired comparisons and one line per
-    method not run; write results.json, the official prediction files of the methods
+def report(run, results, out_dir: Path, context: int | None = None) -> None:
+    """Print the table (95% intervals over users), how many prompts were cut to fit the
+    `context` (a causal backbone's), the paired comparisons and one line per method not
+    run; write results.json, the official prediction files of the methods
     scored, and the chart."""
     out_dir.mkdir(parents=True, exist_ok=True)
     primary = PRIMARY[run.task.kind]
@@ -175,6 +177,8 @@ def report(run, results, out_dir: Path) -> None:
         primary,
         console=console,
     )
+    if context:
+        print_cuts(results, context, console=console)
     print_gaps(results, primary, console=console)
     print_comparisons(comparisons, n_boot, seed, console=console)
     print_stage_warnings(stage_warnings(run.recorded()), console=console)

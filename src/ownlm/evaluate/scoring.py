@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from ownlm.backbone.context import counting_cuts
 from ownlm.backbone.decode import decode_rule
 from ownlm.evaluate.report import MethodResult
 from ownlm.log import progress
@@ -124,18 +125,22 @@ def predict_by_user(
     """Score method `name`: for each user, `answer_with(user)` is a context manager that
     yields the model answering for them; prompts carry `k` retrieved items and the
     profile (default: the run's, as OPPU's prompts). Labels are picked by the run's
-    `decode` (`backbone.decode`: the median for ordinal tasks by default)."""
+    `decode` (`backbone.decode`: the median for ordinal tasks by default). The result
+    counts the prompts cut to fit the backbone's context (`prompts_cut`)."""
     cfg, task = run.cfg, run.task
     decode = decode_rule(cfg.decode, task)  # argmax, or median for ordinal tasks
     k = cfg.retrieval_k if k is None else k
     use_profile = cfg.profile if use_profile is None else use_profile
     start = time.perf_counter()
     out = [""] * len(rows)
-    for uid, idx in progress(by_user(rows).items(), desc=f"eval {name}", unit="user"):
-        user = rows[idx[0]][0]
-        prompts = [query_prompt(task, contexts[uid], rows[i][1], k, use_profile) for i in idx]
-        with answer_with(user) as model:
-            preds = backbone.predict(model, task, prompts, decode=decode)
-        for i, p in zip(idx, preds, strict=True):
-            out[i] = p
-    return score(run, name, rows, out, time.perf_counter() - start)
+    with counting_cuts() as cuts:
+        for uid, idx in progress(by_user(rows).items(), desc=f"eval {name}", unit="user"):
+            user = rows[idx[0]][0]
+            prompts = [query_prompt(task, contexts[uid], rows[i][1], k, use_profile) for i in idx]
+            with answer_with(user) as model:
+                preds = backbone.predict(model, task, prompts, decode=decode)
+            for i, p in zip(idx, preds, strict=True):
+                out[i] = p
+    result = score(run, name, rows, out, time.perf_counter() - start)
+    result.prompts_cut = list(cuts.counts) if backbone.kind == "causal" else None
+    return result

@@ -10,6 +10,7 @@ that keeps stage 1 unmerged (bfloat16 or 4-bit) has it stacked into the exported
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from ownlm.adapters.export import (
 )
 from ownlm.adapters.methods import NAMES, adapter_method, how_served
 from ownlm.backbone.checksum import read_base_meta
+from ownlm.backbone.prompt_format import ANSWER_SEP, HOW_TO_PROMPT
 from ownlm.backbone.unmerged import UNMERGED_DIR
 from ownlm.errors import ConfigError, NotFoundError
 from ownlm.methods import oppu, proper
@@ -76,8 +78,32 @@ def export_user(run, user_id: str, out: Path, variant: str = AUTO) -> tuple[Path
     point_to_base(path, base)
     meta = read_base_meta(base)  # as `load_base` reads it
     carry_unmerged(base, path, meta.get("unmerged") or [])
-    kind = meta["kind"]
-    return path, pairing(base, path, user_id, kind, variant)
+    prompt = record_prompt_format(path, meta)
+    return path, pairing(base, path, user_id, meta["kind"], variant) + prompt
+
+
+PROMPT_FILE = "ownlm_prompt.json"  # beside the exported adapter: how it was prompted
+
+
+def record_prompt_format(adapter: Path, meta: dict) -> str:
+    """Write the prompt format the adapter was trained with (the base's, recorded when
+    it was written) beside it and into its README, so another engine prompts it as
+    ownlm did; returns the line the export prints ("" for an encoder's labels)."""
+    if meta["kind"] != "causal":
+        return ""
+    name = meta.get("prompt_format", "bare")  # a base of before the setting: no specials
+    record = {
+        "prompt_format": name,
+        "answer_sep": None if name == "chat" else ANSWER_SEP,
+        "context_length": meta.get("max_len"),
+        "how": HOW_TO_PROMPT[name],
+    }
+    (adapter / PROMPT_FILE).write_text(json.dumps(record, indent=2))
+    card = adapter / "README.md"
+    text = card.read_text() if card.exists() else ""
+    section = f"\n## Prompt format (ownlm)\n\nPrompted as `{name}`: {HOW_TO_PROMPT[name]}.\n"
+    card.write_text(text + section)
+    return f"\nprompt it as it was trained ({PROMPT_FILE}): {name}: {HOW_TO_PROMPT[name]}"
 
 
 def carry_unmerged(base: Path, adapter: Path, names: list[str]) -> None:

@@ -2,8 +2,8 @@
 
 A run that has user data (its config.yaml names a dataset) gives each of its users a
 BM25 index over their history and a profile; the request text becomes the task input
-of `ownlm.retrieval.prompts.personal_prompt` (the prompt evaluation builds), followed by
-the answer separator the model was trained with. A user's index and profile are rebuilt
+of `ownlm.retrieval.prompts.personal_prompt` (the prompt evaluation builds), which the
+server puts in the run's prompt format as evaluation does. A user's index and profile are rebuilt
 when `ownlm update` has added to their history since (their updates file's stat, checked
 on each request, as the adapter cache checks the adapter's manifest).
 """
@@ -13,7 +13,6 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from ownlm.backbone.base import ANSWER_SEP
 from ownlm.log import get_logger
 
 log = get_logger(__name__)
@@ -67,12 +66,13 @@ class Personalizer:
             self.users.pop(user, None)
 
     def prompt(self, user: str, text: str) -> str:
+        """The user's prompt for `text` (a `data.prompt.Prompt`, with its fallbacks)."""
         from ownlm.data.updates import updates_stat, with_updates
         from ownlm.retrieval.prompts import personal_prompt, user_context
 
         with self._lock:
             if user not in self.users:  # forgotten meanwhile: the batch will refuse it
-                return text + ANSWER_SEP
+                return text
             ctx, record, seen = self._contexts.get(user), self.users[user], self._seen.get(user)
         stat = updates_stat(self.run_dir, user) if self.run_dir else None
         if ctx is None or stat != seen:  # built outside the lock: holds up no other user
@@ -81,8 +81,8 @@ class Personalizer:
             built = user_context(self.task, record)
             with self._lock:
                 if user not in self.users:  # forgotten while it was built: not kept
-                    return text + ANSWER_SEP
+                    return text
                 if self._seen.get(user) != stat or user not in self._contexts:
                     self._contexts[user], self._seen[user] = built, stat
                 ctx = self._contexts[user]
-        return personal_prompt(self.task, ctx, text, self.k, self.use_profile) + ANSWER_SEP
+        return personal_prompt(self.task, ctx, text, self.k, self.use_profile)

@@ -15,7 +15,8 @@ from fastapi import Request as HttpRequest
 
 from ownlm.adapters import peft_io
 from ownlm.adapters.methods import adapter_method, how_served
-from ownlm.backbone.base import ANSWER_SEP, CausalBackbone
+from ownlm.backbone.base import CausalBackbone
+from ownlm.backbone.context import fit_ids
 from ownlm.config import ServeSettings
 from ownlm.errors import ConfigError, StoreError
 from ownlm.log import get_logger
@@ -205,20 +206,22 @@ class Server:
     # -- one request ----------------------------------------------------------------
     def build(self, body: SamplingBody, user: str | None, text: str, chat: bool) -> Request:
         """The engine request for `text`: checked against the prompt limit (before any
-        model work), personal context added (when on), tokenized, checked against the
-        context length."""
+        model work), personal context added (when on), in the run's prompt format as
+        evaluation builds it (`backbone.prompt_format`; a completion without personal
+        context is continued as is), checked against the context length."""
         body.check()
         field = "messages" if chat else "prompt"
         ids = self.prompt_ids(text, field)
-        if body.ownlm_personalize and self.personalizer and self.personalizer.has(user):
-            ids = self.tokenize(self.personalizer.prompt(user, text))
-        elif chat:  # chat asks for an answer: the format the model learned
-            ids = self.tokenize(text + ANSWER_SEP)
         max_tokens = (
             getattr(body, "max_completion_tokens", None)
             or body.max_tokens
             or self.settings.default_max_tokens
         )
+        personal = body.ownlm_personalize and self.personalizer and self.personalizer.has(user)
+        if personal or chat:  # an answer is asked for: the format the model learned
+            prompt = self.personalizer.prompt(user, text) if personal else text
+            budget = self.engine.max_len - max_tokens  # retrieved items, profile give way
+            ids = fit_ids(self.backbone.prompt_format, prompt, budget, cut_middle=False)
         if len(ids) + max_tokens > self.engine.max_len:
             raise ApiError(
                 400,
@@ -236,7 +239,8 @@ class Server:
         )
 
     def tokenize(self, text: str) -> list[int]:
-        return self.backbone.tokenizer(text, add_special_tokens=False)["input_ids"]
+        """A completion's text as the model continues it (leading special tokens too)."""
+        return self.backbone.prompt_format.raw_ids(text)
 
     def prompt_ids(self, text: str, field: str) -> list[int]:
         """The client's text as tokens, refused (400) when empty or over
@@ -262,7 +266,7 @@ class Server:
                 field,
             ) from None
         ids = self.tokenize(text)
-        if not ids:
+        if len(ids) <= len(self.tokenize("")):  # the leading special tokens alone
             raise ApiError(400, f"{field} is empty; send at least one token of text", field)
         if len(ids) > limit:
             raise ApiError(

@@ -157,7 +157,20 @@ def initial_backbone(run):
         path = build_or_load_tiny(
             run.corpus(), run.cache_dir, cfg.tiny, run.device, dev, v.patience
         )
-        return CausalBackbone.from_pretrained(path, "tiny", cfg.tiny.max_len, run.device, run.dtype)
+        return CausalBackbone.from_pretrained(
+            path,
+            "tiny",
+            cfg.context_length or cfg.tiny.max_len,  # over its positions: refused
+            run.device,
+            run.dtype,
+            prompt_format=cfg.prompt_format,
+        )
     return load_backbone(
-        cfg.backbone, run.task, device=run.device, dtype=run.dtype, quantize=cfg.quantize
+        cfg.backbone,
+        run.task,
+        cfg.context_length,
+        run.device,
+        run.dtype,
+        cfg.quantize,
+        cfg.prompt_format,
     )

@@ -3,12 +3,16 @@
 
 from __future__ import annotations
 
+from ownlm.backbone.context import counting_cuts
 from ownlm.errors import ConfigError
+from ownlm.log import get_logger
 from ownlm.methods.oppu import CONTROL, VARIANTS
 from ownlm.methods.proper.users import METHODS as PROPER_VARIANTS
 
 STAGES = ("population", "groups", "control", "users")  # control: docs/proper.md
 EXECUTORS = ("inprocess", "ray")  # where OPPU's user stage runs
+
+log = get_logger(__name__)
 
 
 def check_plan(stages: list[str], variants: list[str], executor: str = "inprocess") -> None:
@@ -48,13 +52,29 @@ def train_stages(
     OPPU's on `executor` ("inprocess", or "ray" with `workers` actors). `tune`: choose
     the tunable variants' budgets on the dev users first (`train.tune`; a recorded
     tune of the same base and settings is kept)."""
-    from ownlm.train.groups import train_groups
-    from ownlm.train.population import train_population
     from ownlm.train.preflight import check_targets
-    from ownlm.train.proper_users import train_proper_users
 
     check_plan(stages, variants, executor)
     check_targets(run.cfg, stages, variants)  # every LoRA placeable, before stage 1 trains
+    with counting_cuts() as cuts:  # prompts fitted in this process (not Ray's workers)
+        _train(run, stages, variants, executor, workers, address, tune)
+    cut, seen = cuts.counts
+    if cut:
+        log.warning(
+            "%d of %d training prompts did not fit the context (context_length): their "
+            "least relevant retrieved items, then their profile, were left out (the task "
+            "input's middle when even it did not fit); raise context_length if the model "
+            "allows it",
+            cut,
+            seen,
+        )
+
+
+def _train(run, stages, variants, executor, workers, address, tune) -> None:
+    from ownlm.train.groups import train_groups
+    from ownlm.train.population import train_population
+    from ownlm.train.proper_users import train_proper_users
+
     if "population" in stages:
         train_population(run)
     if "groups" in stages:
@@ -107,6 +127,9 @@ def prepare(run) -> dict:
         "name": backbone.name,
         "kind": backbone.kind,
         "fingerprint": backbone.fingerprint(),
+        "context_length": backbone.max_len,
     }
+    if hasattr(backbone, "prompt_format"):
+        summary["backbone"]["prompt_format"] = backbone.prompt_format.name
     (run.dir / "data_summary.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -254,9 +254,19 @@ def test_forget_removes_what_killed_writers_left_of_the_user(trained):
 
 
 def test_evaluation_outputs_are_not_written_after_a_user_was_forgotten(trained):
+    from ownlm.run.outputs import guarded_outputs
+
     run = Run.open(trained.dir)
     run.dataset  # noqa: B018  (the command read its users)
-    forget_user(run.dir, run.split.test[0].user_id)
+    kept = run.dir / "eval" / "results.json"
+    kept.parent.mkdir(exist_ok=True)
+    kept.write_text("{}")
+    with pytest.raises(StoreError, match="forgotten while this command ran"):
+        with guarded_outputs(run, run.dir / "eval"):  # a study that runs meanwhile
+            user = run.split.test[0].user_id
+            forget_user(run.dir, user)
+            (run.dir / "eval" / "shift.json").write_text(json.dumps({"users": [user]}))
+    assert not (run.dir / "eval" / "shift.json").exists() and kept.exists()
     with pytest.raises(StoreError, match="forgotten while this command ran"):
         run.check_forgotten_since("eval/")
 

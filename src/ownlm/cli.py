@@ -183,6 +183,17 @@ def eval_(
     start = time.perf_counter()
     run = _run(config, set_, write=False)
     results = evaluate_run(run)
+    from ownlm.run.outputs import guarded_outputs
+
+    with guarded_outputs(run, run.dir / "eval"):  # a user forgotten meanwhile: not named
+        _more(run, groups_view, buckets, studies, study_users, one_expert_run)
+    console.print(f"eval wall time: {time.perf_counter() - start:.0f} s")
+    if any(r.not_run for r in results):  # a method asked for has no score: not a success
+        raise typer.Exit(3)
+
+
+def _more(run, groups_view: bool, buckets, studies, study_users: int, one_expert_run: str):
+    """`ownlm eval`'s extras: the groups view, the active-level study, the studies."""
     if groups_view:
         from ownlm.evaluate.groups import groups_view as show_groups
 
@@ -197,9 +208,6 @@ def eval_(
         from ownlm.studies import run_named_study
 
         run_named_study(name, run, max_users=study_users or None)
-    console.print(f"eval wall time: {time.perf_counter() - start:.0f} s")
-    if any(r.not_run for r in results):  # a method asked for has no score: not a success
-        raise typer.Exit(3)
 
 
 @app.command()

@@ -192,3 +192,14 @@ def test_an_output_dir_ownlm_may_not_write_is_one_line_naming_it(
     line = _one_error_line(runner.invoke(app, ["prepare", *_sets(tmp_path)]))
     assert message.format(runs / "cli") in line or message.format(runs) in line, line
     assert "--set output_dir=DIR" in line
+
+
+def test_help_keeps_bracketed_text():
+    """Help is plain text: `pip install 'ownlm[ray]'` keeps its brackets (rich markup
+    would take `[ray]` for a style and drop it)."""
+    from typer.testing import CliRunner
+
+    from ownlm.cli import app
+
+    out = CliRunner().invoke(app, ["train", "--help"], terminal_width=200).output
+    assert "'ownlm[ray]'" in out and "'ownlm[qlora]'" in out

@@ -24,8 +24,13 @@ configure_output()  # bars on a terminal, plain lines in a log file
 CONFIG_HELP = "Config keys (--set key=value):\n\n" + "\n\n".join(
     f"{key} = {default}: {help_}" for key, default, help_ in describe_fields()
 )
-app = typer.Typer(help=__doc__, no_args_is_help=True, pretty_exceptions_enable=False)
-token_app = typer.Typer(help="Manage API tokens of the server.", no_args_is_help=True)
+# help is plain text, never rich markup: `pip install 'ownlm[ray]'` must keep its brackets
+app = typer.Typer(
+    help=__doc__, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None
+)
+token_app = typer.Typer(
+    help="Manage API tokens of the server.", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(token_app, name="token")
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="experiment YAML (see configs/)")

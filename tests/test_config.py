@@ -87,6 +87,7 @@ def test_every_field_has_help():
         ("user.epochs=0", r"'user.epochs' is 0.0; it must be > 0"),
         ("user.batch_size=0", r"'user.batch_size' is 0; it must be an integer >= 1"),
         ("user.users_per_batch=0", r"'user.users_per_batch' is 0; it must be an integer >= 1"),
+        ("user.chunk_rows=0", r"'user.chunk_rows' is 0; it must be an integer >= 1"),
         ("test_frac=0", r"'test_frac' is 0.0; it must be in \(0, 1\)"),
         ("test_frac=1", r"'test_frac' is 1.0; it must be in \(0, 1\)"),
         ("retrieval_k=-1", r"'retrieval_k' is -1; it must be an integer >= 0"),

@@ -187,6 +187,15 @@ class UserSettings(LoraSettings):
             "than lora, always train one by one"
         },
     )
+    chunk_rows: int = field(
+        default=16,
+        metadata={
+            "help": "batched users: rows run through the model at once, their gradients "
+            "accumulated (the same result at any size); peak memory grows with chunk_rows x "
+            "context length (docs/own_model.md's table): lower it when a batch runs out of "
+            "GPU memory"
+        },
+    )
 
     def __post_init__(self):
         self.method = str(self.method).strip().lower()  # "IA3" is ia3
@@ -496,6 +505,7 @@ RUNTIME_KEYS = (  # where the run lives and how fast it runs: the same adapters 
     "dtype",
     "gradient_checkpointing",
     "user.users_per_batch",  # batched users learn what each would alone
+    "user.chunk_rows",  # rows per forward: the same gradients, accumulated
 )
 # How `ownlm tune` searches: what it chose is recorded in run.json, and each user
 # adapter records the lr and epochs it was trained with, so another search is no
@@ -620,6 +630,7 @@ LORA_RULES = {"r": AT_LEAST_1, "alpha": POSITIVE, "dropout": Bound(0, high=1), "
 VALID: dict[type, dict[str, Bound | Choice]] = {
     LoraSettings: LORA_RULES,
     UserSettings: {**LORA_RULES, "users_per_batch": AT_LEAST_1, "virtual_tokens": AT_LEAST_1,
+                   "chunk_rows": AT_LEAST_1,
                    "method": Choice(("lora", "ia3", "prompt"))},
     TinyConfig: {**dict.fromkeys(("vocab_size", "hidden_size", "layers", "heads",
                                   "intermediate_size", "batch_size"), AT_LEAST_1),

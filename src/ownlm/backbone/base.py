@@ -24,6 +24,7 @@ from ownlm.backbone.decode import pick_labels
 from ownlm.backbone.device import model_device
 from ownlm.backbone.encoder import EncoderClassifier
 from ownlm.backbone.families import ffn_targets, lora_targets
+from ownlm.backbone.heads import logits_at, token_losses
 from ownlm.backbone.prompt_format import ANSWER_SEP as ANSWER_SEP  # read here by run, serve
 from ownlm.backbone.prompt_format import PromptFormat
 
@@ -170,18 +171,17 @@ class CausalBackbone:
 
     # -- training -------------------------------------------------------------------
     def loss(self, model, prompts: list[str], targets: list[str]) -> torch.Tensor:
+        """Mean next-token cross-entropy over the batch's answer tokens (HF's `.loss`),
+        the output head run at those positions only (`heads.token_losses`)."""
         ids, mask, labels = _to(model_device(model), *self.encode_pairs(prompts, targets))
-        return model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        tok = token_losses(model, ids, mask, labels)  # (B, T-1)
+        return tok.sum() / (labels[:, 1:] != -100).sum().clamp_min(1)
 
     def item_losses(self, model, prompts: list[str], targets: list[str]) -> torch.Tensor:
+        """(B,) each pair's mean cross-entropy over its answer tokens."""
         ids, mask, labels = _to(model_device(model), *self.encode_pairs(prompts, targets))
-        logits = token_logits(model, ids, mask)[:, :-1].float()  # (B, T-1, V)
-        tgt = labels[:, 1:]  # token t predicts t+1, as the model's own loss shifts
-        tok = nn.functional.cross_entropy(
-            logits.transpose(1, 2), tgt, ignore_index=-100, reduction="none"
-        )  # (B, T-1)
-        keep = (tgt != -100).float()
-        return (tok * keep).sum(-1) / keep.sum(-1).clamp_min(1)
+        tok = token_losses(model, ids, mask, labels)  # (B, T-1)
+        return tok.sum(-1) / (labels[:, 1:] != -100).sum(-1).clamp_min(1)
 
     # -- inference ------------------------------------------------------------------
     @torch.no_grad()
@@ -200,21 +200,16 @@ class CausalBackbone:
         if None not in firsts and len(set(firsts)) == len(firsts):
             encoded = self.encode_pairs(prompts, [labels[0]] * len(prompts), room)
             ids, mask, lab = _to(device, *encoded)
-            last = (lab != -100).float().argmax(
-                -1
-            ) - 1  # position predicting the label's first token
-            logits = token_logits(model, ids, mask)  # (N, T, V)
-            logp = logits[torch.arange(len(prompts), device=device), last].float().log_softmax(-1)
+            last = (lab != -100).float().argmax(-1) - 1  # predicts the label's first token
+            sel = torch.zeros_like(ids, dtype=torch.bool)
+            sel[torch.arange(len(prompts), device=device), last] = True  # one per prompt
+            logp = logits_at(model, ids, mask, sel).log_softmax(-1)  # (N, V)
             return logp[:, firsts]  # (N, L)
         scores = torch.empty(len(prompts), len(labels), device=device)
         for j, label in enumerate(labels):
             encoded = self.encode_pairs(prompts, [label] * len(prompts), room)
             ids, mask, lab = _to(device, *encoded)
-            logits = token_logits(model, ids, mask)[:, :-1]
-            logp = logits.float().log_softmax(-1)
-            tgt = lab[:, 1:]
-            tok = logp.gather(-1, tgt.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-            scores[:, j] = (tok * (tgt != -100)).sum(-1)
+            scores[:, j] = -token_losses(model, ids, mask, lab).sum(-1)  # sum of log p
         return scores
 
     @torch.no_grad()
@@ -329,14 +324,6 @@ class EncoderBackbone:
             scores = self.score_labels(model, prompts[i : i + batch_size], task.labels)
             out.extend(pick_labels(scores, tuple(self.model.labels), decode))  # head order
         return out
-
-
-def token_logits(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(B, T, V) logits of the positions of `ids`. A prompt-tuned PEFT model prepends
-    its virtual tokens and returns their positions' logits first (B, n + T, V): those
-    are dropped, so position t is token t's for every PEFT method."""
-    logits = model(input_ids=ids, attention_mask=mask).logits
-    return logits[:, -ids.shape[1] :]
 
 
 def _to(device, *tensors):

@@ -8,8 +8,8 @@ own gradient clipping and their own AdamW state. What the users share is the fro
 base's forward and backward: at each global step the rows of every user still training
 run together, in chunks of `chunk_rows` rows whose gradients accumulate. The loss is the
 sum over users of each user's own mean, so each user's gradient is the one they would
-get alone. The output head runs only at the supervised positions (the sequential path
-computes every logit of every position and keeps a few).
+get alone. The output head runs only at the supervised positions (`backbone.heads`, as
+every loss does).
 
 Finished users are saved through PEFT's `save_pretrained`, the same files as the
 sequential stage writes, and leave memory before the next group starts. LoRA only:
@@ -22,8 +22,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch import nn
-from torch.nn import functional as F
 
 from ownlm.adapters.lora import detach, inject, set_checkpointing
 from ownlm.adapters.multi_lora import (
@@ -33,6 +31,7 @@ from ownlm.adapters.multi_lora import (
     install_multi_lora,
     peft_init,
 )
+from ownlm.backbone.heads import token_losses
 from ownlm.config import LoraSettings
 from ownlm.errors import ConfigError
 from ownlm.log import get_logger, progress
@@ -87,45 +86,6 @@ def pad_rows(rows: list[Row], pad_id: int, device):
     labels = pad([r.labels for r in rows], batch_first=True, padding_value=-100)
     mask = pad([torch.ones_like(r.ids) for r in rows], batch_first=True, padding_value=0)
     return ids.to(device), mask.to(device), labels.to(device)
-
-
-# Model families whose logits are exactly `get_output_embeddings()(last hidden state)`:
-# no soft-capping, logit scaling or auxiliary loss (Gemma 2, Cohere, Granite, MoE routers
-# have those). Others fall back to the model's own full logits.
-PLAIN_HEAD = frozenset(
-    "llama mistral qwen2 qwen3 gemma gpt2 gpt_neox gptj opt phi phi3 olmo olmo2 stablelm "
-    "starcoder2".split()
-)
-
-
-def body_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
-    """(decoder returning hidden states, output head) of a plain HF causal LM, else None."""
-    if getattr(getattr(model, "config", None), "model_type", None) not in PLAIN_HEAD:
-        return None
-    head = model.get_output_embeddings()
-    body = model.get_decoder() if hasattr(model, "get_decoder") else model.base_model
-    if not isinstance(head, nn.Linear) or body is None or body is model:
-        return None
-    return body, head
-
-
-def token_losses(model, ids, mask, labels) -> torch.Tensor:
-    """(b,) summed next-token cross-entropy of each row over its supervised tokens, in
-    float32 as HF's loss. The head runs only where a label is supervised."""
-    split = body_and_head(model)
-    tgt = labels[:, 1:]  # position t predicts token t + 1
-    if split is None:
-        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-        # (b, T-1, V) -> (b, V, T-1) for cross_entropy; ignored positions give 0
-        ce = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), tgt, reduction="none")
-        return ce.sum(1)
-    body, head = split
-    hidden = body(input_ids=ids, attention_mask=mask, use_cache=False)[0]  # (b, T, d)
-    sel = tgt != -100  # (b, T-1)
-    logits = head(hidden[:, :-1][sel]).float()  # (N, V): supervised positions only
-    ce = F.cross_entropy(logits, tgt[sel], reduction="none")  # (N,)
-    rows = sel.nonzero()[:, 0]  # (N,) the row of each supervised token
-    return torch.zeros(len(ids), device=ce.device, dtype=ce.dtype).index_add_(0, rows, ce)
 
 
 def train_group(
@@ -197,7 +157,7 @@ def group_step(multi: MultiLora, batch: dict[int, list[Row]], pad_id: int, chunk
         ids, mask, labels = pad_rows([r for _, r in chunk], pad_id, device)
         w = torch.tensor([weight[k] for k in users], device=device)
         with multi.use(users):  # backward too: checkpointed layers rerun their forward
-            per_row = token_losses(multi.model, ids, mask, labels) * w  # (b,)
+            per_row = token_losses(multi.model, ids, mask, labels).sum(1) * w  # (b,)
             per_row.sum().backward()
         total.index_add_(0, torch.tensor(users, device=device), per_row.detach())
     return total[slots].tolist()
@@ -227,13 +187,13 @@ def train_users_batched(
     users=None,
     backbone=None,
     users_per_batch: int | None = None,
-    chunk_rows: int = 16,
+    chunk_rows: int | None = None,
     optimizer: Optimizer | None = None,
 ) -> dict:
     """`train_users` with `users_per_batch` users trained together: the same users
     trained, resumed or skipped (`plan_users`), the same files, the same counts
-    returned. `optimizer` maps param groups (one per user) to an optimiser; default
-    AdamW without weight decay, as `fit`."""
+    returned. `chunk_rows` defaults to the run's `user.chunk_rows`. `optimizer` maps
+    param groups (one per user) to an optimiser; default AdamW without weight decay."""
     check_variant(variant)
     users = run.split.test if users is None else users
     backbone = backbone or run.base()
@@ -270,7 +230,7 @@ def train_users_batched(
             backbone,
             jobs,
             budget.lora(run.cfg.user),
-            chunk_rows,
+            chunk_rows or run.cfg.user.chunk_rows,
             optimizer,
             gradient_checkpointing=run.cfg.gradient_checkpointing,
         )

@@ -21,7 +21,7 @@ from ownlm.errors import ConfigError
 ANSWER_SEP = "\nAnswer: "  # between the prompt and the answer in the plain formats
 SETTINGS = ("auto", "plain", "chat")  # what `prompt_format` may be set to
 FORMATS = ("plain", "chat", "bare")  # what it resolves to, recorded with the base
-_PROBE = "\u2063probe\u2063"
+_PROBE = "\u2063probe\u2063"  # a text no template rewrites, to find what wraps it
 # What each format means to another engine (the export's README): how to send a prompt
 # so the adapter sees the ids it was trained on.
 HOW_TO_PROMPT = {
@@ -33,14 +33,14 @@ HOW_TO_PROMPT = {
     f"ending in {ANSWER_SEP!r}); the answer ends with EOS",
     "bare": f"the prompt then {ANSWER_SEP!r}, with no special tokens (vLLM: "
     "add_special_tokens=false); the answer ends with EOS",
-}  # a text no template rewrites, to find what wraps it
+}
 
 
 class PromptFormat:
     """A resolved format (`name` in FORMATS) over one tokenizer."""
 
     def __init__(self, tokenizer, setting: str = "auto"):
-        if setting not in (*SETTINGS, "bare"):
+        if setting not in (*SETTINGS, *FORMATS):
             raise ConfigError(
                 f"prompt_format must be one of {SETTINGS} but the value passed is {setting!r}"
             )

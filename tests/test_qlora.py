@@ -35,7 +35,10 @@ def test_a_4bit_run_trains_evaluates_exports_and_serves_on_cpu(tmp_path, monkeyp
     user = _trained_user(run_dir)
     out = tmp_path / "export"
     shown = _ok(["export", *sets, "--user", user, "--out", str(out)])
-    assert "vllm serve" in shown
+    # stage 1 (r=8) stacked under the user's LoRA (r=8); vLLM told the base is 4-bit
+    assert json.loads((out / "adapter_config.json").read_text())["r"] == 16
+    assert "--quantization bitsandbytes --enable-lora" in shown, shown
+    assert "--max-lora-rank 16" in shown, shown
     model = AutoPeftModelForCausalLM.from_pretrained(out)
     assert model.base_model.model.is_loaded_in_4bit
     assert isinstance(_served_text(run_dir, user, monkeypatch), str)

@@ -103,6 +103,15 @@ def architecture(base_dir: Path) -> str | None:
     return (json.loads(cfg_file.read_text()).get("architectures") or [None])[0]
 
 
+def quantization_flag(base_dir: Path) -> str:
+    """vLLM's flag for a base saved 4-bit by bitsandbytes (`quantize: 4bit`), else ""."""
+    cfg_file = Path(base_dir) / "config.json"
+    if not cfg_file.exists():
+        return ""
+    quant = json.loads(cfg_file.read_text()).get("quantization_config") or {}
+    return " --quantization bitsandbytes" if quant.get("quant_method") == "bitsandbytes" else ""
+
+
 def vllm_problem(base_dir: Path, adapter_dir: Path, kind: str = "causal") -> str | None:
     """Why vLLM cannot serve this exported adapter on its base; None when it can."""
     if kind != "causal":
@@ -144,8 +153,8 @@ def vllm_hint(
         return problem
     rank = int(json.loads((Path(adapter_dir) / CONFIG_FILE).read_text())["r"])
     line = (
-        f"vllm serve {base_dir} --enable-lora --max-loras {max_loras} "
-        f"--max-lora-rank {max_lora_rank(rank)} --lora-modules {name}={adapter_dir}"
+        f"vllm serve {base_dir}{quantization_flag(base_dir)} --enable-lora --max-loras "
+        f"{max_loras} --max-lora-rank {max_lora_rank(rank)} --lora-modules {name}={adapter_dir}"
     )
     arch = architecture(base_dir)
     if arch is not None and arch not in VLLM_LORA:

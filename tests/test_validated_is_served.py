@@ -187,3 +187,27 @@ def test_a_user_is_served_and_exported_over_the_unmerged_stage1(llama, tmp_path,
     assert worst <= USER_BOUND[precision], measured
     if precision == "bfloat16":  # no further from it than bfloat16 itself is from float32
         assert worst <= 2 * measured["rounding"], measured
+
+
+def test_the_control_pass_is_kept_unmerged_over_stage1(llama, tmp_path):
+    """OPPU's control pass on a bfloat16 base: base-control keeps stage 1 and the control
+    LoRA unmerged, in order, and loads as the model the control pass validated."""
+    import json
+
+    from ownlm.backbone.load import load_base
+
+    run = SimpleNamespace(task=SimpleNamespace(name="toy"))
+    backbone = _base(llama, "bfloat16")
+    write_merged(run, backbone, tmp_path / "base", lora=(_population(backbone), "population"))
+    stage1 = load_base(tmp_path / "base", "cpu", torch.bfloat16)
+    control = _population(stage1, USER_UPDATE)
+    ids = _ids(stage1)
+    validated = _logits(control, ids)
+    with control.disable_adapter():
+        without = _logits(control, ids)
+    write_merged(run, stage1, tmp_path / "base-control", lora=(control, "control"))
+    meta = json.loads((tmp_path / "base-control" / "ownlm_base.json").read_text())
+    assert meta["unmerged"] == ["population", "control"]
+    loaded = load_base(tmp_path / "base-control", "cpu", torch.bfloat16)
+    assert loaded.fingerprint() not in (stage1.fingerprint(), backbone.fingerprint())
+    assert _gap(_logits(loaded.model, ids), validated, without) <= BOUND["bfloat16"]

@@ -18,6 +18,7 @@ estimates from CPU measurements, not GPU measurements.
 
     python bench/memory.py            # measure, fit, print the table (about 2 minutes)
     python bench/memory.py --table    # the table from the fitted numbers pinned below
+    python bench/memory.py --head     # one step's peak, head at the answer vs full logits
 """
 
 from __future__ import annotations
@@ -90,6 +91,43 @@ def child(cfg: tuple) -> None:
     print(json.dumps({"delta_mb": (after - before) / 1024, "T": width}))
 
 
+def head_child(full: bool) -> None:
+    """One step at a 32k vocabulary, 8 rows of 256 tokens: the loss through
+    `backbone.heads` (answer positions only) or through the model's full logits."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from ownlm.backbone.base import CausalBackbone
+    from ownlm.backbone.tokenizer import train_tokenizer
+    from ownlm.testing import toy_texts
+
+    torch.set_num_threads(1)
+    tok = train_tokenizer(toy_texts(), vocab_size=300)
+    conf = AutoConfig.for_model(
+        "qwen2", vocab_size=32000, hidden_size=128, intermediate_size=256,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+        max_position_embeddings=512, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    )  # fmt: skip
+    model = AutoModelForCausalLM.from_config(conf)
+    backbone = CausalBackbone(model, tok, name="mem", max_len=260)
+    prompts, targets = [" ".join(toy_texts(40))] * 8, ["good answer"] * 8
+    ids, mask, labels = backbone.encode_pairs(prompts, targets)
+
+    def step(n: int):
+        if full:
+            out = model(input_ids=ids[:n], attention_mask=mask[:n], labels=labels[:n])
+            out.loss.backward()
+        else:
+            backbone.loss(model, prompts[:n], targets[:n]).backward()
+
+    step(1)  # warm-up at one row: the weights' gradients and pools in place
+    model.zero_grad()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    step(len(prompts))
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"full": full, "T": ids.shape[1], "delta_mb": (after - before) / 1024}))
+
+
 def measure() -> list[dict]:
     out = []
     for cfg in CONFIGS:
@@ -149,10 +187,19 @@ def table(f: dict) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--table", action="store_true", help="the table from the pinned FIT")
+    ap.add_argument("--head", action="store_true", help="head split vs full logits")
     ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--head-child", choices=("split", "full"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         return child(tuple(json.loads(args.child)))
+    if args.head_child:
+        return head_child(args.head_child == "full")
+    if args.head:
+        for how in ("full", "split"):
+            cmd = [sys.executable, __file__, "--head-child", how]
+            print(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip())
+        return None
     f = FIT if args.table else fit(measure())
     print("bytes per token per layer: " + ", ".join(f"{k}={v:.2f}" for k, v in f.items()))
     table(f)

@@ -212,8 +212,10 @@ def users_hour(check: Check):
             peak = torch.cuda.max_memory_allocated() / 2**30
         else:
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # process RSS
-        per_hour = 3600 * stats["trained"] / (time.perf_counter() - start)
-        metrics[method] = {"users_per_hour": per_hour, "peak_gb": peak, "users": len(users)}
+        seconds = time.perf_counter() - start
+        per_hour = 3600 * stats["trained"] / seconds
+        metrics[method] = {"users_per_hour": per_hour, "peak_gb": peak, "users": len(users),
+                           "seconds": seconds}  # fmt: skip
     s, b = metrics["sequential"], metrics["batched"]
     where = "GPU allocated" if torch.cuda.is_available() else "process RSS"
     detail = (

@@ -159,17 +159,16 @@ def save_groups(run, layers, tensors, meta, base_fp, losses, validation=None) ->
         save_file(tensors, str(d / "router.safetensors"))
         (d / "router.json").write_text(json.dumps(meta, indent=2))
 
-    store.save(
-        ROUTER,
-        write,
-        Manifest(
-            name="",
-            stage="group-router",
-            task=run.task.name,
-            base_fingerprint=base_fp,
-            extra={"loss_first": losses[0], "loss_last": losses[-1], "validation": validation},
-        ),
+    manifest = Manifest(
+        name="",
+        stage="group-router",
+        task=run.task.name,
+        base_fingerprint=base_fp,
+        extra={"loss_first": losses[0], "loss_last": losses[-1], "validation": validation},
     )
+    with run.edit_record(write=False):  # a forget runs wholly before this, or after
+        run.check_forgotten_since("stage 2's router (it names every train user)")
+        store.save(ROUTER, write, manifest)
 
 
 def require_groups(run):

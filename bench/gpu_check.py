@@ -33,6 +33,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+SRC = Path(__file__).resolve().parent.parent / "src"  # this checkout's ownlm, installed or not
+sys.path.insert(0, str(SRC))
+os.environ["PYTHONPATH"] = f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
 
 from gpu_check_steps import STEPS, Check  # noqa: E402
 

@@ -1,7 +1,7 @@
 """Seeded random interleavings of the commands that write users (issue #19, item 10):
 `update`, `forget`, `token create`, `token revoke` and `train --stages users`, run at
-the same time on one small run, some SIGKILLed at random moments, with the invariants
-checked after every step. Hypothesis's stateful testing draws the schedules and shrinks
+the same time on one small run while a live server answers every user's requests, some
+commands SIGKILLed at random moments, with the invariants checked after every step. Hypothesis's stateful testing draws the schedules and shrinks
 a failing one to its shortest form.
 
 Commands run in warm worker processes (ownlm and torch imported before the command is
@@ -37,6 +37,7 @@ from ownlm.errors import NotFoundError
 from ownlm.methods.forget import mentions
 from ownlm.run import Run
 from ownlm.serve.errors import ApiError
+from ownlm.serve.launch import serve_in_thread
 from ownlm.store import Principal, TokenStore
 from ownlm.store.guard import ForgottenUsers
 from ownlm.store.tokens import stored_users
@@ -159,6 +160,9 @@ class Schedules(RuleBasedStateMachine):
         self.tokens: dict[str, list[str]] = {u: [] for u in self.users}
         self.items = 0
         self.server = _server(self.dir)  # a server running all along, in this process
+        self.admin = TokenStore(self.dir).create(admin=True)
+        self.uv, self.thread, port = serve_in_thread(self.server)
+        self.url = f"http://127.0.0.1:{port}/v1/completions"
 
     def _argv(self, kind: str, user: str) -> tuple[list[str], list[str]]:
         run = ["--run-dir", str(self.dir)]
@@ -185,6 +189,10 @@ class Schedules(RuleBasedStateMachine):
         )
     )
     def run_at_once(self, steps):
+        gone_before = set(self.forgotten)
+        stop, answers = threading.Event(), []
+        asker = threading.Thread(target=self._ask, args=(stop, answers))
+        asker.start()  # requests of every user while the commands run
         started = []
         for kind, who, kill in steps:
             user = self.users[who % len(self.users)]
@@ -197,6 +205,23 @@ class Schedules(RuleBasedStateMachine):
         for kind, user, ids, proc in started:
             out, _ = proc.communicate(timeout=300)
             self._note(Outcome(kind, user, proc.returncode, out, ids))
+        stop.set()
+        asker.join(60)
+        assert answers, "no request was answered while the commands ran"
+        for user, status, model in answers:
+            assert status in (200, 404), (user, status)  # never a 5xx, never a stale token
+            assert status == 404 or (user not in gone_before and model == f"tiny:{user}")
+
+    def _ask(self, stop: threading.Event, answers: list) -> None:
+        """Ask for a completion of each user in turn until `stop`: (user, status, model)."""
+        import httpx
+
+        headers = {"Authorization": f"Bearer {self.admin}"}
+        while not stop.is_set():
+            for user in self.users:
+                body = {"model": f"tiny:{user}", "prompt": "a film", "max_tokens": 2}
+                r = httpx.post(self.url, json=body, headers=headers, timeout=60)
+                answers.append((user, r.status_code, r.json().get("model")))
 
     def _note(self, o: Outcome) -> None:
         assert o.code in (0, 2, -signal.SIGKILL), f"{o.kind} {o.user}: exit {o.code}\n{o.out}"
@@ -252,6 +277,8 @@ class Schedules(RuleBasedStateMachine):
     def teardown(self):
         if not hasattr(self, "dir"):
             return
+        self.uv.should_exit = True
+        self.thread.join(timeout=10)
         server = _server(self.dir)  # a fresh start after every kill: it starts
         marked = {u for u in self.users if u in ForgottenUsers(self.dir)}
         served = server.model_ids(ADMIN)

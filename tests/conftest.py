@@ -42,3 +42,24 @@ def tiny_cfg(tmp_path, monkeypatch):
             *TINY_OVERRIDES,
         ],
     )
+
+
+def trained_demo_run(root, max_users: int):
+    """A demo-tags run under `root` with stage 1 and its test users' OPPU adapters
+    (tiny sizes, its own backbone cache); returns the run directory. For module-scoped
+    fixtures that copy it per test."""
+    from ownlm import run as run_module
+    from ownlm.config import load_config
+    from ownlm.run import Run
+    from ownlm.train.population import train_population
+    from ownlm.train.users import train_users
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(run_module, "CACHE_DIR", root / "cache")
+        keys = [f"output_dir={root / 'runs'}", "name=t", "data=demo-tags"]
+        run = Run(
+            load_config(None, [*keys, f"max_users={max_users}", "max_queries=2", *TINY_OVERRIDES])
+        )
+        train_population(run)
+        train_users(run, "oppu")
+    return run.dir

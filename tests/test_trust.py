@@ -21,8 +21,7 @@ from ownlm.run import Run, recorded_roles
 from ownlm.store import TokenStore
 from ownlm.store.guard import user_lock
 from ownlm.store.tokens import stored_users
-from ownlm.train.population import train_population
-from ownlm.train.users import train_users
+from tests.conftest import trained_demo_run
 
 
 def _new_items(path: Path, n: int = 2) -> Path:
@@ -35,18 +34,7 @@ def _new_items(path: Path, n: int = 2) -> Path:
 
 @pytest.fixture(scope="module")
 def trained_once(tmp_path_factory):
-    from ownlm import run as run_module
-    from ownlm.config import load_config
-    from tests.conftest import TINY_OVERRIDES
-
-    root = tmp_path_factory.mktemp("trust")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(run_module, "CACHE_DIR", root / "cache")
-        keys = [f"output_dir={root / 'runs'}", "name=t", "data=demo-tags", "max_users=6"]
-        run = Run(load_config(None, [*keys, "max_queries=2", *TINY_OVERRIDES]))
-        train_population(run)
-        train_users(run, "oppu")
-    return run.dir
+    return trained_demo_run(tmp_path_factory.mktemp("trust"), max_users=6)
 
 
 @pytest.fixture

@@ -41,6 +41,7 @@ from ownlm.serve.launch import serve_in_thread
 from ownlm.store import Principal, TokenStore
 from ownlm.store.guard import ForgottenUsers
 from ownlm.store.tokens import stored_users
+from tests.conftest import trained_demo_run
 
 WORKER = """
 import json, os, sys
@@ -116,20 +117,7 @@ KILLS = st.one_of(
 
 @pytest.fixture(scope="module")
 def base_run(tmp_path_factory):
-    from ownlm import run as run_module
-    from ownlm.config import load_config
-    from ownlm.train.population import train_population
-    from ownlm.train.users import train_users
-    from tests.conftest import TINY_OVERRIDES
-
-    root = tmp_path_factory.mktemp("stateful")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(run_module, "CACHE_DIR", root / "cache")
-        keys = [f"output_dir={root / 'runs'}", "name=t", "data=demo-tags", "max_users=8"]
-        run = Run(load_config(None, [*keys, "max_queries=2", *TINY_OVERRIDES]))
-        train_population(run)
-        train_users(run, "oppu")
-    return run.dir
+    return trained_demo_run(tmp_path_factory.mktemp("stateful"), max_users=8)
 
 
 @pytest.fixture(scope="module")

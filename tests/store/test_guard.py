@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from ownlm.files import HOST, real_name, sweep_files, write_file
-from ownlm.store.guard import BusyError, LOCKS, lock_key, user_lock
+from ownlm.store.guard import LOCKS, BusyError, lock_key, user_lock
 
 HOLD = """
 import sys, time

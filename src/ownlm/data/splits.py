@@ -63,9 +63,7 @@ def split_users(
     )
 
 
-def split_by_roles(
-    dataset: Dataset, roles: dict[str, list[str]]
-) -> tuple[UserSplit, list[str]]:
+def split_by_roles(dataset: Dataset, roles: dict[str, list[str]]) -> tuple[UserSplit, list[str]]:
     """The split that `roles` ({"train": [ids], "dev": [...], "test": [...]}, as a run
     recorded it) gives `dataset`'s users, each role in the data's order; and the ids of
     the users it names no role for. An id in `roles` that the data lacks (a forgotten

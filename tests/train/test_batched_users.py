@@ -10,7 +10,7 @@ import torch
 from peft import PeftModel
 from safetensors.torch import load_file
 
-from ownlm.adapters.lora import detach, inject
+from ownlm.adapters.lora import detach, inject, is_checkpointing
 from ownlm.backbone.base import CausalBackbone
 from ownlm.backbone.tiny import build_model
 from ownlm.backbone.tokenizer import train_tokenizer
@@ -199,7 +199,7 @@ def test_gradient_checkpointing_gives_the_same_weights(tiny_cfg):
         )
         for ckpt in (False, True)
     ]
-    assert not backbone.model.is_gradient_checkpointing  # switched off again
+    assert not is_checkpointing(backbone.model)  # switched off again
     for (plain, _), (ckpt, _) in zip(*results, strict=True):
         for name, (a, b) in plain.items():
             assert torch.allclose(ckpt[name][0], a, atol=1e-6)

@@ -27,7 +27,7 @@ from ownlm.serve.errors import ApiError
 from ownlm.serve.personalize import Personalizer
 from ownlm.serve.protocol import SamplingBody
 from ownlm.store import AdapterStore, Principal, TokenStore
-from ownlm.store.guard import ForgottenUsers
+from ownlm.store.guard import ForgottenUsers, forgotten_key
 
 log = get_logger(__name__)
 
@@ -148,9 +148,9 @@ class Server:
             own = own and self.cache.servable(who.user)
             return [self.base] + ([f"{self.base}:{who.user}"] if own else [])
         users = [n.partition(":")[2] for n in self.store.names("user")]
-        gone = set(self.cache.removed)
+        gone, marked = set(self.cache.removed), self.forgotten.keys()  # one stat per listing
         return [self.base] + [
-            f"{self.base}:{u}" for u in users if u not in gone and u not in self.forgotten
+            f"{self.base}:{u}" for u in users if u not in gone and forgotten_key(u) not in marked
         ]
 
     def resolve(self, model: str, who: Principal) -> str | None:

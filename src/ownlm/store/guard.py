@@ -152,7 +152,8 @@ class ForgottenUsers:
         self._keys: set[str] = set()
         self._mutex = threading.Lock()
 
-    def __contains__(self, user_id: str) -> bool:
+    def keys(self) -> set[str]:
+        """The `forgotten_key`s now: one stat, run.json read again only when it changed."""
         try:
             st = os.stat(self.path)
             sig = (st.st_mtime_ns, st.st_ino, st.st_size)
@@ -162,4 +163,7 @@ class ForgottenUsers:
             if sig != self._seen:
                 self._keys = forgotten_keys(self.path.parent) if sig else set()
                 self._seen = sig
-            return forgotten_key(user_id) in self._keys
+            return self._keys
+
+    def __contains__(self, user_id: str) -> bool:
+        return forgotten_key(user_id) in self.keys()

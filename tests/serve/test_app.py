@@ -175,15 +175,34 @@ def test_admin_reload_remove_and_tokens(live):
 
 @pytest.mark.parametrize(
     "model",
-    ["toy:../../base", "toy:a/b", "toy:..", "toy:.x", "toy:a\\b", "toy:a\x00b", "toy:" + "a" * 300],
-)
+    ["toy:../../base", "toy:a/b", "toy:..", "toy:.x", "toy:a\\b", "toy:a\x00b", "toy:" + "a" * 300,
+     "toy:" + "a" * 129, "toy:-x", "toy:a b", "toy:caf\u00e9", "toy:"],
+)  # fmt: skip
 def test_model_names_with_path_characters_are_404_never_500(live, model):
+    """Ids the data loaders refuse (ownlm.data.checks: 1-128 of A-Z a-z 0-9 - _ . @ +, no
+    leading '.' or '-') name no model either: one rule, answered in one line."""
     h = {"Authorization": f"Bearer {live.tokens['admin']}"}
     r = httpx.post(
         f"{live.url}/v1/completions", json={"model": model, "prompt": "x"}, headers=h, timeout=30
     )
     err = r.json()["error"]
     assert r.status_code == 404 and err["code"] == "model_not_found" and err["param"] == "model"
+    assert "\n" not in err["message"] and "does not exist" in err["message"]
+
+
+def test_the_server_keeps_the_data_loaders_user_id_rule():
+    """The server's model names and admin routes read the loaders' rule, not a second one
+    (issue #21 item 5): an id a dataset may hold is one the server may name, and back."""
+    from ownlm.data import checks
+    from ownlm.serve import server
+    from ownlm.serve.routes import admin
+
+    assert server.user_id_problem is checks.user_id_problem is admin.user_id_problem
+    assert not hasattr(server, "MAX_USER_ID_BYTES")
+    for fine in ("alice", "a" * 128, "user@example.com", "u-1_2.3+x", "0"):
+        assert server.user_id_problem(fine) is None, fine
+    for bad in ("", "a" * 129, ".x", "-x", "a b", "caf\u00e9", "a/b", "a\x00b"):
+        assert server.user_id_problem(bad), bad
 
 
 def test_admin_on_unknown_or_bad_adapter_names_is_404(live):

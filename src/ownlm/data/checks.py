@@ -27,6 +27,9 @@ USER_ID_RULE = (
 
 
 def user_id_problem(uid: str) -> str | None:
+    """Why `uid` cannot name a user (None when it can): the one rule for user ids, applied
+    by the loaders, `ownlm update`, bundle restore and the server's model names and admin
+    routes, so that an id one accepts is never a folder name another refuses."""
     if not uid:
         return "is empty"
     if len(uid) > MAX_USER_ID:

@@ -18,6 +18,7 @@ from ownlm.adapters.methods import adapter_method, how_served
 from ownlm.backbone.base import CausalBackbone
 from ownlm.backbone.context import fit_ids
 from ownlm.config import ServeSettings
+from ownlm.data.checks import user_id_problem  # the one rule; also the routes'
 from ownlm.errors import ConfigError, StoreError
 from ownlm.log import get_logger
 from ownlm.serve.batcher import Batcher
@@ -74,21 +75,6 @@ def _user_paths(store: AdapterStore) -> list[Path]:
 def stored_max_rank(store: AdapterStore, floor: int = 8) -> int:
     """Largest LoRA rank in the store, so every stored adapter fits a slot."""
     return peft_io.max_rank(_user_paths(store), floor=floor)
-
-
-MAX_USER_ID_BYTES = 200  # a folder name in the store: under every filesystem's 255
-
-
-def user_id_problem(user: str) -> str | None:
-    """Why `user` cannot name a stored adapter (None when it can): what the client is told
-    instead of a 500 from the filesystem or a path outside the store."""
-    if not user:
-        return "the user id is empty"
-    if len(user.encode("utf-8", "surrogatepass")) > MAX_USER_ID_BYTES:
-        return f"a user id is at most {MAX_USER_ID_BYTES} bytes"
-    if user.startswith(".") or any(c in user for c in "/\\") or not user.isprintable():
-        return "a user id has no '/', '\\', control characters nor a leading '.'"
-    return None
 
 
 def stored_targets(store: AdapterStore, default: tuple[str, ...]) -> tuple[str, ...]:

@@ -91,7 +91,7 @@ def engine_peft(check: Check):
     from peft import AutoPeftModelForCausalLM
 
     from ownlm.config import ServeSettings
-    from ownlm.methods.export import export_user
+    from ownlm.ownership.export import export_user
     from ownlm.serve.server import build_server
 
     run = check.run("check")
@@ -194,8 +194,8 @@ def users_hour(check: Check):
     """Users per hour and peak memory, batched vs one at a time, on the same users."""
     import torch
 
-    from ownlm.train.batched_users import train_users_batched
-    from ownlm.train.users import train_users
+    from ownlm.oppu.batched import train_users_batched
+    from ownlm.oppu.sequential import train_users
 
     backbone = check.run("check").base()
     metrics = {}

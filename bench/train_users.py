@@ -46,10 +46,10 @@ from ownlm.config import TinyConfig, load_config  # noqa: E402
 from ownlm.data.demo import FILLERS, GENRES, MOODS  # noqa: E402
 from ownlm.data.records import Item, User  # noqa: E402
 from ownlm.data.tasks import DEMO_TAGS, get_task  # noqa: E402
-from ownlm.methods.oppu import user_pairs  # noqa: E402
+from ownlm.oppu.batched import train_users_batched  # noqa: E402
+from ownlm.oppu.model import user_pairs  # noqa: E402
+from ownlm.oppu.sequential import train_users  # noqa: E402
 from ownlm.run import Run  # noqa: E402
-from ownlm.train.batched_users import train_users_batched  # noqa: E402
-from ownlm.train.users import train_users  # noqa: E402
 
 N_USERS, SIZES = 16, (10, 40)
 SENTENCES = [s for group in (GENRES, MOODS) for lines in group.values() for s in lines] + FILLERS

@@ -50,9 +50,9 @@ def trained_demo_run(root, max_users: int):
     fixtures that copy it per test."""
     from ownlm import run as run_module
     from ownlm.config import load_config
+    from ownlm.oppu.sequential import train_users
     from ownlm.run import Run
     from ownlm.train.population import train_population
-    from ownlm.train.users import train_users
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(run_module, "CACHE_DIR", root / "cache")

@@ -13,13 +13,19 @@ import ownlm
 SRC = Path(ownlm.__file__).parent
 
 # part -> the parts it may import (besides itself and the bare `ownlm` package).
-# Data flows one way: data -> knowledge -> backbone/adapters/store -> methods ->
-# train / evaluate / serve -> studies -> CLI. Keep in step with docs/architecture.md.
-FOUNDATION = {"errors", "config", "log", "files", "safe_yaml", "dirswap"}
+# Data flows one way: data -> knowledge -> backbone/adapters/store -> run -> the generic
+# training machinery -> the methods (OPPU, PROPER: neither imports the other) ->
+# ownership, pipeline, evaluate, serve -> studies -> CLI. Keep in step with
+# docs/architecture.md.
+FOUNDATION = {"errors", "config", "log", "files", "safe_yaml", "dirswap", "variants", "paths"}
+BELOW_RUN = {"adapters", "backbone", "data", "retrieval", "store", "scores"}
+METHODS = {"oppu", "proper"}
 MAY_IMPORT = {
     "errors": set(),
     "log": set(),
     "files": set(),
+    "paths": set(),
+    "variants": {"errors"},
     "safe_yaml": {"errors"},
     "dirswap": {"files"},
     "config": {"errors", "safe_yaml"},
@@ -30,18 +36,21 @@ MAY_IMPORT = {
     "adapters": FOUNDATION,
     "store": FOUNDATION,
     "run": {"backbone", "data", "store"} | FOUNDATION,
-    "methods": {"adapters", "backbone", "data", "retrieval", "store", "run"} | FOUNDATION,
-    "train": {"methods", "adapters", "backbone", "data", "retrieval", "store", "run", "scores"}
-    | FOUNDATION,
-    "evaluate": {"methods", "adapters", "backbone", "data", "retrieval", "store", "run", "scores"}
-    | FOUNDATION,
-    "serve": {"adapters", "backbone", "data", "retrieval", "store", "run"} | FOUNDATION,
+    "train": BELOW_RUN | {"run"} | FOUNDATION,  # the generic machinery: no method
+    "oppu": BELOW_RUN | {"run", "train"} | FOUNDATION,
+    "proper": BELOW_RUN | {"run", "train"} | FOUNDATION,
+    "ownership": BELOW_RUN | {"run"} | METHODS | FOUNDATION,
+    "pipeline": BELOW_RUN | {"run", "train"} | METHODS | FOUNDATION,
+    "evaluate": BELOW_RUN | {"run"} | METHODS | FOUNDATION,
+    "serve": BELOW_RUN - {"scores"} | {"run"} | FOUNDATION,
     "testing": {"adapters", "backbone", "store"} | FOUNDATION,
-    "studies": {"train", "evaluate", "methods", "adapters", "backbone", "data", "retrieval"}
-    | {"store", "run", "scores"}
-    | FOUNDATION,
+    "studies": BELOW_RUN | {"run", "train", "pipeline", "evaluate"} | METHODS | FOUNDATION,
     "cli": set(),  # the CLI may import every part: it is the last in line
 }
+# Modules that only read what training stored (evaluation and serving never train):
+# nothing they import, directly or through others, may be a module of `train/` or a
+# method's training module.
+NEVER_TRAIN = ("evaluate", "serve", "ownership")
 HEAVY = ("torch", "transformers", "peft", "sentence_transformers", "bm25s", "sklearn")
 
 
@@ -146,3 +155,32 @@ def test_settings_and_cli_load_no_heavy_library():
 def test_module_level_imports_of_config_are_light():
     for imported, top in _imports(SRC / "config.py"):
         assert imported.startswith(("ownlm.errors", "ownlm.safe_yaml")) or not top
+
+
+def _reach(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for nxt in graph[todo.pop()] - seen:
+            seen.add(nxt)
+            todo.append(nxt)
+    return seen
+
+
+def test_evaluation_serving_and_ownership_never_reach_training():
+    """`evaluate`, `serve` and `ownership` load what the methods stored; no chain of
+    imports from them reaches `ownlm.train` (the loop, the stages) or a method's stage."""
+    graph = _graph()
+    wrong = []
+    for module in graph:
+        if _part(module) in NEVER_TRAIN:
+            trains = sorted(m for m in _reach(graph, module) if _part(m) == "train")
+            wrong += [f"{module} -> ... -> {t}" for t in trains[:1]]
+    assert not wrong, "reads that train:\n" + "\n".join(sorted(wrong))
+
+
+def test_each_method_has_one_home_and_neither_imports_the_other():
+    graph = _graph()
+    for module, targets in graph.items():
+        if _part(module) in METHODS:
+            others = {_part(t) for t in targets} & (METHODS - {_part(module)})
+            assert not others, f"{module} imports {others}: the methods stand side by side"

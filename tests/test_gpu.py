@@ -101,12 +101,12 @@ def test_a_4bit_layer_runs_on_cuda_and_serving_slots_take_its_compute_dtype():
 def test_oppu_pipeline_on_cuda_in_bfloat16(tiny_cfg, tmp_path):
     from ownlm.config import ServeSettings
     from ownlm.evaluate.runner import evaluate_run
-    from ownlm.methods.export import export_user
+    from ownlm.oppu.sequential import train_users
+    from ownlm.ownership.export import export_user
     from ownlm.run import Run
     from ownlm.serve.engine import Request
     from ownlm.serve.server import build_server
     from ownlm.train.population import train_population
-    from ownlm.train.users import train_users
 
     tiny_cfg.device, tiny_cfg.dtype = "cuda", "bfloat16"
     run = Run(tiny_cfg)

@@ -16,7 +16,7 @@ import pytest
 
 from ownlm.errors import NotFoundError, StoreError
 from ownlm.files import HOST
-from ownlm.methods.forget import forget_user, mentions
+from ownlm.ownership.forget import forget_user, mentions
 from ownlm.run import Run, recorded_roles
 from ownlm.store import TokenStore
 from ownlm.store.guard import user_lock
@@ -84,7 +84,7 @@ def test_forget_waits_for_an_update_and_the_user_never_comes_back(trained, tmp_p
     assert proc.returncode == 0, out  # the update ran wholly before the forget
     assert any("updates/" in r for r in done.removed), done.removed
     _nothing_names(run.dir, user)
-    from ownlm.train.update import update_user
+    from ownlm.oppu.update import update_user
 
     with pytest.raises(NotFoundError, match="not in the data"):
         update_user(Run.open(run.dir), user, new)
@@ -100,8 +100,8 @@ def test_a_user_stage_never_saves_a_user_forgotten_or_updated_while_it_trained(
     trained, monkeypatch, per_batch, landing
 ):
     from ownlm.data.updates import read_items, write_updates
-    from ownlm.train import users as users_module
-    from ownlm.train.user_stage import train_user_stage
+    from ownlm.oppu import sequential as users_module
+    from ownlm.oppu.user_stage import train_user_stage
 
     run = Run.open(trained.dir)
     run.cfg.user.users_per_batch = per_batch
@@ -119,7 +119,7 @@ def test_a_user_stage_never_saves_a_user_forgotten_or_updated_while_it_trained(
 
     monkeypatch.setattr(users_module, "save_user", landing_first)
     if per_batch > 1:
-        from ownlm.train import batched_users
+        from ownlm.oppu import batched as batched_users
 
         monkeypatch.setattr(batched_users, "save_user", landing_first)
     stats = train_user_stage(run, "peft")
@@ -132,8 +132,8 @@ def test_a_user_stage_never_saves_a_user_forgotten_or_updated_while_it_trained(
 def test_a_second_update_of_one_user_is_refused_and_nothing_is_lost(trained, tmp_path):
     import threading
 
+    from ownlm.oppu.update import update_user
     from ownlm.store.guard import BusyError
-    from ownlm.train.update import update_user
 
     run, user = trained, trained.split.test[0].user_id
     started, results = threading.Event(), []
@@ -294,7 +294,7 @@ def test_forget_waits_for_the_command_writing_the_user(trained):
 
 def test_a_forget_cut_short_after_its_mark_serves_and_admits_the_user_no_more(trained):
     from ownlm.config import ServeSettings
-    from ownlm.methods import forget as forget_module
+    from ownlm.ownership import forget as forget_module
     from ownlm.serve.errors import ApiError
     from ownlm.serve.server import build_server
     from ownlm.store.tokens import Principal

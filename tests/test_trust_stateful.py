@@ -34,7 +34,7 @@ from hypothesis.stateful import (
 )
 
 from ownlm.errors import NotFoundError
-from ownlm.methods.forget import mentions
+from ownlm.ownership.forget import mentions
 from ownlm.run import Run
 from ownlm.serve.errors import ApiError
 from ownlm.serve.launch import serve_in_thread
@@ -46,7 +46,7 @@ from tests.conftest import trained_demo_run
 WORKER = """
 import json, os, sys
 import torch
-import ownlm.cli, ownlm.train.update, ownlm.methods.forget, ownlm.train.stages  # warm
+import ownlm.cli, ownlm.oppu.update, ownlm.ownership.forget, ownlm.pipeline.stages  # warm
 torch.set_num_threads(1)
 print("ready", flush=True)
 job = json.loads(sys.stdin.readline())

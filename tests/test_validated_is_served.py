@@ -145,7 +145,7 @@ def user_gaps(llama, tmp_path, precision: str) -> dict:
 
     from ownlm.backbone.base import dtype_kwargs
     from ownlm.backbone.load import load_base
-    from ownlm.methods.export import carry_unmerged
+    from ownlm.ownership.export import carry_unmerged
     from ownlm.serve.engine import Engine
 
     backbone = _base(llama, precision)

@@ -90,7 +90,7 @@ def _int_list(text: str, option: str) -> tuple[int, ...]:
 @friendly
 def prepare(config: Path = ConfigOpt, set_: list[str] = SetOpt, overwrite: bool = OverwriteOpt):
     """Load and split the data, build the backbone (pre-training the tiny one if needed)."""
-    from ownlm.train.stages import prepare as prepare_run
+    from ownlm.pipeline.stages import prepare as prepare_run
 
     console.print_json(data=prepare_run(_run(config, set_, overwrite=overwrite)))
 
@@ -123,7 +123,7 @@ def train(
 ):
     """Train the stages. A stopped run resumes: stages and users already trained from
     the same data and settings are kept; a run trained from others is refused."""
-    from ownlm.train.stages import check_plan, train_stages
+    from ownlm.pipeline.stages import check_plan, train_stages
 
     check_plan(_list(stages), _list(variants), executor)  # before any work
     run = _run(config, set_, overwrite=overwrite)
@@ -142,7 +142,7 @@ def tune_(
     """Choose the user stage's learning rate and epochs on the dev users (a run with
     its stage 1), print the table chosen from, and record the choice in the run: the
     user stage trains with it from then on (users of another budget are retrained)."""
-    from ownlm.train.tune import open_for_tuning, tune_run
+    from ownlm.pipeline.tune import open_for_tuning, tune_run
 
     start = time.perf_counter()
     run = open_for_tuning(config, set_)
@@ -242,7 +242,7 @@ def forget(
 ):
     """Delete everything the run stores of a user (adapters, tokens, stage-2 entry, eval
     outputs naming them) and name what their history trained, with the retrain command."""
-    from ownlm.methods.forget import forget_user
+    from ownlm.ownership.forget import forget_user
 
     for line, style in forget_user(run_dir, user).report():
         console.print(line, style=style, markup=False, highlight=False, soft_wrap=True)
@@ -272,12 +272,12 @@ def export(
         raise ConfigError("give exactly one of --out DIR (a PEFT LoRA) or --bundle FILE")
     run = _run(config, set_, write=False)
     if bundle is not None:
-        from ownlm.methods.bundle import write_bundle
+        from ownlm.ownership.bundle import write_bundle
 
         done = write_bundle(run, user, bundle, with_history)
         console.print(done.summary(), markup=False, highlight=False, soft_wrap=True)
         return
-    from ownlm.methods.export import export_user
+    from ownlm.ownership.export import export_user
 
     _, message = export_user(run, user, out, variant)
     console.print(message, markup=False, highlight=False, soft_wrap=True)
@@ -296,8 +296,8 @@ def update(
 ):
     """Continue a user's adapter on new history items (kept in <run>/updates/<user>.jsonl),
     swapped in atomically; a running server serves the new version from its next request."""
+    from ownlm.oppu.update import update_user
     from ownlm.run import Run
-    from ownlm.train.update import update_user
 
     done = update_user(Run.open(run_dir), user, history, lr, epochs)
     console.print(done.summary(), markup=False, highlight=False, soft_wrap=True)
@@ -314,7 +314,7 @@ def import_(
 ):
     """Restore a user's ownership bundle into a run with the same base, checking every
     member's sha256 first; refuses a tampered archive or one for another base."""
-    from ownlm.methods.bundle import import_bundle
+    from ownlm.ownership.bundle import import_bundle
 
     done = import_bundle(bundle, run_dir, replace)
     console.print(done.summary(bundle, run_dir), markup=False, highlight=False, soft_wrap=True)

@@ -168,9 +168,9 @@ def test_tune_scores_its_budgets_with_the_run_decode(tmp_path):
     from pathlib import Path
 
     from ownlm.config import load_config
+    from ownlm.pipeline.tune import DevUser, settings
+    from ownlm.pipeline.tune import validation_set as tune_set
     from ownlm.run import Run
-    from ownlm.train.tune import DevUser, settings
-    from ownlm.train.tune import validation_set as tune_set
 
     root = Path(__file__).resolve().parents[2]
     base = [

@@ -6,9 +6,9 @@ import torch
 
 from ownlm.backbone.device import model_device, resolve_device, resolve_dtype
 from ownlm.errors import ConfigError
+from ownlm.oppu.sequential import train_users
 from ownlm.run import Run
 from ownlm.train.population import train_population
-from ownlm.train.users import train_users
 
 
 def test_auto_and_explicit_choices():

@@ -14,7 +14,7 @@ from ownlm.backbone.checksum import read_base_meta
 from ownlm.backbone.prompt_format import ANSWER_SEP, PromptFormat
 from ownlm.config import ServeSettings
 from ownlm.errors import ConfigError
-from ownlm.methods.export import PROMPT_FILE, record_prompt_format
+from ownlm.ownership.export import PROMPT_FILE, record_prompt_format
 from ownlm.serve.protocol import ChatBody, CompletionBody
 from ownlm.serve.server import build_server
 from ownlm.testing import family_backbone, toy_backbone

@@ -47,9 +47,9 @@ def trained_runs(tmp_path_factory):
     PEFT user stages, "proper" its base with stage-2 groups and a proper-user adapter
     for the first test user only; ~6 s on 2 CPUs."""
     from ownlm import run as run_module
+    from ownlm.pipeline.stages import train_stages
+    from ownlm.proper.user_stage import train_proper_users
     from ownlm.run import Run
-    from ownlm.train.proper_users import train_proper_users
-    from ownlm.train.stages import train_stages
 
     root = tmp_path_factory.mktemp("trained")
     with pytest.MonkeyPatch.context() as mp:

@@ -15,7 +15,7 @@ def _flip_byte(path):
 
 def test_proper_rows_need_an_adapter_for_every_user(copy_run):
     from ownlm.evaluate.proper import evaluate_proper
-    from ownlm.train.proper_users import train_proper_users
+    from ownlm.proper.user_stage import train_proper_users
 
     run = copy_run("proper")
     trained, untrained = run.split.test

@@ -6,11 +6,11 @@ import json
 import pytest
 
 from ownlm.errors import ConfigError, NotFoundError
+from ownlm.proper.group_stage import train_groups
+from ownlm.proper.user_stage import train_proper_users
 from ownlm.run import Run
-from ownlm.train.groups import train_groups
 from ownlm.train.population import train_population
-from ownlm.train.proper_users import train_proper_users
-from tests.train.test_groups import small_proper
+from tests.proper.test_group_stage import small_proper
 
 
 @pytest.mark.slow  # ~2 min on 2 CPUs: trains OPPU and PROPER users in the study
@@ -18,8 +18,8 @@ def test_proper_evaluation_new_users_groups_view_and_study(tiny_cfg, tmp_path):
     from ownlm.data.splits import truncate_history
     from ownlm.evaluate.groups import groups_view
     from ownlm.evaluate.proper import evaluate_proper
-    from ownlm.methods.proper import groups_fingerprint, load_groups, prepare_user
-    from ownlm.methods.proper.users import user_pairs
+    from ownlm.proper import groups_fingerprint, load_groups, prepare_user
+    from ownlm.proper.users import user_pairs
     from ownlm.studies.active_levels import active_level_study
 
     tiny_cfg.proper = small_proper(user_r=2, user_alpha=4.0, user_lr=1e-3, user_epochs=1.0)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from ownlm.methods.oppu import user_pairs
+from ownlm.oppu.model import user_pairs
 from ownlm.run import Run
 from ownlm.studies import formats as study
 from ownlm.train.population import train_population
@@ -61,7 +61,7 @@ def test_format_study_trains_each_format_and_writes_its_table(tiny_cfg, tmp_path
 
 
 def test_the_template_column_is_the_stored_adapters_when_current(tiny_cfg, tmp_path, monkeypatch):
-    from ownlm.train.users import train_users
+    from ownlm.oppu.sequential import train_users
 
     run = Run(tiny_cfg)
     train_population(run)

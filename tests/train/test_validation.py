@@ -10,8 +10,8 @@ import torch
 
 from ownlm.backbone.tiny import corpus_key
 from ownlm.config import ProperSettings, TinyConfig
+from ownlm.proper.group_stage import dev_embeddings
 from ownlm.run import Run
-from ownlm.train.groups import dev_embeddings
 from ownlm.train.population import stage1_pairs, train_population
 from ownlm.train.pretrain import build_or_load_tiny, cache_key
 from ownlm.train.validation import (

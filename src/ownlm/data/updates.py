@@ -1,4 +1,4 @@
-"""History items added to a run by `ownlm update` (ownlm.train.update), kept beside it.
+"""History items added to a run by `ownlm update` (ownlm.oppu.update), kept beside it.
 
 An update writes two things, the user's adapter and their items; so that a kill between
 the two leaves neither half, the items are first written to a journal

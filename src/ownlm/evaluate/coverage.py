@@ -20,9 +20,10 @@ from contextlib import ExitStack, contextmanager
 
 from ownlm.errors import NotFoundError, StoreError
 from ownlm.evaluate.report import MethodResult, NotRun
-from ownlm.methods.oppu import CONTROL, CONTROL_BASE
-from ownlm.methods.proper.groups import ROUTER
-from ownlm.methods.proper.users import METHODS as PROPER_METHODS
+from ownlm.paths import CONTROL_BASE
+from ownlm.proper.experts import ROUTER
+from ownlm.proper.users import METHODS as PROPER_METHODS
+from ownlm.variants import CONTROL
 
 # What loading an adapter whose files passed the checks may still raise: the PEFT config
 # is not in the manifest's sha256 list, so a broken one only shows at load time.

@@ -11,8 +11,8 @@ from ownlm.adapters.mixture import group_summary
 from ownlm.data.groups import group_agreement, planted_groups
 from ownlm.evaluate.coverage import require_groups
 from ownlm.log import console, get_logger
-from ownlm.methods.proper import group_model, history_vectors
-from ownlm.methods.proper.users import mean_gates, user_pairs
+from ownlm.proper import group_model, history_vectors
+from ownlm.proper.users import mean_gates, user_pairs
 
 log = get_logger(__name__)
 

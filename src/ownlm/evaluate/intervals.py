@@ -29,10 +29,10 @@ from ownlm.scores.bootstrap import (
     paired_bootstrap,
 )
 from ownlm.scores.metrics import LOWER_IS_BETTER, scale
+from ownlm.variants import CONTROL
 
 OPPU_BASELINES = ("base", "rag", "pag", "peft")  # OPPU's Table 1 rows below OPPU
-CONTROL = "oppu-control"  # `ownlm.methods.oppu.CONTROL` (not imported: it pulls torch)
-PROPER = ("proper-input", "proper-user")  # `ownlm.methods.proper.users.METHODS`
+PROPER = ("proper-input", "proper-user")  # `ownlm.proper.users.METHODS`
 
 
 def _scored(results: Sequence[MethodResult]) -> list[MethodResult]:

@@ -8,7 +8,7 @@
 Prompts are OPPU's, so the comparison isolates the parametric part. As for OPPU
 (`ownlm.evaluate.coverage`), a router is scored only when the stage-2 groups load and
 every evaluated user with history has a usable adapter; users with no history get the
-population model (`ownlm.methods.proper.prepare_user`). Serving's untrained "new user"
+population model (`ownlm.proper.prepare_user`). Serving's untrained "new user"
 routing is not used here: it would score stage 2 under the name of the trained method.
 """
 
@@ -28,7 +28,7 @@ from ownlm.evaluate.coverage import (
 from ownlm.evaluate.report import MethodResult
 from ownlm.evaluate.scoring import predict_by_user, test_queries
 from ownlm.log import get_logger
-from ownlm.methods.proper import group_model, groups_fingerprint, history_vectors, prepare_user
+from ownlm.proper import group_model, groups_fingerprint, history_vectors, prepare_user
 from ownlm.retrieval.prompts import user_context
 
 log = get_logger(__name__)

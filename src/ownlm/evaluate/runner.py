@@ -56,9 +56,12 @@ from ownlm.evaluate.scoring import (
     tfidf_references,
 )
 from ownlm.log import console, get_logger
-from ownlm.methods.oppu import CONTROL, CONTROL_BASE, control_problem, user_model
-from ownlm.methods.proper.users import METHODS as PROPER_METHODS
+from ownlm.oppu.model import user_model
+from ownlm.paths import CONTROL_BASE
+from ownlm.proper.users import METHODS as PROPER_METHODS
 from ownlm.retrieval.prompts import user_context
+from ownlm.run.control import control_problem
+from ownlm.variants import CONTROL
 
 log = get_logger(__name__)
 

@@ -26,11 +26,11 @@ from ownlm.evaluate.proper import user_vectors
 from ownlm.evaluate.report import MethodResult, plot_buckets
 from ownlm.evaluate.scoring import PRIMARY, predict_by_user, references, test_queries
 from ownlm.log import get_logger
-from ownlm.methods.proper import group_model, prepare_user
-from ownlm.methods.proper.users import user_pairs
+from ownlm.oppu.sequential import fit_user as fit_oppu_user
+from ownlm.proper import group_model, prepare_user
+from ownlm.proper.user_stage import fit_user as fit_proper_user
+from ownlm.proper.users import user_pairs
 from ownlm.retrieval.prompts import user_context
-from ownlm.train.proper_users import fit_user as fit_proper_user
-from ownlm.train.users import fit_user as fit_oppu_user
 
 log = get_logger(__name__)
 

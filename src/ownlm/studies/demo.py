@@ -11,8 +11,8 @@ from ownlm.errors import NotFoundError, StoreError
 from ownlm.evaluate.runner import evaluate_run
 from ownlm.evaluate.scoring import PRIMARY
 from ownlm.log import console
+from ownlm.pipeline.stages import train_stages
 from ownlm.run import Run
-from ownlm.train.stages import train_stages
 
 COLUMNS = ("task", "backbone", "metric", "user-majority", "base", "RAG", "OPPU", "OPPU - base")
 

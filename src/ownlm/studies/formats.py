@@ -39,12 +39,12 @@ from ownlm.evaluate.intervals import interval_cells
 from ownlm.evaluate.report import MethodResult
 from ownlm.evaluate.scoring import PRIMARY, predict_by_user, references, scale, test_queries
 from ownlm.log import console, get_logger
-from ownlm.methods.oppu import user_model
+from ownlm.oppu.model import user_model
+from ownlm.oppu.sequential import fit_user
 from ownlm.retrieval.prompts import user_context
 from ownlm.scores.bootstrap import paired_bootstrap
 from ownlm.scores.metrics import LOWER_IS_BETTER
 from ownlm.train.budget import budget_reason, user_budget
-from ownlm.train.users import fit_user
 
 log = get_logger(__name__)
 

@@ -45,10 +45,10 @@ from ownlm.evaluate.scoring import (
     tfidf_references,
 )
 from ownlm.log import console, get_logger
+from ownlm.oppu.sequential import fit_user
 from ownlm.retrieval.prompts import user_context
 from ownlm.scores.bootstrap import paired_bootstrap
 from ownlm.train.budget import user_budget
-from ownlm.train.users import fit_user
 
 log = get_logger(__name__)
 BASELINE = "lora"  # every other method's paired difference is to it

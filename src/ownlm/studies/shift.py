@@ -63,11 +63,11 @@ from ownlm.evaluate.intervals import interval_cells, print_comparisons
 from ownlm.evaluate.report import MethodResult, plot_methods
 from ownlm.evaluate.scoring import PRIMARY, references, scale, score, tfidf_references
 from ownlm.log import console, get_logger, progress
+from ownlm.oppu.sequential import fit_user
+from ownlm.oppu.update import continue_user
 from ownlm.retrieval.prompts import query_prompt, user_context
 from ownlm.scores.bootstrap import paired_bootstrap
 from ownlm.train.budget import user_budget
-from ownlm.train.update import continue_user
-from ownlm.train.users import fit_user
 
 log = get_logger(__name__)
 

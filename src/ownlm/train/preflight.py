@@ -16,7 +16,7 @@ import torch
 from ownlm.adapters.layers import adaptable_layers
 from ownlm.adapters.lora import peft_targets
 from ownlm.backbone.families import ffn_targets, lora_targets
-from ownlm.methods.oppu import VARIANTS
+from ownlm.variants import of_method
 
 
 def skeleton(cfg):
@@ -48,12 +48,12 @@ def check_targets(cfg, stages: list[str], variants: list[str]) -> None:
     loras = []
     if "population" in stages:
         loras.append((cfg.population.targets, "population.targets"))
-    if "users" in stages and cfg.user.method == "lora" and set(variants) & set(VARIANTS):
+    if "users" in stages and cfg.user.method == "lora" and set(variants) & set(of_method("oppu")):
         loras.append((cfg.user.targets, "user.targets"))
     for targets, key in loras:
         targets = peft_targets(targets or lora_targets(model))
         if targets != "all-linear":
             adaptable_layers(model, targets, key)
-    proper = "groups" in stages or "control" in stages or set(variants) - set(VARIANTS)
+    proper = "groups" in stages or "control" in stages or set(variants) - set(of_method("oppu"))
     if proper:
         adaptable_layers(model, cfg.proper.targets or ffn_targets(model), "proper.targets")

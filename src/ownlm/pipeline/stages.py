@@ -1,0 +1,146 @@
+"""Run the stages a command asks for, in pipeline order: what `ownlm prepare` and
+`ownlm train` do, as library calls."""
+
+from __future__ import annotations
+
+from ownlm.backbone.context import counting_cuts
+from ownlm.errors import ConfigError
+from ownlm.log import get_logger
+from ownlm.variants import CONTROL, variant
+
+STAGES = ("population", "groups", "control", "users")  # control: docs/proper.md
+EXECUTORS = ("inprocess", "ray")  # where OPPU's user stage runs
+
+log = get_logger(__name__)
+
+
+def check_plan(stages: list[str], variants: list[str], executor: str = "inprocess") -> None:
+    """Refuse unknown stages, variants and executors before any work starts."""
+    if executor not in EXECUTORS:
+        raise ConfigError(f"unknown executor {executor!r}; choose from {', '.join(EXECUTORS)}")
+    if executor == "ray":
+        from ownlm.pipeline.ray_executor import import_ray
+
+        import_ray()  # not installed: say how to install it now, not after stage 1
+    if executor == "ray" and CONTROL in variants:
+        raise ConfigError(
+            f"{CONTROL} trains in this process (Ray workers load stage 1's base, not the "
+            f"control base): train it in its own command, without --executor ray"
+        )
+    unknown = sorted(set(stages) - set(STAGES))
+    if unknown:
+        raise ConfigError(f"unknown stage(s) {unknown}; choose from {', '.join(STAGES)}")
+    for name in variants:
+        variant(name)  # a ConfigError naming the known variants
+
+
+def train_stages(
+    run,
+    stages: list[str],
+    variants: list[str],
+    executor: str = "inprocess",
+    workers: int = 2,
+    address: str | None = None,
+    tune: bool = False,
+) -> None:
+    """Train `stages` of `run`; the user stage once per variant (oppu, peft, proper-*),
+    OPPU's on `executor` ("inprocess", or "ray" with `workers` actors). `tune`: choose
+    the tunable variants' budgets on the dev users first (`train.tune`; a recorded
+    tune of the same base and settings is kept)."""
+    from ownlm.train.preflight import check_targets
+
+    check_plan(stages, variants, executor)
+    check_targets(run.cfg, stages, variants)  # every LoRA placeable, before stage 1 trains
+    with counting_cuts() as cuts:  # prompts fitted in this process (not Ray's workers)
+        _train(run, stages, variants, executor, workers, address, tune)
+    cut, seen = cuts.counts
+    if cut:
+        log.warning(
+            "%d of %d training prompts did not fit the context (context_length): their "
+            "least relevant retrieved items, then their profile, were left out (the task "
+            "input's middle when even it did not fit); raise context_length if the model "
+            "allows it",
+            cut,
+            seen,
+        )
+
+
+def _train(run, stages, variants, executor, workers, address, tune) -> None:
+    from ownlm.proper.group_stage import train_groups
+    from ownlm.train.population import train_population
+
+    if "population" in stages:
+        train_population(run)
+    if "groups" in stages:
+        train_groups(run)
+    if "control" in stages:
+        from ownlm.proper.control_stage import train_control
+
+        train_control(run)
+    if tune:
+        from ownlm.pipeline.tune import TUNABLE, tune_run
+
+        tune_run(run, [v for v in variants if v in TUNABLE], reuse=True)
+    if "users" in stages:
+        for name in variants:
+            train_user_stage(run, name, executor, workers, address)
+
+
+def train_user_stage(run, name: str, executor="inprocess", workers=2, address=None) -> None:
+    """The user stage of variant `name`: PROPER's, OPPU's on the control base, or OPPU's
+    in this process or on Ray."""
+    v = variant(name)
+    if v.is_proper:
+        from ownlm.proper.user_stage import train_proper_users
+
+        train_proper_users(run, router=v.router)
+    elif v.control:
+        train_control_users(run)
+    elif executor == "ray":
+        from ownlm.pipeline.ray_executor import train_users_ray
+
+        train_users_ray(run, name, workers=workers, address=address)
+    else:
+        from ownlm.oppu.user_stage import train_user_stage as train_oppu_users
+
+        train_oppu_users(run, name)
+
+
+def train_control_users(run, users=None) -> dict:
+    """OPPU's user stage on PROPER's control base: the same users, prompts, LoRA and
+    budget as "oppu", stored in run.store("oppu-control"). Refused, with the command that
+    trains it, while the control base is missing or stands on an old stage-1 base."""
+    from ownlm.oppu.user_stage import train_user_stage as train_oppu_users
+    from ownlm.run.control import load_control
+
+    return train_oppu_users(run, CONTROL, users, load_control(run))
+
+
+def prepare(run) -> dict:
+    """Load and split the data, build the initial backbone; returns (and writes to
+    <run>/data_summary.json) what was found."""
+    import json
+
+    from ownlm.train.pretrain import initial_backbone
+
+    ds, split = run.dataset, run.split
+    summary = {
+        "task": run.task.name,
+        "users": len(ds.users),
+        "train_users": len(split.train),
+        "dev_users": len(split.dev),
+        "test_users": len(split.test),
+        "history_items": sum(len(u.history) for u in ds.users),
+        "queries": sum(len(u.queries) for u in ds.users),
+    }
+    backbone = initial_backbone(run)
+    summary["backbone"] = {
+        "name": backbone.name,
+        "kind": backbone.kind,
+        "fingerprint": backbone.fingerprint(),
+        "context_length": backbone.max_len,
+    }
+    if hasattr(backbone, "prompt_format"):
+        summary["backbone"]["prompt_format"] = backbone.prompt_format.name
+    (run.dir / "data_summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

@@ -1,0 +1,79 @@
+"""Stage 3 (PROPER's user level): per test user, a residual LoRA and a router trained on
+the frozen group model of stage 2 (`ownlm.proper.users` says what they are and
+how they are stored); resumable like OPPU's stage, with the run's budget (`train.budget`:
+`proper.user_lr` and `proper.user_epochs`, or those `ownlm tune` chose)."""
+
+from __future__ import annotations
+
+import torch
+
+from ownlm.log import get_logger, progress
+from ownlm.proper.experts import group_model, groups_fingerprint, history_vectors, settings
+from ownlm.proper.users import (
+    ROUTERS,
+    check_router,
+    finish_user,
+    new_user_params,
+    user_pairs,
+    write_user,
+)
+from ownlm.train.budget import user_budget
+from ownlm.train.loop import fit_mixture
+from ownlm.train.per_user import plan_users, save_user, stage_line, user_manifest, user_seed
+
+log = get_logger(__name__)
+
+
+def fit_user(run, gm, user, vector, router: str, budget=None, early_stopping=None) -> list[float]:
+    """Train one user's residual LoRA and router on the frozen group model. Leaves the
+    model set up for this user (call `gm.reset()` before the next one). `budget`: the
+    residual's lr and the epochs (default: the run's, `user_budget`); `early_stopping`
+    validates it (`ownlm tune`)."""
+    s, seed = settings(run), user_seed(run.cfg.seed, user.user_id)
+    if budget is None:
+        fp = groups_fingerprint(run, gm.backbone.fingerprint())
+        budget = user_budget(run, f"proper-{router}", fp)
+    torch.manual_seed(seed)
+    pairs = user_pairs(run, user)
+    routing_params, shared, emb_fn = new_user_params(gm, run, pairs, vector, router, user.history)
+    losses = fit_mixture(
+        gm.backbone,
+        gm.state,
+        pairs,
+        [{"params": routing_params, "lr": s.router_lr}, {"params": shared, "lr": budget.lr}],
+        budget.epochs,
+        s.batch_size,
+        seed,
+        emb_fn,
+        early_stopping=early_stopping,
+    )
+    finish_user(gm, router)
+    return losses
+
+
+def train_proper_users(run, router: str = "input", users=None, backbone=None) -> dict:
+    """Stage 3 for `users` (default: the test users); resumable like OPPU's stage."""
+    check_router(router)
+    s = settings(run)
+    users = run.split.test if users is None else users
+    backbone = backbone or run.base()
+    fp = groups_fingerprint(run, backbone.fingerprint())  # base + stage-2 weights
+    store = run.store(f"proper-{router}")
+    budget = user_budget(run, f"proper-{router}", fp)
+    todo, counts = plan_users(store, users, fp, budget)
+    seen = run.current_histories(todo)  # an update or forget landing later: not saved
+    saved = 0
+    with group_model(run, backbone) as gm:
+        # a 'user' assignment routes by the history's likelihood: no history vectors
+        vectors = history_vectors(run, todo, backbone) if todo and not gm.by_user else []
+        vectors = vectors if len(vectors) else [None] * len(todo)
+        for user, vec in progress(
+            list(zip(todo, vectors, strict=True)), desc=f"PROPER users ({router})", unit="user"
+        ):
+            gm.reset()
+            losses = fit_user(run, gm, user, vec, router, budget)
+            manifest = user_manifest(run, user, f"user/proper-{router}", fp, losses, budget)
+            write = lambda d: write_user(d, gm, router, s.user_alpha)  # noqa: E731
+            saved += save_user(run, store, user, write, manifest, seen)
+    log.info(f"[bold]stage 3[/] PROPER ({ROUTERS[router]}, {budget}): {stage_line(saved, counts)}")
+    return {"trained": saved, **counts}

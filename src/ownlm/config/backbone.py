@@ -1,0 +1,34 @@
+"""The embedded tiny Llama's size and pre-training schedule (`backbone: tiny`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ownlm.config.fields import setting
+from ownlm.errors import ConfigError
+
+
+@dataclass
+class TinyConfig:
+    """Size and pre-training schedule of the embedded tiny Llama."""
+
+    vocab_size: int = setting(4096, "BPE vocabulary size", ge=1)
+    hidden_size: int = setting(256, "model width d", ge=1)
+    layers: int = setting(4, "transformer blocks", ge=1)
+    heads: int = setting(4, "attention heads", ge=1)
+    intermediate_size: int = setting(688, "FFN width", ge=1)
+    max_len: int = setting(384, "context length in tokens", ge=2)
+    epochs: float = setting(3.0, "pre-training epochs over the corpus", gt=0)
+    lr: float = setting(2e-3, "peak learning rate (cosine decay)", gt=0)
+    batch_size: int = setting(16, "sequences per step", ge=1)
+    min_steps: int = setting(150, "at least this many steps, for small corpora", ge=0)
+    seed: int = setting(0, "initialisation and shuffling seed", ge=0)
+
+    def check(self, prefix: str = "tiny.") -> None:
+        """Each attention head needs an even width (rotary embeddings pair dimensions)."""
+        if self.hidden_size % (2 * self.heads):
+            raise ConfigError(
+                f"config keys {prefix}hidden_size={self.hidden_size} and {prefix}heads="
+                f"{self.heads} do not fit: each head needs an even width, so hidden_size must "
+                f"be a multiple of 2 * heads, e.g. --set {prefix}hidden_size={2 * self.heads * 32}"
+            )

@@ -232,3 +232,194 @@ def test_errors_cut_the_values_they_quote(tmp_path, content):
     with pytest.raises(ConfigError) as err:
         load_config(path)
     assert len(str(err.value)) < 1000 and "\n" not in str(err.value)
+
+
+# -- bounds declared beside the fields, read from their metadata (issue #21 item 4) ---------------
+def _bounded_keys():
+    """(dotted key, field) for every bounded or choice field an experiment config loads."""
+    from ownlm.config.fields import is_bounded
+
+    def walk(cls, prefix):
+        for f in dataclasses.fields(cls):
+            tp = typing.get_type_hints(cls)[f.name]
+            if dataclasses.is_dataclass(tp):
+                yield from walk(tp, f"{prefix}{f.name}.")
+            elif is_bounded(f.metadata) or "choices" in f.metadata:
+                yield prefix + f.name, f
+
+    return list(walk(ExperimentConfig, ""))
+
+
+def _outside(meta) -> str:
+    """A value just outside a field's bound (or not among its choices), as --set spells it."""
+    if "choices" in meta:
+        return "nonsense"
+    if "lt" in meta:
+        return str(meta["lt"])
+    return str(meta["gt"]) if "gt" in meta else str(meta["ge"] - 1)
+
+
+@pytest.mark.parametrize("key, field", _bounded_keys(), ids=[k for k, _ in _bounded_keys()])
+def test_each_bounded_key_is_refused_outside_its_metadata_bound(key, field):
+    from ownlm.config.fields import rule_text
+
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [f"{key}={_outside(field.metadata)}"])
+    message = str(err.value)
+    assert "\n" not in message and f"'{key}' is " in message, message
+    assert (
+        f"it must be {'an integer ' if 'an integer' in message else ''}{rule_text(field.metadata)}"
+        in message
+    )
+    assert f"e.g. --set {key}=" in message
+
+
+def test_every_settings_class_has_its_bounds_in_field_metadata():
+    """No table of bounds apart from the fields: each class declares them where it
+    declares the fields (the loaded classes, and ServeSettings built from CLI options)."""
+    import ownlm.config as config
+
+    assert not hasattr(config, "VALID") and not hasattr(config, "LORA_RULES")
+    keys = {key.rsplit(".", 1)[0] for key, _ in _bounded_keys() if "." in key}
+    assert keys == {"tiny", "population", "user", "proper", "validation", "tune", "update"}
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"cache_size": 0}, {"max_batch_size": 0}, {"max_wait_ms": -1}, {"default_max_tokens": 0},
+     {"max_body_bytes": 0}, {"max_prompt_tokens": -1}, {"max_queued": 0},
+     {"header_timeout_s": 0}, {"header_timeout_s": float("inf")}, {"max_connections": 2.5},
+     {"max_queued": True}],
+)  # fmt: skip
+def test_serve_settings_check_their_metadata_bounds_when_built(bad):
+    name = next(iter(bad))
+    with pytest.raises(
+        ConfigError, match=rf"^ServeSettings\.{name} is .*; it must be .*\(default "
+    ):
+        ServeSettings(**bad)
+
+
+# -- `--set key=value` typed by the field's type ----------------------------------------------------
+@pytest.mark.parametrize(
+    "override, key, expected",
+    [
+        ("tiny.layers=2", "tiny.layers", 2),
+        ("user.r=8.0", "user.r", 8),
+        ("user.lr=1e-3", "user.lr", float("1e-3")),
+        ("user.lr=3", "user.lr", 3.0),
+        ("user.epochs=0.5", "user.epochs", 0.5),
+        ("profile=no", "profile", False),
+        ("gradient_checkpointing=true", "gradient_checkpointing", True),
+        ("methods=base", "methods", ["base"]),
+        ("methods=[base, oppu]", "methods", ["base", "oppu"]),
+        ("user.targets=q_proj, v_proj", "user.targets", ["q_proj", "v_proj"]),
+        ("user.targets=", "user.targets", None),
+        ("max_users=none", "max_users", None),
+        ("max_users=5", "max_users", 5),
+        ("context_length=null", "context_length", None),
+        ("proper.groups_choices=[2, 4]", "proper.groups_choices", [2, 4]),
+        ("tune.lr_factors=0.5,2", "tune.lr_factors", [0.5, 2.0]),
+        ("task={name: x}", "task", {"name": "x"}),
+        ("task=LaMP-2", "task", "LaMP-2"),
+        ("name=2024", "name", "2024"),
+        ("user.method=IA3", "user.method", "ia3"),
+        ("quantize=4bit", "quantize", "4bit"),
+    ],
+)
+def test_set_values_take_the_fields_type(override, key, expected):
+    cfg = load_config(None, [override])
+    value = cfg
+    for part in key.split("."):
+        value = getattr(value, part)
+    assert value == expected and type(value) is type(expected), (value, expected)
+    if isinstance(expected, float):
+        assert value.hex() == expected.hex()
+
+
+def test_a_group_keeps_its_own_defaults_when_one_key_is_set():
+    """`population` defaults to lr 5e-4 (LoraSettings' own is 1e-4): setting its rank keeps it."""
+    cfg = load_config(None, ["population.r=4"])
+    assert (cfg.population.r, cfg.population.lr, cfg.user.lr) == (4, 5e-4, 1e-4)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("usr.lr=1", r"unknown config key\(s\) \['usr'\]; did you mean 'user'\?"),
+        ("user.lrr=1", r"did you mean 'user.lr'\?"),
+        ("user.r=", r"config key 'user.r' cannot be empty; give a value, e.g. --set user.r=8"),
+        ("tune.lr_factors=[a]", r"'tune.lr_factors': 'a' is not a valid float"),
+        ("proper.groups_choices=[true]", r"'proper.groups_choices': True is not a valid int"),
+        ("test_frac=true", r"'test_frac': True is not a valid float"),
+        ("update.lr=0", r"'update.lr' is 0.0; it must be > 0"),
+    ],
+)
+def test_set_values_of_the_wrong_type_name_key_and_type(override, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        load_config(None, [override])
+    assert "\n" not in str(err.value)
+
+
+def test_config_loading_leaves_help_free_of_pydantic():
+    """`ownlm --help` reads the fields' help and bounds without the validator library."""
+    import subprocess
+    import sys
+
+    code = "import sys, ownlm.cli, ownlm.config; print('pydantic' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr
+
+
+# -- renamed keys keep loading ------------------------------------------------------------------
+@pytest.fixture
+def warned():
+    """The lines ownlm logs while a test runs (its logger does not propagate to pytest's)."""
+    import logging
+
+    lines: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logger = logging.getLogger("ownlm")
+    logger.addHandler(handler)
+    yield lines
+    logger.removeHandler(handler)
+
+
+@pytest.fixture
+def renamed(monkeypatch):
+    """Two renames as a future version might make: a key, and a whole group."""
+    from ownlm.config import load
+
+    monkeypatch.setitem(load.RENAMED, "user.rank", "user.r")
+    monkeypatch.setitem(load.RENAMED, "stage1", "population")
+    return load.RENAMED
+
+
+def test_an_old_key_loads_from_set_with_one_warning_naming_the_new(renamed, warned):
+    cfg = load_config(None, ["user.rank=4", "stage1.lr=1e-3"])
+    assert (cfg.user.r, cfg.population.lr, cfg.population.epochs) == (4, 1e-3, 2.0)
+    assert len(warned) == 2 and all("\n" not in w for w in warned)
+    assert (
+        "'user.rank' is now 'user.r'" in warned[0] and "'stage1' is now 'population'" in warned[1]
+    )
+
+
+def test_an_old_key_loads_from_a_file_and_an_old_run_record(renamed, warned, tmp_path):
+    """A run directory's config.yaml (read by `Run.open` with load_config) and its
+    run.json's training keys (through `renamed_values`) written before the rename."""
+    from ownlm.config import renamed_values
+
+    path = tmp_path / "config.yaml"
+    path.write_text("user:\n  rank: 2\n  lr: 0.001\nstage1:\n  r: 6\n")
+    cfg = load_config(path)
+    assert (cfg.user.r, cfg.user.lr, cfg.population.r, cfg.population.lr) == (2, 1e-3, 6, 5e-4)
+    assert any("user.r'" in w for w in warned)
+    record = {"user.rank": 2, "stage1.r": 6, "seed": 0}
+    assert renamed_values(record) == {"user.r": 2, "population.r": 6, "seed": 0}
+
+
+def test_a_file_with_both_names_of_one_key_is_refused(renamed, tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("user:\n  rank: 2\n  r: 4\n")
+    with pytest.raises(ConfigError, match=r"sets both 'user.rank' and 'user.r'.*keep 'user.r'"):
+        load_config(path)

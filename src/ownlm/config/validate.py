@@ -122,7 +122,7 @@ def _problem(cls: type, error: dict) -> str:
     key, f, tp, in_list = _located(cls, error["loc"])
     value, kind = error["input"], error["type"]
     if value is None:
-        return f"config key {key!r} cannot be empty; give a {_type_name(tp)}"
+        return f"config key {key!r} cannot be empty; give a value, e.g. --set {key}={f.default}"
     if kind in _BOUND_ERRORS or kind == "string_pattern_mismatch":
         return _out_of_bounds(key, f, tp, value)
     if kind == "list_type":

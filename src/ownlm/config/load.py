@@ -10,6 +10,7 @@ to each `--set` override and so to the config.yaml recorded in an old run direct
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 
 import yaml
@@ -102,10 +103,9 @@ def _group_of(tree: dict, key: str) -> tuple[dict | None, str]:
 
 
 def _warn_renamed(old: str, new: str, where: str) -> None:
-    """One line on ownlm's log: the old name still loads, the new one is what to write."""
-    from ownlm.log import get_logger
-
-    get_logger(__name__).warning(
+    """One line on ownlm's log (the "ownlm" logger that `ownlm.log` sets up; config may
+    not import it): the old name still loads, the new one is what to write."""
+    logging.getLogger(__name__).warning(
         f"{where}: config key {old!r} is now {new!r}; it still loads, but write {new!r}"
     )
 

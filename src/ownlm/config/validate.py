@@ -122,7 +122,7 @@ def _problem(cls: type, error: dict) -> str:
     key, f, tp, in_list = _located(cls, error["loc"])
     value, kind = error["input"], error["type"]
     if value is None:
-        return f"config key {key!r} cannot be empty; give a value, e.g. --set {key}={f.default}"
+        return f"config key {key!r} cannot be empty; give a value, e.g. --set {key}={_example(f)}"
     if kind in _BOUND_ERRORS or kind == "string_pattern_mismatch":
         return _out_of_bounds(key, f, tp, value)
     if kind == "list_type":
@@ -154,16 +154,23 @@ def _out_of_bounds(key: str, f: dataclasses.Field, tp: Any, raw: Any) -> str:
         value = kind(raw) if kind in (float, str) else raw
     except ValueError:
         value = raw
-    example = f.default if f.default is not dataclasses.MISSING else None
-    if example is None:
-        example = meta["choices"][0] if "choices" in meta else 8
     article = "an integer " if kind is int else ""
     unlimited = f.name.startswith("max_") and admits(tp, type(None))
     unset = " (or null for no limit)" if unlimited else ""
     return (
         f"config key {key!r} is {shown(value)}; it must be {article}{rule_text(meta)}{unset}, "
-        f"e.g. --set {key}={example}"
+        f"e.g. --set {key}={_example(f)}"
     )
+
+
+def _example(f: dataclasses.Field) -> Any:
+    """A valid value of `f` for a message's `--set key=...`: its default, else its first
+    choice, else 8 (an optional limit)."""
+    if f.default_factory is not dataclasses.MISSING:
+        return ",".join(map(str, f.default_factory()))
+    if f.default is not None and f.default is not dataclasses.MISSING:
+        return f.default
+    return f.metadata["choices"][0] if "choices" in f.metadata else 8
 
 
 def _check_tree(obj: Any, prefix: str) -> None:

@@ -31,6 +31,7 @@ from ownlm.config.load import (
     RENAMED,
     describe_fields,
     load_config,
+    renamed_key,
     renamed_values,
     save_config,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "ValidationSettings",
     "describe_fields",
     "load_config",
+    "renamed_key",
     "renamed_values",
     "save_config",
     "setting",

@@ -17,6 +17,7 @@ from rich.markup import escape
 from ownlm.config import ServeSettings, describe_fields, load_config
 from ownlm.errors import ConfigError, problem_line
 from ownlm.log import configure_output, console
+from ownlm.paths import RunPaths
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub at run time
 configure_output()  # bars on a terminal, plain lines in a log file
@@ -190,7 +191,7 @@ def eval_(
     results = evaluate_run(run)
     from ownlm.run.outputs import guarded_outputs
 
-    with guarded_outputs(run, run.dir / "eval"):  # a user forgotten meanwhile: not named
+    with guarded_outputs(run, run.paths.eval):  # a user forgotten meanwhile: not named
         _more(run, groups_view, buckets, studies, study_users, one_expert_run)
     console.print(f"eval wall time: {time.perf_counter() - start:.0f} s")
     if any(r.not_run for r in results):  # a method asked for has no score: not a success
@@ -389,7 +390,7 @@ def token_create(
 
 def _data_users(run_dir: Path) -> list[str]:
     """The user ids of a run's data (none when the run has no config.yaml)."""
-    if not (run_dir / "config.yaml").exists():
+    if not RunPaths(run_dir).config.exists():
         return []
     from ownlm.run import Run
 

@@ -23,11 +23,13 @@ class Variant:
     (lr, epochs). `retrieval`: its prompts carry retrieved items and the profile.
     `exportable`: its model is one LoRA a PEFT user can load (`ownlm export`). `bundled`:
     it goes into a user's ownership bundle. `tunable`: `ownlm tune` chooses its budget.
-    `servable`: `ownlm serve` answers with it. `control`: it stands on the control base."""
+    `servable`: `ownlm serve` answers with it. `control`: it stands on the control base.
+    `label`: what it is, in logs; `table`: its row's label in evaluation tables."""
 
     name: str
     method: str
     label: str
+    table: str
     budget: tuple[str, str]
     router: str | None = None
     retrieval: bool = True
@@ -49,12 +51,22 @@ CONTROL = "oppu-control"
 VARIANTS: dict[str, Variant] = {
     v.name: v
     for v in (
-        Variant("oppu", "oppu", "PEFT + retrieval + profile", OPPU_BUDGET, servable=True),
-        Variant("peft", "oppu", "PEFT only (bare prompts)", OPPU_BUDGET, retrieval=False),
+        Variant(
+            "oppu",
+            "oppu",
+            "PEFT + retrieval + profile",
+            "OPPU: PEFT + retrieval + profile",
+            OPPU_BUDGET,
+            servable=True,
+        ),
+        Variant(
+            "peft", "oppu", "PEFT only (bare prompts)", "PEFT only", OPPU_BUDGET, retrieval=False
+        ),
         Variant(
             CONTROL,
             "oppu",
             "OPPU on the control base (stage 1 + stage 2's pass without groups)",
+            "OPPU on the control base (no groups)",
             OPPU_BUDGET,
             exportable=False,
             bundled=False,
@@ -65,11 +77,19 @@ VARIANTS: dict[str, Variant] = {
             "proper-input",
             "proper",
             "input-dependent router",
+            "PROPER, input-dependent router",
             PROPER_BUDGET,
             "input",
             exportable=False,
         ),
-        Variant("proper-user", "proper", "user-only router", PROPER_BUDGET, "user"),
+        Variant(
+            "proper-user",
+            "proper",
+            "user-only router",
+            "PROPER, user-only router",
+            PROPER_BUDGET,
+            "user",
+        ),
     )
 }
 EXPORT_ORDER = ("proper-user", "oppu", "peft")  # `ownlm export --variant auto`: the first held

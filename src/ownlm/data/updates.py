@@ -26,9 +26,7 @@ from ownlm.data.io import make_item, parse_json, read_text
 from ownlm.data.records import Item, User
 from ownlm.errors import DataError
 from ownlm.files import write_file
-
-UPDATES = "updates"  # R/updates/<user id>.jsonl
-PENDING = "pending"  # R/updates/pending/<user id>.jsonl: an update's items until it lands
+from ownlm.paths import PENDING, UPDATES  # R/updates/<user>.jsonl, R/updates/pending/
 
 
 def updates_path(run_dir: str | Path, user_id: str) -> Path:

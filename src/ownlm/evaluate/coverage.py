@@ -22,8 +22,7 @@ from ownlm.errors import NotFoundError, StoreError
 from ownlm.evaluate.report import MethodResult, NotRun
 from ownlm.paths import CONTROL_BASE
 from ownlm.proper.experts import ROUTER
-from ownlm.proper.users import METHODS as PROPER_METHODS
-from ownlm.variants import CONTROL
+from ownlm.variants import CONTROL, VARIANTS
 
 # What loading an adapter whose files passed the checks may still raise: the PEFT config
 # is not in the manifest's sha256 list, so a broken one only shows at load time.
@@ -74,7 +73,7 @@ def evaluated_users(rows) -> list:
 def train_command(run, method: str) -> str:
     """The exact command that trains what `method` needs for this run (stages resume:
     what is already current is skipped)."""
-    stages = "groups,users" if method in PROPER_METHODS else "users"
+    stages = "groups,users" if method in VARIANTS and VARIANTS[method].is_proper else "users"
     stages = "control,users" if method == CONTROL else stages
     return f"ownlm train -c {run.dir / 'config.yaml'} --stages {stages} --variants {method}"
 

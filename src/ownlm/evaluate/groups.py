@@ -58,10 +58,10 @@ def groups_view(run, users=None) -> dict:
     top = summary["user_top_gate"]
     out = {"users": rows, "share": share, "mean_gate": mean, "user_top_gate": round(top, 4)}
     log.info(f"users' mean largest gate {top:.3f} (uniform {1 / G:.3f}, hard groups 1)")
-    (run.dir / "eval").mkdir(parents=True, exist_ok=True)
+    (run.paths.eval).mkdir(parents=True, exist_ok=True)
     out["assignment"] = gm.meta["assignment"]
     out["planted"] = _planted_agreement(rows, users)
-    (run.dir / "eval" / "groups.json").write_text(json.dumps(out, indent=2))
+    (run.paths.eval / "groups.json").write_text(json.dumps(out, indent=2))
     return out
 
 

@@ -29,10 +29,10 @@ from ownlm.scores.bootstrap import (
     paired_bootstrap,
 )
 from ownlm.scores.metrics import LOWER_IS_BETTER, scale
-from ownlm.variants import CONTROL
+from ownlm.variants import CONTROL, of_method
 
 OPPU_BASELINES = ("base", "rag", "pag", "peft")  # OPPU's Table 1 rows below OPPU
-PROPER = ("proper-input", "proper-user")  # `ownlm.proper.users.METHODS`
+PROPER = tuple(of_method("proper"))
 
 
 def _scored(results: Sequence[MethodResult]) -> list[MethodResult]:

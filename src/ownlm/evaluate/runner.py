@@ -58,10 +58,9 @@ from ownlm.evaluate.scoring import (
 from ownlm.log import console, get_logger
 from ownlm.oppu.model import user_model
 from ownlm.paths import CONTROL_BASE
-from ownlm.proper.users import METHODS as PROPER_METHODS
 from ownlm.retrieval.prompts import user_context
 from ownlm.run.control import control_problem
-from ownlm.variants import CONTROL
+from ownlm.variants import CONTROL, of_method
 
 log = get_logger(__name__)
 
@@ -75,14 +74,15 @@ class Method:
     label: str
 
 
+# the rows of the methods table that one model answers for a user: the base with or
+# without retrieval and profile, and each OPPU variant (PROPER's rows: evaluate.proper)
 METHODS = {
     "base": Method("base", None, False, False, "non-personalized"),
     "rag": Method("rag", None, True, False, "RAG: retrieval"),
     "pag": Method("pag", None, True, True, "PAG: retrieval + profile"),
-    "peft": Method("peft", "peft", False, False, "PEFT only"),
-    "oppu": Method("oppu", "oppu", True, True, "OPPU: PEFT + retrieval + profile"),
-    CONTROL: Method(CONTROL, CONTROL, True, True, "OPPU on the control base (no groups)"),
-}
+} | {n: Method(n, n, v.retrieval, v.retrieval, v.table) for n, v in of_method("oppu").items()}
+PROPER_METHODS = {n: v.router for n, v in of_method("proper").items()}
+ROWS = (*METHODS, *PROPER_METHODS)  # every row `methods:` may name
 
 
 def run_method(run, backbone, method: Method, rows, contexts) -> MethodResult:
@@ -137,11 +137,9 @@ def evaluate_run(
     comes back with `not_run` set and no metrics: callers must not read it as a score
     (`ownlm eval` exits with code 3 when one is there)."""
     methods = methods or run.cfg.methods
-    unknown = [m for m in methods if m not in METHODS and m not in PROPER_METHODS]
+    unknown = [m for m in methods if m not in ROWS]
     if unknown:
-        raise ConfigError(
-            f"unknown method(s) {unknown}; choose from {sorted(METHODS) + sorted(PROPER_METHODS)}"
-        )
+        raise ConfigError(f"unknown method(s) {unknown}; choose from {sorted(ROWS)}")
     decode_rule(run.cfg.decode, run.task)  # decode=median on a non-ordinal task: refused now
     rows = test_queries(run)
     backbone = run.base()
@@ -157,7 +155,7 @@ def evaluate_run(
         from ownlm.evaluate.proper import evaluate_proper
 
         results += evaluate_proper(run, rows, contexts, routers=routers, backbone=backbone)
-    report(run, results, out_dir or run.dir / "eval", getattr(backbone, "max_len", None))
+    report(run, results, out_dir or run.paths.eval, getattr(backbone, "max_len", None))
     return results
 
 

@@ -29,15 +29,17 @@ from ownlm.backbone.prompt_format import ANSWER_SEP, HOW_TO_PROMPT
 from ownlm.backbone.unmerged import UNMERGED_DIR
 from ownlm.errors import ConfigError, NotFoundError
 from ownlm.oppu import model as oppu
+from ownlm.paths import RunPaths
+from ownlm.variants import EXPORT_ORDER, VARIANTS, names
 
-EXPORTABLE = ("proper-user", "oppu", "peft")
+BUNDLED = names(bundled=True)  # the variants a user may hold and bundle
+EXPORTABLE = EXPORT_ORDER  # in the order `--variant auto` tries them
 AUTO = "auto"  # the first of EXPORTABLE the user has an adapter for
 
 
 def stored_variants(run, user_id: str) -> list[str]:
     """The variants (`oppu`, `peft`, `proper-user`, `proper-input`) holding the user."""
-    variants = (*EXPORTABLE, "proper-input")
-    return [v for v in variants if run.store(v).exists(f"user:{user_id}")]
+    return [v for v in BUNDLED if run.store(v).exists(f"user:{user_id}")]
 
 
 def pick_variant(run, user_id: str, variant: str) -> str:
@@ -48,13 +50,13 @@ def pick_variant(run, user_id: str, variant: str) -> str:
         if not have:
             raise NotFoundError(
                 f"user {user_id!r} has no adapter in run {run.dir}; train one with `ownlm "
-                f"train -c {run.dir / 'config.yaml'} --stages users --variants oppu`"
+                f"train -c {RunPaths(run.dir).config} --stages users --variants oppu`"
             )
         usable = [v for v in EXPORTABLE if v in have]
         if not usable:  # only proper-input: cannot be flattened
             raise ConfigError(f"user {user_id!r}: " + INPUT_ROUTER_MSG)
         return usable[0]
-    if variant not in (*EXPORTABLE, "proper-input"):
+    if variant not in BUNDLED:
         raise ConfigError(f"unknown variant {variant!r}; choose {AUTO}, {', '.join(EXPORTABLE)}")
     if variant not in have and have:
         raise ConfigError(
@@ -69,12 +71,10 @@ def export_user(run, user_id: str, out: Path, variant: str = AUTO) -> tuple[Path
     group experts and the user's residual into one LoRA; `oppu` / `peft` copy the user's
     own LoRA. `proper-input` cannot be flattened: its gates change with every token."""
     variant = pick_variant(run, user_id, variant)
-    if variant in oppu.VARIANTS:
-        path = oppu.export_user(run, user_id, out, variant)
-    elif variant == "proper-user":
-        path = proper.export_user(run, user_id, out)
-    else:
+    v = VARIANTS[variant]
+    if not v.exportable:
         raise ConfigError(INPUT_ROUTER_MSG)
+    path = (proper if v.is_proper else oppu).export_user(run, user_id, out, variant)
     base, path = run.base_dir.resolve(), Path(path).resolve()
     point_to_base(path, base)
     meta = read_base_meta(base)  # as `load_base` reads it

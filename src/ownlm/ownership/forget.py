@@ -49,7 +49,7 @@ from ownlm.ownership.membership import (
     run_record,
 )
 from ownlm.ownership.mentions import names_user
-from ownlm.paths import CONTROL_BASE
+from ownlm.paths import CONTROL_BASE, RunPaths, variant_of
 from ownlm.proper.experts import ROUTER, forget_stage2_user
 from ownlm.run import RECORD, forgotten_key, recorded_roles, recover
 from ownlm.store import AdapterStore, TokenStore
@@ -92,24 +92,15 @@ class Forgotten:
         return lines
 
 
-def adapter_stores(run_dir: Path) -> list[Path]:
-    """The run's adapter stores: `adapters` (OPPU, stages 1-2) and `adapters-<variant>`."""
-    return sorted(p for p in run_dir.iterdir() if p.is_dir() and p.name.startswith("adapters"))
-
-
-def variant_of(store_dir: Path) -> str:
-    return "oppu" if store_dir.name == "adapters" else store_dir.name.removeprefix("adapters-")
-
-
 def retrain_command(run_dir: Path) -> str:
     """`ownlm train` over every stage and variant the run holds: stage 1 always retrains,
     so every later stage and user adapter is trained again on the new base."""
-    stage2 = AdapterStore(run_dir / "adapters").exists(ROUTER)
+    stage2 = AdapterStore(RunPaths(run_dir).store()).exists(ROUTER)
     stages = ["population", *(["groups"] * stage2), "users"]
     if (run_dir / CONTROL_BASE).is_dir():  # the control is trained on the train users too
         stages.insert(-1, "control")
     stages = ",".join(stages)
-    variants = [variant_of(s) for s in adapter_stores(run_dir) if (s / "users").is_dir()]
+    variants = [variant_of(s) for s in RunPaths(run_dir).stores() if (s / "users").is_dir()]
     flag = f" --variants {','.join(variants)}" if variants else ""
     return f"ownlm train -c {run_dir / 'config.yaml'} --stages {stages}{flag}"
 
@@ -118,7 +109,7 @@ def _delete_adapters(run_dir: Path, user: str) -> tuple[list[str], list[str]]:
     """(what was removed, notes). A user folder that is a symbolic link (put there by
     hand) loses the link; what it points to is outside the store and is named instead."""
     removed, notes = [], []
-    for store_dir in adapter_stores(run_dir):
+    for store_dir in RunPaths(run_dir).stores():
         store = AdapterStore(store_dir)
         store.sweep()  # a killed writer's scratch copy of their adapter goes too
         path = store.path(f"user:{user}")
@@ -190,7 +181,7 @@ def _data_sha256(task, users: list) -> str:
 def _drop_eval(run_dir: Path, user: str) -> bool:
     """Delete eval/ when any file there names the user: its tables, predictions and
     charts were computed together, with them (deleting is honest; a rewrite is not)."""
-    ev = run_dir / "eval"
+    ev = RunPaths(run_dir).eval
     if not ev.is_dir() or not any(names_user(f, user) for f in ev.rglob("*") if f.is_file()):
         return False
     trash = run_dir / f".del-eval-{uuid.uuid4().hex[:8]}"
@@ -214,7 +205,7 @@ def _trained_on(run_dir: Path, m: Membership, stage2: bool) -> list[str]:
             "base/, and a copy cached under .cache/ownlm/tiny-* where `ownlm train` ran; "
             "delete that cache)"
         )
-    if stage2 or AdapterStore(run_dir / "adapters").exists(ROUTER):
+    if stage2 or AdapterStore(RunPaths(run_dir).store()).exists(ROUTER):
         out.append(
             "stage 2 (the group experts and routers, adapters/groups and adapters/router: "
             "retrain stage 2 without them to take that out)"
@@ -255,7 +246,7 @@ def _forget(run_dir: Path, user: str) -> Forgotten:
         )
     if tokens:
         out.removed.append(f"tokens.json ({tokens} token{'s' * (tokens > 1)} revoked)")
-    stage2 = forget_stage2_user(AdapterStore(run_dir / "adapters"), user)
+    stage2 = forget_stage2_user(AdapterStore(RunPaths(run_dir).store()), user)
     if stage2:
         out.removed.append("adapters/router (their stage-2 id, embedding and history vector)")
     if scrubbed:

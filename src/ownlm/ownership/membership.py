@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ownlm.data.records import Dataset, User
 from ownlm.errors import OwnlmError
+from ownlm.paths import RunPaths
 from ownlm.run import RECORD, forgotten_key, recorded_roles
 
 FORGOTTEN_ROLES = "forgotten_roles"  # run.json: forgotten_key -> role, for a forget rerun
@@ -32,7 +33,7 @@ def membership(run_dir: Path, user: str) -> Membership:
     """Whether the run's data holds `user`, and in which role: from run.json's split (or,
     when a forget of them was cut short, the role it kept), else from the data as it is
     now, else from the record of the data it was trained on."""
-    if not (run_dir / "config.yaml").exists():
+    if not RunPaths(run_dir).config.exists():
         return Membership(why_unknown=f"{run_dir} has no config.yaml")
     from ownlm.run import Run
 

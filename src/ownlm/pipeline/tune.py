@@ -43,16 +43,17 @@ from ownlm.errors import ConfigError
 from ownlm.log import get_logger, progress
 from ownlm.oppu.model import prompt_settings
 from ownlm.pipeline.tune_table import print_table, verdict
-from ownlm.proper.users import METHODS as PROPER_VARIANTS
 from ownlm.retrieval.prompts import personal_prompt, user_context
 from ownlm.scores.metrics import LOWER_IS_BETTER, PRIMARY, compute_metrics, scale
 from ownlm.scores.references import population_majority, user_majority
 from ownlm.train.budget import Budget, budget_keys, configured
 from ownlm.train.loop import EarlyStopping
 from ownlm.train.validation import ValidationSet, pair_validator
+from ownlm.variants import names
+from ownlm.variants import variant as variant_info
 
 log = get_logger(__name__)
-TUNABLE = ("oppu", "peft", *PROPER_VARIANTS)
+TUNABLE = names(tunable=True)
 
 
 @dataclass
@@ -93,7 +94,8 @@ def validation_set(run, dev: DevUser, variant: str, population: str) -> Validati
     """The dev user's validation items as the variant's prompts (retrieval and profile
     from the train part), with their own majority/mean's score as the reference."""
     task, metric = run.task, PRIMARY[run.task.kind]
-    if variant in PROPER_VARIANTS:  # PROPER users read OPPU's prompts
+    proper = variant_info(variant).is_proper
+    if proper:  # PROPER users read OPPU's prompts
         k, use_profile = run.cfg.retrieval_k, run.cfg.profile
     else:
         k, use_profile = prompt_settings(run, variant)
@@ -102,7 +104,7 @@ def validation_set(run, dev: DevUser, variant: str, population: str) -> Validati
     for item in dev.val:
         task_input, target = task.item_pair(item)
         prompt = personal_prompt(task, ctx, task_input, k, use_profile, task.item_text(item))
-        pairs.append((prompt, target) if variant not in PROPER_VARIANTS else (prompt, target, 0))
+        pairs.append((prompt, target, 0) if proper else (prompt, target))
     outputs = [it.fields.get(task.output_field, "") for it in dev.user.history]
     own = user_majority(outputs, task.kind, task.labels, fallback=population)
     decode = decode_rule(run.cfg.decode, task)  # labels picked as the evaluation picks them
@@ -172,7 +174,7 @@ def proper_curves(run, variant, devs, vsets, lrs, max_epochs) -> tuple[dict, str
             validate = pair_validator(backbone, backbone.model, run.task, vsets[i])
             stopper = _stopper(run, validate, metric)
             budget = Budget(lr, max_epochs, "search", (lr, max_epochs))
-            router = PROPER_VARIANTS[variant]
+            router = variant_info(variant).router
             fit_user(run, gm, devs[i].user, vectors[i], router, budget, stopper)
             curves[i, lr] = stopper.records
     return curves, fp
@@ -298,7 +300,7 @@ def tune_variant(run, variant: str, reuse: bool = False) -> dict:
     population = population_majority(_train_outputs(run), run.task.kind, run.task.labels)
     vsets = [validation_set(run, d, variant, population) for d in devs]
     lrs, max_epochs = grid(run, variant)
-    proper = variant in PROPER_VARIANTS
+    proper = variant_info(variant).is_proper
     search = proper_curves if proper else oppu_curves
     curves, fp = search(run, variant, devs, vsets, lrs, max_epochs)
     batch_size = run.cfg.proper.batch_size if proper else run.cfg.user.batch_size
@@ -339,7 +341,7 @@ def _record(run, variant, devs, vsets, rows, untrained, best, fp, population) ->
 
 def _fingerprint(run, variant: str) -> str:
     """The base the variant's users stand on, without loading it."""
-    if variant in PROPER_VARIANTS:
+    if variant_info(variant).is_proper:
         from ownlm.proper import groups_fingerprint
 
         return groups_fingerprint(run, run.base_fingerprint())

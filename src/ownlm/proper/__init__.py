@@ -10,7 +10,6 @@ from ownlm.proper.experts import (
     load_groups,
 )
 from ownlm.proper.users import (
-    METHODS,
     ROUTERS,
     export_user,
     load_user_model,
@@ -18,7 +17,6 @@ from ownlm.proper.users import (
 )
 
 __all__ = [
-    "METHODS",
     "ROUTERS",
     "GroupModel",
     "export_user",

@@ -209,7 +209,12 @@ def stage2_digest(store) -> str:
 def groups_fingerprint(run, base_fp: str) -> str:
     """What stage-3 adapters depend on: the merged base and the stored stage-2 weights.
     Stage-3 manifests carry it, so retraining stage 2 invalidates the user adapters."""
-    return f"{base_fp}+{stage2_digest(require_groups(run))}"
+    return store_fingerprint(require_groups(run), base_fp)
+
+
+def store_fingerprint(store, base_fp: str) -> str:
+    """`groups_fingerprint` of the stage 2 held in `store` (the run's "oppu" store)."""
+    return f"{base_fp}+{stage2_digest(store)}"
 
 
 def forget_stage2_user(store, user_id: str) -> bool:

@@ -33,9 +33,9 @@ from ownlm.adapters.peft_io import CONFIG_FILE, read_lora, write_peft_lora
 from ownlm.errors import ConfigError
 from ownlm.proper.experts import groups_fingerprint, load_groups, settings
 from ownlm.retrieval.prompts import training_pairs, user_context
+from ownlm.variants import of_method
 
-ROUTERS = {"input": "input-dependent router", "user": "user-only router"}
-METHODS = {f"proper-{r}": r for r in ROUTERS}  # evaluation / variant name -> router
+ROUTERS = {v.router: v.label for v in of_method("proper").values()}  # router -> what it is
 ROUTER_FILE = "proper_router.safetensors"
 
 
@@ -211,9 +211,12 @@ def load_user_model(run, backbone, user, router: str):
     return backbone.model
 
 
-def export_user(run, user_id: str, out_dir: Path) -> Path:
+def export_user(run, user_id: str, out_dir: Path, variant: str = "proper-user") -> Path:
     """Write user `user_id`'s effective PROPER model (user-only router) as one PEFT LoRA
-    over the run's merged base, named by absolute path (`run.base_dir`, resolved)."""
+    over the run's merged base, named by absolute path (`run.base_dir`, resolved). Only
+    the user-only router flattens (`variant` is there to share OPPU's signature)."""
+    if variant != "proper-user":
+        raise ConfigError(f"user {user_id!r}: " + INPUT_ROUTER_MSG)
     user = next((u for u in run.dataset.users if u.user_id == user_id), None)
     if user is None:
         raise ConfigError(f"no user {user_id!r} in {run.cfg.data}; check the id")

@@ -35,6 +35,7 @@ from ownlm.data.splits import UserSplit, split_by_roles, split_users, truncate_h
 from ownlm.data.task_file import resolve_task
 from ownlm.errors import ConfigError, DataError, StoreError
 from ownlm.log import get_logger
+from ownlm.paths import RunPaths
 from ownlm.run.claim import claim, hold_lock, move_aside
 from ownlm.run.record import (
     RECORD,
@@ -205,7 +206,12 @@ class Run:
 
     @property
     def base_dir(self) -> Path:
-        return self.dir / "base"
+        return self.paths.base()
+
+    @property
+    def paths(self) -> RunPaths:
+        """Every path inside the run directory (`ownlm.paths`)."""
+        return RunPaths(self.dir)
 
     @cached_property
     def device(self):
@@ -239,7 +245,7 @@ class Run:
         return load_base(self.dir / name, self.device, self.dtype)
 
     def store(self, variant: str = "oppu") -> AdapterStore:
-        return AdapterStore(self.dir / ("adapters" if variant == "oppu" else f"adapters-{variant}"))
+        return AdapterStore(self.paths.store(variant))
 
     def data_change(self, old: dict, new: dict) -> str | None:
         """What changed in the data that the run's trained stages depend on (None when

@@ -62,7 +62,7 @@ def claim(run: Run, overwrite: bool) -> None:
     if problem is not None:
         raise problem
     run.dir.mkdir(parents=True, exist_ok=True)
-    save_config(run.cfg, run.dir / "config.yaml")
+    save_config(run.cfg, run.paths.config)
     with run.edit_record() as record:
         created = record.get("created") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         if recorded_roles(record) is None:  # fixed now, by id: forget never moves a role
@@ -101,7 +101,7 @@ def _unrecorded(run: Run) -> dict | None:
     state = [p for p in run.dir.iterdir() if p.name != "config.yaml"] if run.dir.is_dir() else []
     if not state:
         return None
-    cfg_file = run.dir / "config.yaml"
+    cfg_file = run.paths.config
     if not cfg_file.exists():
         return {}
     log.warning(

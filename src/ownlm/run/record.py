@@ -12,13 +12,14 @@ import hashlib
 import json
 from pathlib import Path
 
+from ownlm import paths
 from ownlm.config import ExperimentConfig, training_values
 from ownlm.data.records import Dataset
 from ownlm.data.splits import ROLES, UserSplit
 from ownlm.files import write_file
 from ownlm.safe_yaml import load_yaml
 
-RECORD = "run.json"
+RECORD = paths.RECORD
 
 
 def recorded_roles(record: dict | None) -> dict[str, list[str]] | None:

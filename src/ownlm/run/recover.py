@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ownlm.files import sweep_files
+from ownlm.paths import RunPaths
 from ownlm.store import AdapterStore
 
 if TYPE_CHECKING:
@@ -46,9 +47,9 @@ def recover(run_dir: Path) -> list[str]:
     if not run_dir.is_dir():
         return []
     done = dirswap.recover(run_dir)  # an import cut short: finished or undone
-    for store in sorted(p for p in run_dir.iterdir() if p.name.startswith("adapters")):
-        if store.is_dir():
-            done += AdapterStore(store).sweep()
-    for folder in (run_dir, run_dir / "updates"):
+    paths = RunPaths(run_dir)
+    for store in paths.stores():
+        done += AdapterStore(store).sweep()
+    for folder in (run_dir, paths.updates):
         done += [f"removed {p}" for p in sweep_files(folder)]
     return done

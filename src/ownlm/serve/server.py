@@ -21,6 +21,7 @@ from ownlm.config import ServeSettings
 from ownlm.data.checks import user_id_problem  # the one rule; also the routes'
 from ownlm.errors import ConfigError, StoreError
 from ownlm.log import get_logger
+from ownlm.paths import RunPaths
 from ownlm.serve.batcher import Batcher
 from ownlm.serve.cache import AdapterCache
 from ownlm.serve.engine import Engine, Request
@@ -275,7 +276,7 @@ def _recover(run_dir: Path) -> list[str]:
     and files' part alone for a bare served directory (no config.yaml)."""
     from ownlm.run import Run, recover
 
-    if not (run_dir / "config.yaml").exists():
+    if not RunPaths(run_dir).config.exists():
         return recover(run_dir)
     return Run.open(run_dir).recover()
 
@@ -292,7 +293,7 @@ def build_server(
     for done in _recover(run_dir):  # writes cut short by a kill: finished or rolled back
         log.info(f"start-up: {done}")
     device = resolve_device(settings.device)
-    backbone = load_base(run_dir / "base", device, resolve_dtype(settings.dtype, device))
+    backbone = load_base(RunPaths(run_dir).base(), device, resolve_dtype(settings.dtype, device))
     if not isinstance(backbone, CausalBackbone):
         raise StoreError(
             f"run {run_dir} has a {backbone.kind} base; only causal LMs generate text to serve"
@@ -300,7 +301,7 @@ def build_server(
     personalizer = Personalizer.from_run(run_dir) if personalize else None
     return Server(
         backbone,
-        AdapterStore(run_dir / "adapters"),
+        AdapterStore(RunPaths(run_dir).store()),
         TokenStore(run_dir),
         settings,
         personalizer,

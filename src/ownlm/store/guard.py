@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ownlm.errors import StoreError
 from ownlm.log import get_logger
+from ownlm.paths import LOCKS, RunPaths  # <run>/.locks/: user-<key>.lock, record.lock
 
 try:  # POSIX; elsewhere only threads of one process are kept apart
     import fcntl
@@ -29,7 +30,6 @@ except ImportError:  # pragma: no cover
     fcntl = None
 
 log = get_logger(__name__)
-LOCKS = ".locks"  # <run>/.locks/: user-<key>.lock, record.lock
 FORGET_WAIT = 600.0  # seconds forget waits for a command writing the user to finish
 
 
@@ -133,7 +133,7 @@ def forgotten_key(user_id: str) -> str:
 def forgotten_keys(run_dir: Path) -> set[str]:
     """The `forgotten_key`s run.json keeps, read afresh (empty when it is unreadable)."""
     try:
-        record = json.loads((Path(run_dir) / "run.json").read_text())
+        record = json.loads(RunPaths(run_dir).record.read_text())
     except (OSError, ValueError, RecursionError):
         return set()
     keys = record.get("forgotten") if isinstance(record, dict) else None
@@ -147,7 +147,7 @@ class ForgottenUsers:
     them a token."""
 
     def __init__(self, run_dir: Path):
-        self.path = Path(run_dir) / "run.json"
+        self.path = RunPaths(run_dir).record
         self._seen: tuple | None = None
         self._keys: set[str] = set()
         self._mutex = threading.Lock()

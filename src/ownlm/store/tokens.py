@@ -27,6 +27,7 @@ from pathlib import Path
 
 from ownlm.errors import ConfigError, NotFoundError, StoreError
 from ownlm.files import sweep_files, write_file
+from ownlm.paths import TOKENS, RunPaths
 from ownlm.store.guard import ForgottenUsers, user_lock
 from ownlm.store.store import AdapterStore
 
@@ -35,7 +36,7 @@ try:  # POSIX; elsewhere only threads of one process are kept apart
 except ImportError:  # pragma: no cover
     fcntl = None
 
-TOKENS_FILE = "tokens.json"
+TOKENS_FILE = TOKENS
 # scrypt(n=2**14, r=8) takes 16 MiB and ~50 ms of a core: at most this many at once, so
 # a flood of wrong secrets cannot take the server's memory or every core
 _SCRYPT_SLOTS = threading.BoundedSemaphore(2)
@@ -77,7 +78,7 @@ def stored_users(run_dir: str | Path) -> set[str]:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         return set()
-    stores = [p for p in run_dir.iterdir() if p.is_dir() and p.name.startswith("adapters")]
+    stores = RunPaths(run_dir).stores()
     return {n.partition(":")[2] for s in stores for n in AdapterStore(s).names("user")}
 
 

@@ -86,7 +86,7 @@ def active_level_study(
     PROPER's rows to OPPU, to the base (PAG) and to one expert; writes
     active_levels.json (with the intervals and differences) and a plot."""
     primary = PRIMARY[run.task.kind]
-    out_dir = out_dir or run.dir / "eval"
+    out_dir = out_dir or run.paths.eval
     rows0 = test_queries(run)
     keep_ids = list(dict.fromkeys(u.user_id for u, _ in rows0))[:max_users]
     rows0 = [(u, q) for u, q in rows0 if u.user_id in keep_ids]

@@ -165,7 +165,7 @@ def format_study(
     `max_users`: the first N test users only; `reuse_stored`: the template's user
     adapters loaded from the run's stores when current (`stored_models`), not trained."""
     metric = PRIMARY[run.task.kind]
-    out_dir = out_dir or run.dir / "eval"
+    out_dir = out_dir or run.paths.eval
     rows = test_queries(run)
     keep = list(dict.fromkeys(u.user_id for u, _ in rows))[:max_users]
     rows = [(u, q) for u, q in rows if u.user_id in keep]

@@ -178,7 +178,7 @@ def peft_methods_study(
         "predictions": {r.method: r.predictions for r in results if r.predictions},
     }
     _print(payload, comparisons, run)
-    out_dir = out_dir or run.dir / "eval"
+    out_dir = out_dir or run.paths.eval
     _write(out_dir / "peft_methods.json", payload)
     title = f"{task.name} ({run.cfg.backbone})"  # plot_methods adds the metric and bars
     plot_methods(out_dir / "peft_methods.png", title, results, primary)

@@ -290,7 +290,7 @@ def shift_study(
         "predictions": {r.method: r.predictions for r in results},
     }
     _print(run, payload, comparisons)
-    out_dir = out_dir or run.dir / "eval"
+    out_dir = out_dir or run.paths.eval
     name = f"shift-{drift}" if drift else "shift"
     _write(out_dir / f"{name}.json", payload)
     title = f"{task.name}: behaviour shift{f' ({drift} drift)' if drift else ''}, {len(cut)} users"

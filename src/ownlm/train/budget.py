@@ -16,9 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from ownlm.log import get_logger
+from ownlm.run.record import get_key
+from ownlm.variants import variant as variant_info
 
 log = get_logger(__name__)
-KEYS = {"oppu": ("user.lr", "user.epochs"), "proper": ("proper.user_lr", "proper.user_epochs")}
 _WARNED: set[tuple[str, str]] = set()  # (run dir, variant) already told their tune is stale
 
 
@@ -49,17 +50,15 @@ class Budget:
 
 def budget_keys(variant: str) -> tuple[str, str]:
     """The config keys of the variant's budget, dotted as `--set` spells them."""
-    return KEYS["proper" if variant.startswith("proper-") else "oppu"]
+    return variant_info(variant).budget
 
 
 def configured(run, variant: str) -> Budget:
     """The variant's budget as configured."""
-    if variant.startswith("proper-"):
-        lr, epochs = run.cfg.proper.user_lr, run.cfg.proper.user_epochs
-    else:
-        lr, epochs = run.cfg.user.lr, run.cfg.user.epochs
-        return Budget(lr, epochs, "config", (lr, epochs), run.cfg.user.method)
-    return Budget(lr, epochs, "config", (lr, epochs))
+    lr, epochs = (get_key(run.cfg, key) for key in budget_keys(variant))
+    if variant_info(variant).is_proper:
+        return Budget(lr, epochs, "config", (lr, epochs))
+    return Budget(lr, epochs, "config", (lr, epochs), run.cfg.user.method)
 
 
 def user_budget(run, variant: str, fingerprint: str) -> Budget:

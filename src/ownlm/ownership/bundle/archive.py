@@ -17,9 +17,11 @@ from pathlib import Path, PurePosixPath
 from ownlm import __version__
 from ownlm.backbone.checksum import META_FILE, read_base_meta
 from ownlm.errors import ConfigError, NotFoundError, StoreError
-from ownlm.ownership.forget import adapter_stores, variant_of
-from ownlm.proper.experts import stage2_digest
+from ownlm.paths import RunPaths, variant_of
+from ownlm.proper.experts import ROUTER, store_fingerprint
+from ownlm.proper.users import ROUTER_FILE
 from ownlm.store import AdapterStore
+from ownlm.variants import VARIANTS, names, of_method
 
 INDEX = "ownlm_bundle.json"
 FORMAT = "ownlm-bundle/1"
@@ -28,10 +30,8 @@ MAX_INDEX_BYTES = 16 << 20
 MAX_BUNDLE_BYTES = 4 << 30  # the members' sizes together, as their headers declare them
 MAX_MEMBERS = 1000
 # files an adapter directory may hold besides those its manifest's sha256 lists
-UNHASHED = {"README.md": ("oppu", "peft", "proper-user", "proper-input")} | {
-    "proper_router.json": ("proper-user", "proper-input")
-}
-VARIANTS = ("oppu", "peft", "proper-user", "proper-input")  # adapters/<variant>/ members
+BUNDLED = names(bundled=True)  # adapters/<variant>/ members
+UNHASHED = {"README.md": BUNDLED, ROUTER_FILE: tuple(of_method("proper"))}
 
 
 def sha256_hex(data: bytes) -> str:
@@ -39,11 +39,11 @@ def sha256_hex(data: bytes) -> str:
 
 
 def base_meta(run_dir: Path) -> dict:
-    path = Path(run_dir) / "base" / META_FILE
+    path = RunPaths(run_dir).base() / META_FILE
     if not path.exists():
         raise NotFoundError(
             f"run {run_dir} has no trained base ({path}); train stage 1 first: "
-            f"`ownlm train -c {Path(run_dir) / 'config.yaml'} --stages population`"
+            f"`ownlm train -c {RunPaths(run_dir).config} --stages population`"
         )
     return read_base_meta(path.parent)
 
@@ -52,12 +52,12 @@ def expected_fingerprint(run_dir: Path, variant: str) -> str:
     """What a user adapter of `variant` must have been trained for in this run: the
     base's fingerprint, and for PROPER the stage-2 weights too (`groups_fingerprint`)."""
     fp = base_meta(run_dir)["fingerprint"]
-    if not variant.startswith("proper-"):
+    if not VARIANTS[variant].is_proper:
         return fp
-    store = AdapterStore(Path(run_dir) / "adapters")
-    if not store.exists("router"):
+    store = AdapterStore(RunPaths(run_dir).store())
+    if not store.exists(ROUTER):
         raise StoreError(f"run {run_dir} has no PROPER stage 2, which {variant} adapters need")
-    return f"{fp}+{stage2_digest(store)}"
+    return store_fingerprint(store, fp)
 
 
 # -- export --------------------------------------------------------------------------------
@@ -83,7 +83,7 @@ class Bundled:
 def _adapter_members(run_dir: Path, user_id: str, members: dict, index: dict) -> list[str]:
     """Add every current adapter of the user to `members`; returns why any was left out."""
     skipped = []
-    for store_dir in adapter_stores(run_dir):
+    for store_dir in RunPaths(run_dir).stores():
         store, name, variant = AdapterStore(store_dir), f"user:{user_id}", variant_of(store_dir)
         if not store.exists(name):
             continue

@@ -18,16 +18,17 @@ from ownlm import dirswap
 from ownlm.data.checks import USER_ID_RULE, user_id_problem
 from ownlm.errors import NotFoundError, StoreError
 from ownlm.ownership.bundle.archive import (
+    BUNDLED,
     INDEX,
     MANIFEST,
     UNHASHED,
-    VARIANTS,
     base_meta,
     expected_fingerprint,
     read_bundle,
     refused,
     sha256_hex,
 )
+from ownlm.paths import RunPaths
 from ownlm.run import forgotten_key, forgotten_keys
 from ownlm.store import AdapterStore, Manifest
 from ownlm.store.guard import user_lock
@@ -76,7 +77,7 @@ class _Plan:
 
 def _plan(bundle: Path, run_dir: Path, user: str, variant: str, members: dict) -> _Plan:
     """Check one bundled adapter against the run before anything is written."""
-    if variant not in VARIANTS:
+    if variant not in BUNDLED:
         raise refused(bundle, f"adapter variant {variant!r} is not one ownlm writes")
     prefix = f"adapters/{variant}/"
     files = {k[len(prefix) :]: v for k, v in members.items() if k.startswith(prefix)}
@@ -102,7 +103,7 @@ def _plan(bundle: Path, run_dir: Path, user: str, variant: str, members: dict) -
             f"its {variant} adapter was trained for {m.base_fingerprint}, run {run_dir} has "
             f"{want} (another base or stage 2): import it into the run it came from",
         )
-    store = run_dir / ("adapters" if variant == "oppu" else f"adapters-{variant}")
+    store = RunPaths(run_dir).store(variant)
     return _Plan(AdapterStore(store), variant, files, m)
 
 

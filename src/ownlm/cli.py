@@ -201,7 +201,7 @@ def eval_(
 def _more(run, groups_view: bool, buckets, studies, study_users: int, one_expert_run: str):
     """`ownlm eval`'s extras: the groups view, the active-level study, the studies."""
     if groups_view:
-        from ownlm.evaluate.groups import groups_view as show_groups
+        from ownlm.evaluate.group_view import groups_view as show_groups
 
         show_groups(run)
     if buckets:

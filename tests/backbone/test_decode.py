@@ -168,8 +168,8 @@ def test_tune_scores_its_budgets_with_the_run_decode(tmp_path):
     from pathlib import Path
 
     from ownlm.config import load_config
-    from ownlm.pipeline.tune import DevUser, settings
-    from ownlm.pipeline.tune import validation_set as tune_set
+    from ownlm.pipeline.tune import DevUser, tune_settings
+    from ownlm.pipeline.tune import dev_validation_set as tune_set
     from ownlm.run import Run
 
     root = Path(__file__).resolve().parents[2]
@@ -182,6 +182,6 @@ def test_tune_scores_its_budgets_with_the_run_decode(tmp_path):
     user = run.split.train[0]
     dev = DevUser(user, user.history[-2:])
     assert tune_set(run, dev, "oppu", "3").decode == "median"
-    assert settings(run)["decode"] == "median"
+    assert tune_settings(run)["decode"] == "median"
     run = Run(load_config(None, [*base, "decode=argmax"]), write=False)
-    assert tune_set(run, dev, "oppu", "3").decode == "argmax" and "decode" not in settings(run)
+    assert tune_set(run, dev, "oppu", "3").decode == "argmax" and "decode" not in tune_settings(run)

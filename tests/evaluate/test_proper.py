@@ -36,7 +36,7 @@ def test_proper_rows_need_an_adapter_for_every_user(copy_run):
 
 
 def test_corrupt_group_expert_stops_proper_rows_and_the_groups_view(copy_run):
-    from ownlm.evaluate.groups import groups_view
+    from ownlm.evaluate.group_view import groups_view
     from ownlm.evaluate.proper import evaluate_proper
 
     run = copy_run("proper")

@@ -3,7 +3,7 @@ one gate vector per user for every layer, stored, shown and forgotten."""
 
 import torch
 
-from ownlm.data.groups import group_agreement, planted_groups
+from ownlm.data.planted import group_agreement, planted_groups
 from ownlm.proper.group_stage import train_groups
 from ownlm.run import Run
 from ownlm.train.population import train_population
@@ -12,7 +12,7 @@ from tests.proper.test_group_stage import small_proper
 
 def test_stage_2_recovers_the_planted_groups_and_a_user_is_one_group(tiny_cfg):
     from ownlm.adapters.mixture import routing
-    from ownlm.evaluate.groups import groups_view
+    from ownlm.evaluate.group_view import groups_view
     from ownlm.proper import load_groups
     from ownlm.proper.experts import forget_stage2_user, stage2_users
 

@@ -6,7 +6,7 @@ from peft import PeftModel
 
 from ownlm.data.splits import truncate_history
 from ownlm.errors import ConfigError
-from ownlm.proper import export_user, load_user_model
+from ownlm.proper import export_adapter, load_user_model
 from ownlm.proper.group_stage import train_groups
 from ownlm.proper.user_stage import train_proper_users
 from ownlm.run import Run
@@ -30,9 +30,9 @@ def test_proper_users_train_store_and_export(tiny_cfg, tmp_path):
 
     with pytest.raises(ConfigError, match="user-only"):
         run.store("proper-user").delete(user.name)
-        export_user(run, user.user_id, tmp_path / "x")
+        export_adapter(run, user.user_id, tmp_path / "x")
     train_proper_users(run, "user", users=[user])
-    out = export_user(run, user.user_id, tmp_path / "flat")
+    out = export_adapter(run, user.user_id, tmp_path / "flat")
 
     backbone = run.base()
     ids, mask, _ = backbone.encode_pairs(["some prompt"], ["x"])
@@ -74,7 +74,7 @@ def test_proper_on_the_minilm_encoder_trains_evaluates_and_exports(tiny_cfg, tmp
     results = evaluate_proper(run, routers=("user",))
     assert results[0].method == "proper-user" and "accuracy" in results[0].metrics
 
-    out = export_user(run, user.user_id, tmp_path / "flat")
+    out = export_adapter(run, user.user_id, tmp_path / "flat")
     backbone = run.base()
     ids, mask = backbone._batch(["a movie about a heist"])
     model = load_user_model(run, backbone, user, "user")

@@ -16,10 +16,10 @@ from tests.proper.test_group_stage import small_proper
 @pytest.mark.slow  # ~2 min on 2 CPUs: trains OPPU and PROPER users in the study
 def test_proper_evaluation_new_users_groups_view_and_study(tiny_cfg, tmp_path):
     from ownlm.data.splits import truncate_history
-    from ownlm.evaluate.groups import groups_view
+    from ownlm.evaluate.group_view import groups_view
     from ownlm.evaluate.proper import evaluate_proper
     from ownlm.proper import groups_fingerprint, load_groups, prepare_user
-    from ownlm.proper.users import user_pairs
+    from ownlm.proper.users import proper_pairs
     from ownlm.studies.active_levels import active_level_study
 
     tiny_cfg.proper = small_proper(user_r=2, user_alpha=4.0, user_lr=1e-3, user_epochs=1.0)
@@ -34,7 +34,7 @@ def test_proper_evaluation_new_users_groups_view_and_study(tiny_cfg, tmp_path):
     gm = load_groups(run, backbone)
     store = run.store("proper-user")
     assert prepare_user(gm, store, fp, trained, "user", None) == "adapter"
-    assert prepare_user(gm, store, fp, new, "user", None, user_pairs(run, new)) == "new"
+    assert prepare_user(gm, store, fp, new, "user", None, proper_pairs(run, new)) == "new"
     gates = next(iter(gm.layers.values())).router.logits.softmax(-1)[0]  # the posterior
     assert gm.by_user and abs(float(gates.sum()) - 1) < 1e-5
     assert prepare_user(gm, store, fp, truncate_history(new, 0), "user", None) == "population"

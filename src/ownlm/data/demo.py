@@ -11,7 +11,7 @@ that knows the group gets the 3 shared values right, only one that knows the use
 the 4th; each user spreads over 4 tags, so their majority tag is not enough.
 `HABIT_NOISE` of items get another tag. Items carry ground truth (`genre`, `mood`,
 `group`) that no prompt shows (PROPER's meso level, Zhang et al. 2025: users who share
-habits should share an expert; `ownlm.data.groups` measures that).
+habits should share an expert; `ownlm.data.planted` measures that).
 
 demo-headlines: articles from templates (topic, entity, event, number, day). The key
 facts make a core headline "{Entity} {verb}s {object}"; each user has one style

@@ -60,7 +60,7 @@ def user_model(backbone, store, user, base_fp: str):
         detach(backbone, model)
 
 
-def export_user(run, user_id: str, out_dir: Path, variant: str = "oppu") -> Path:
+def export_adapter(run, user_id: str, out_dir: Path, variant: str = "oppu") -> Path:
     """Copy the user's verified PEFT directory to `out_dir` (with its base: run.base_dir)."""
     if variant == CONTROL:
         raise ConfigError(

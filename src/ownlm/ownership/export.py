@@ -74,7 +74,7 @@ def export_user(run, user_id: str, out: Path, variant: str = AUTO) -> tuple[Path
     v = VARIANTS[variant]
     if not v.exportable:
         raise ConfigError(INPUT_ROUTER_MSG)
-    path = (proper if v.is_proper else oppu).export_user(run, user_id, out, variant)
+    path = (proper if v.is_proper else oppu).export_adapter(run, user_id, out, variant)
     base, path = run.base_dir.resolve(), Path(path).resolve()
     point_to_base(path, base)
     meta = read_base_meta(base)  # as `load_base` reads it

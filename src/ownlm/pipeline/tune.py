@@ -90,7 +90,7 @@ def grid(run, variant: str) -> tuple[list[float], int]:
     return lrs, t.max_epochs or max(4, math.ceil(2 * base.epochs))
 
 
-def validation_set(run, dev: DevUser, variant: str, population: str) -> ValidationSet:
+def dev_validation_set(run, dev: DevUser, variant: str, population: str) -> ValidationSet:
     """The dev user's validation items as the variant's prompts (retrieval and profile
     from the train part), with their own majority/mean's score as the reference."""
     task, metric = run.task, PRIMARY[run.task.kind]
@@ -162,7 +162,7 @@ def proper_curves(run, variant, devs, vsets, lrs, max_epochs) -> tuple[dict, str
     """`oppu_curves` for a PROPER router: the user's residual LoRA and routing on the
     frozen stage-2 groups, at each lr (`proper.router_lr` stays as configured)."""
     from ownlm.proper import group_model, groups_fingerprint, history_vectors
-    from ownlm.proper.user_stage import fit_user
+    from ownlm.proper.user_stage import fit_proper_user
 
     backbone = run.base()
     fp = groups_fingerprint(run, backbone.fingerprint())  # refuses a run without stage 2
@@ -175,7 +175,7 @@ def proper_curves(run, variant, devs, vsets, lrs, max_epochs) -> tuple[dict, str
             stopper = _stopper(run, validate, metric)
             budget = Budget(lr, max_epochs, "search", (lr, max_epochs))
             router = variant_info(variant).router
-            fit_user(run, gm, devs[i].user, vectors[i], router, budget, stopper)
+            fit_proper_user(run, gm, devs[i].user, vectors[i], router, budget, stopper)
             curves[i, lr] = stopper.records
     return curves, fp
 
@@ -266,7 +266,7 @@ def open_for_tuning(config, overrides: list[str]):
     return Run.reopen(config, overrides)
 
 
-def settings(run) -> dict:
+def tune_settings(run) -> dict:
     """What a tune depends on besides the base: a recorded tune with other settings is
     not reused by `train --tune`. The label decode joins them unless it is argmax: the
     metric the budget was chosen by depends on it."""
@@ -289,7 +289,7 @@ def tune_run(run, variants: list[str], reuse: bool = False, config: str | None =
 def tune_variant(run, variant: str, reuse: bool = False) -> dict:
     """Search, choose, record and print the budget of one variant's user stage."""
     old = ((run.recorded() or {}).get("tuned") or {}).get(variant)
-    if reuse and old and old.get("settings") == settings(run):
+    if reuse and old and old.get("settings") == tune_settings(run):
         fp = _fingerprint(run, variant)
         if old.get("fingerprint") == fp:
             log.info(f"tune {variant}: kept the budget tuned on this base with these settings")
@@ -298,7 +298,7 @@ def tune_variant(run, variant: str, reuse: bool = False) -> dict:
     start = time.perf_counter()
     devs, metric = dev_split(run), PRIMARY[run.task.kind]
     population = population_majority(_train_outputs(run), run.task.kind, run.task.labels)
-    vsets = [validation_set(run, d, variant, population) for d in devs]
+    vsets = [dev_validation_set(run, d, variant, population) for d in devs]
     lrs, max_epochs = grid(run, variant)
     proper = variant_info(variant).is_proper
     search = proper_curves if proper else oppu_curves
@@ -326,7 +326,7 @@ def _record(run, variant, devs, vsets, rows, untrained, best, fp, population) ->
         "configured": {lr_key: base.lr, epochs_key: base.epochs},
         "metric": PRIMARY[run.task.kind],
         "fingerprint": fp,
-        "settings": settings(run),
+        "settings": tune_settings(run),
         "dev_users": [d.user.user_id for d in devs],
         "val_items": sum(len(d.val) for d in devs),
         "table": rows,

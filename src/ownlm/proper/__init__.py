@@ -11,7 +11,7 @@ from ownlm.proper.experts import (
 )
 from ownlm.proper.users import (
     ROUTERS,
-    export_user,
+    export_adapter,
     load_user_model,
     prepare_user,
 )
@@ -19,7 +19,7 @@ from ownlm.proper.users import (
 __all__ = [
     "ROUTERS",
     "GroupModel",
-    "export_user",
+    "export_adapter",
     "group_model",
     "groups_fingerprint",
     "history_vectors",

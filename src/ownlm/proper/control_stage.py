@@ -30,7 +30,7 @@ from ownlm.config import LoraSettings
 from ownlm.log import get_logger
 from ownlm.paths import CONTROL_BASE
 from ownlm.proper.em import stage2_monitor
-from ownlm.proper.experts import ROUTER, require_groups, settings, targets_for
+from ownlm.proper.experts import ROUTER, proper_settings, require_groups, targets_for
 from ownlm.proper.group_stage import stage2_pairs
 from ownlm.store import Manifest
 from ownlm.train.loop import fit
@@ -57,7 +57,7 @@ def control_lora(run, backbone) -> LoraSettings:
     mixture wraps, stage 2's lr, epochs and batch size, no dropout (the experts have
     none). alpha stays the experts' alpha, so the scaling is alpha/(G*r): the control is
     stage 2's mixture with every gate fixed at 1/G (B_cat A_cat = sum_g B_g A_g)."""
-    s = settings(run)
+    s = proper_settings(run)
     modules = [name for name, _ in matching_linears(backbone.model, targets_for(backbone, s))]
     return LoraSettings(
         r=stored_groups(run) * s.r,
@@ -73,7 +73,7 @@ def control_lora(run, backbone) -> LoraSettings:
 def stored_groups(run) -> int:
     """Stage 2's G as stored: with `proper.groups_choices` the chosen one, which may not
     be `proper.groups` (`train.group_choice`)."""
-    s = settings(run)
+    s = proper_settings(run)
     if not s.groups_choices:
         return s.groups
     meta = require_groups(run).path(ROUTER) / "router.json"
@@ -130,7 +130,8 @@ def fit_control(run, backbone, pairs, lora: LoraSettings, vset=None) -> tuple[di
     )
     stopper = None
     if vset:  # stage 2's rule: validate every epoch on its dev pairs, keep the best
-        watch = stage2_monitor(run) if settings(run).assignment == "user" else None  # as stage 2
+        by_user = proper_settings(run).assignment == "user"
+        watch = stage2_monitor(run) if by_user else None  # as stage 2
         stopper = early_stopping(run, vset, pair_validator(backbone, model, run.task, vset), watch)
     losses = fit(
         lambda batch: backbone.loss(model, [b[0] for b in batch], [b[1] for b in batch]),

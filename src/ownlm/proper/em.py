@@ -54,7 +54,7 @@ from ownlm.proper.assign import (
     responsibilities,
     standardise,
 )
-from ownlm.proper.experts import embed, history_vectors, save_groups, settings, targets_for
+from ownlm.proper.experts import embed, history_vectors, proper_settings, save_groups, targets_for
 from ownlm.train.loop import fit_mixture
 from ownlm.train.validation import early_stopping, pair_validator, summary
 
@@ -66,7 +66,7 @@ def start_features(run, users, backbone) -> np.ndarray:
     [0, 1] for every column, so left unscaled), with `proper.features: outputs+inputs`
     also their standardised history embedding."""
     x = answer_vectors(run.task, users, lambda t: embed(run, t, backbone))
-    if settings(run).features == "outputs+inputs":
+    if proper_settings(run).features == "outputs+inputs":
         x = np.concatenate([x, standardise(history_vectors(run, users, backbone))], axis=1)
     return x
 
@@ -99,7 +99,7 @@ def fit_groups_em(run, backbone, users, pairs, vset=None, groups=None, save_if=N
     """Stage 2 by likelihood EM (module doc) with `groups` experts (default
     `proper.groups`); validated on `vset` when given; saved unless `save_if(record)`
     says no (`train.group_choice` saves only the best candidate so far)."""
-    cfg, s = run.cfg, replace(settings(run), groups=groups or settings(run).groups)
+    cfg, s = run.cfg, replace(proper_settings(run), groups=groups or proper_settings(run).groups)
     base_fp = backbone.fingerprint()
     assign = torch.from_numpy(
         kmeans_groups(start_features(run, users, backbone), s.groups, cfg.seed)
@@ -202,7 +202,7 @@ def stage2_monitor(run) -> str:
     0.457), yet the dev loss rose after epoch 4 (1.60 -> 2.09: confident experts pay
     more for a wrong label) while the dev accuracy rose, so watching the loss kept
     experts that had not learned the groups."""
-    how = settings(run).monitor
+    how = proper_settings(run).monitor
     if how == "auto":
         return "metric" if run.task.labels else run.cfg.validation.monitor
     return how

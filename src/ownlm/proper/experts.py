@@ -59,7 +59,7 @@ def check_new_user(mode: str) -> str:
     return mode
 
 
-def settings(run) -> ProperSettings:
+def proper_settings(run) -> ProperSettings:
     return getattr(run.cfg, "proper", None) or ProperSettings()
 
 
@@ -406,7 +406,7 @@ def load_groups(run, backbone) -> GroupModel:
 def route_new(run) -> str:
     """How a user stage 2 did not train on joins a group ('user' assignment), with
     `proper.route_new: auto` resolved: 'answers' for label tasks, else 'likelihood'."""
-    how = settings(run).route_new
+    how = proper_settings(run).route_new
     if how == "auto":
         return "answers" if run.task.labels else "likelihood"
     return how

@@ -19,11 +19,11 @@ import math
 
 from rich.table import Table
 
-from ownlm.data.groups import group_agreement, planted_groups
+from ownlm.data.planted import group_agreement, planted_groups
 from ownlm.errors import ConfigError
 from ownlm.log import console, get_logger
 from ownlm.proper.em import fit_groups_em
-from ownlm.proper.experts import settings
+from ownlm.proper.experts import proper_settings
 from ownlm.scores.metrics import LOWER_IS_BETTER
 
 log = get_logger(__name__)
@@ -48,7 +48,7 @@ def pick(candidates: list[dict]) -> dict:
 def choose_groups(run, backbone, users, pairs, vset) -> dict:
     """Fit stage 2 for every G in `proper.groups_choices`, keep (store) the best on the dev
     users. Returns the chosen candidate's stats with "choice": the table of candidates."""
-    choices = sorted(set(settings(run).groups_choices))
+    choices = sorted(set(proper_settings(run).groups_choices))
     if vset is None:
         raise ConfigError(
             f"proper.groups_choices={choices} chooses G on dev users, and this run has none; "

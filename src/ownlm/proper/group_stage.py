@@ -37,9 +37,9 @@ from ownlm.proper.experts import (
     fit_projection,
     groups_fingerprint,
     history_vectors,
+    proper_settings,
     router_factory,
     save_groups,
-    settings,
     targets_for,
     token_router_tensors,
 )
@@ -76,7 +76,7 @@ def stage2_inputs(run, base_fp: str, users, pairs, vset=None) -> str:
     """Digest of what stage 2 learns from: the base, the train users' histories (their
     vectors), the pairs, stage 2's settings (stage 3's `user_*` aside), the seed, and
     what validates it."""
-    s = asdict(settings(run))
+    s = asdict(proper_settings(run))
     return inputs_digest(
         base=base_fp,
         users=[[u.user_id, u.history_digest()] for u in users],
@@ -90,7 +90,7 @@ def stage2_inputs(run, base_fp: str, users, pairs, vset=None) -> str:
 def train_groups(run, backbone=None) -> dict:
     """Train and store the group experts and the user-aware router, or keep the stored
     ones if they still hold. Returns statistics."""
-    check_new_user(settings(run).new_user)
+    check_new_user(proper_settings(run).new_user)
     backbone = backbone or run.base()
     base_fp = backbone.fingerprint()
     users = [u for u in run.split.train if u.history]
@@ -108,18 +108,18 @@ def train_groups(run, backbone=None) -> dict:
             f"{len(users)} users and {len(pairs)} pairs"
         )
         return {"pairs": len(pairs), "kept": True}
-    if settings(run).assignment == "user" and settings(run).groups_choices:
+    if proper_settings(run).assignment == "user" and proper_settings(run).groups_choices:
         from ownlm.proper.group_count import choose_groups
 
         stats = choose_groups(run, backbone, users, pairs, vset)
-    elif settings(run).assignment == "user":
+    elif proper_settings(run).assignment == "user":
         from ownlm.proper.em import fit_groups_em
 
         stats = fit_groups_em(run, backbone, users, pairs, vset)
     else:
         stats = fit_groups(run, backbone, users, pairs, dev, vset)
     mark_done(run, "groups", inputs, identity)
-    s = settings(run)
+    s = proper_settings(run)
     record = stats.pop("validation")
     stats["warnings"] = finish(
         run, "groups", "stage 2 (groups)", record, tuning_hints("proper", s.epochs, s.lr)
@@ -133,7 +133,7 @@ def fit_groups(run, backbone, users, pairs, dev=(), vset=None) -> dict:
     """Stage 2 with `assignment: token`: initialise the user table from history vectors, train experts,
     routers and table together (validated on `vset` when given), report the routing,
     save."""
-    cfg, s = run.cfg, settings(run)
+    cfg, s = run.cfg, proper_settings(run)
     base_fp = backbone.fingerprint()
     vectors = history_vectors(run, users, backbone)
     dev_vectors = history_vectors(run, dev, backbone) if vset else None
@@ -208,7 +208,7 @@ def dev_embeddings(run, dev_vectors, vectors, mu, proj, table):
     stage 2 has no row for (`GroupModel.embed`): the projection of their history vector,
     or with new_user='neighbours' the mean learned row of their most similar train users
     (read from the table as it trains)."""
-    s = settings(run)
+    s = proper_settings(run)
     if s.new_user != "neighbours":
         fixed = torch.from_numpy((dev_vectors - mu) @ proj).to(table.device)
         return lambda: fixed

@@ -8,13 +8,13 @@ from __future__ import annotations
 import torch
 
 from ownlm.log import get_logger, progress
-from ownlm.proper.experts import group_model, groups_fingerprint, history_vectors, settings
+from ownlm.proper.experts import group_model, groups_fingerprint, history_vectors, proper_settings
 from ownlm.proper.users import (
     ROUTERS,
     check_router,
     finish_user,
     new_user_params,
-    user_pairs,
+    proper_pairs,
     write_user,
 )
 from ownlm.train.budget import user_budget
@@ -24,17 +24,19 @@ from ownlm.train.per_user import plan_users, save_user, stage_line, user_manifes
 log = get_logger(__name__)
 
 
-def fit_user(run, gm, user, vector, router: str, budget=None, early_stopping=None) -> list[float]:
+def fit_proper_user(
+    run, gm, user, vector, router: str, budget=None, early_stopping=None
+) -> list[float]:
     """Train one user's residual LoRA and router on the frozen group model. Leaves the
     model set up for this user (call `gm.reset()` before the next one). `budget`: the
     residual's lr and the epochs (default: the run's, `user_budget`); `early_stopping`
     validates it (`ownlm tune`)."""
-    s, seed = settings(run), user_seed(run.cfg.seed, user.user_id)
+    s, seed = proper_settings(run), user_seed(run.cfg.seed, user.user_id)
     if budget is None:
         fp = groups_fingerprint(run, gm.backbone.fingerprint())
         budget = user_budget(run, f"proper-{router}", fp)
     torch.manual_seed(seed)
-    pairs = user_pairs(run, user)
+    pairs = proper_pairs(run, user)
     routing_params, shared, emb_fn = new_user_params(gm, run, pairs, vector, router, user.history)
     losses = fit_mixture(
         gm.backbone,
@@ -54,7 +56,7 @@ def fit_user(run, gm, user, vector, router: str, budget=None, early_stopping=Non
 def train_proper_users(run, router: str = "input", users=None, backbone=None) -> dict:
     """Stage 3 for `users` (default: the test users); resumable like OPPU's stage."""
     check_router(router)
-    s = settings(run)
+    s = proper_settings(run)
     users = run.split.test if users is None else users
     backbone = backbone or run.base()
     fp = groups_fingerprint(run, backbone.fingerprint())  # base + stage-2 weights
@@ -71,7 +73,7 @@ def train_proper_users(run, router: str = "input", users=None, backbone=None) ->
             list(zip(todo, vectors, strict=True)), desc=f"PROPER users ({router})", unit="user"
         ):
             gm.reset()
-            losses = fit_user(run, gm, user, vec, router, budget)
+            losses = fit_proper_user(run, gm, user, vec, router, budget)
             manifest = user_manifest(run, user, f"user/proper-{router}", fp, losses, budget)
             write = lambda d: write_user(d, gm, router, s.user_alpha)  # noqa: E731
             saved += save_user(run, store, user, write, manifest, seen)

@@ -7,7 +7,7 @@ Two router variants (`ROUTERS`):
   starts from the user's projected history embedding.
 * "user": gates depend on the user alone, one logit vector per layer, initialised at
   log of the mean stage-2 gates over the user's history prompts. The user's whole delta
-  is then one LoRA of rank G*r + r_u (`ownlm.adapters.export`, `export_user` below).
+  is then one LoRA of rank G*r + r_u (`ownlm.adapters.export`, `export_adapter` below).
 
 Stored per user in run.store("proper-input" | "proper-user") as `user:<id>`: the residual
 LoRA as a PEFT directory (alone it is only the residual: it needs the group experts) plus
@@ -31,7 +31,7 @@ from ownlm.adapters.export import INPUT_ROUTER_MSG, export_mixture
 from ownlm.adapters.mixture import TokenUserRouter, UserRouter, routing
 from ownlm.adapters.peft_io import CONFIG_FILE, read_lora, write_peft_lora
 from ownlm.errors import ConfigError
-from ownlm.proper.experts import groups_fingerprint, load_groups, settings
+from ownlm.proper.experts import groups_fingerprint, load_groups, proper_settings
 from ownlm.retrieval.prompts import training_pairs, user_context
 from ownlm.variants import of_method
 
@@ -45,7 +45,7 @@ def check_router(router: str) -> str:
     return router
 
 
-def user_pairs(run, user) -> list[tuple[str, str, int]]:
+def proper_pairs(run, user) -> list[tuple[str, str, int]]:
     """(prompt, target, row 0) per history item: OPPU's prompts, one user per model."""
     ctx = user_context(run.task, user)
     return [
@@ -75,7 +75,7 @@ def new_user_params(gm, run, pairs, vector: np.ndarray | None, router: str, item
     Returns (routing parameters, the other parameters, user_emb function for the loop):
     the user's own routing (their embedding, gate logits or router bias) learns at
     `proper.router_lr`, the residual LoRA (and router weights) at `user_lr`."""
-    s = settings(run)
+    s = proper_settings(run)
     if gm.by_user:
         routing_params, shared = by_user_router(gm, gm.history_gates(pairs, items), router)
         emb_fn = None
@@ -211,7 +211,7 @@ def load_user_model(run, backbone, user, router: str):
     return backbone.model
 
 
-def export_user(run, user_id: str, out_dir: Path, variant: str = "proper-user") -> Path:
+def export_adapter(run, user_id: str, out_dir: Path, variant: str = "proper-user") -> Path:
     """Write user `user_id`'s effective PROPER model (user-only router) as one PEFT LoRA
     over the run's merged base, named by absolute path (`run.base_dir`, resolved). Only
     the user-only router flattens (`variant` is there to share OPPU's signature)."""

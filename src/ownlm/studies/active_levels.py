@@ -28,8 +28,8 @@ from ownlm.evaluate.scoring import PRIMARY, predict_by_user, references, test_qu
 from ownlm.log import get_logger
 from ownlm.oppu.sequential import fit_user as fit_oppu_user
 from ownlm.proper import group_model, prepare_user
-from ownlm.proper.user_stage import fit_user as fit_proper_user
-from ownlm.proper.users import user_pairs
+from ownlm.proper.user_stage import fit_proper_user
+from ownlm.proper.users import proper_pairs
 from ownlm.retrieval.prompts import user_context
 
 log = get_logger(__name__)
@@ -58,7 +58,7 @@ def _proper(run, backbone, rows, contexts, router: str, name: str = "") -> Metho
 
         def answer_with(user):
             if router == "new" or not user.history:  # served untrained, as `prepare_user` does
-                pairs = user_pairs(run, user) if user.history else None
+                pairs = proper_pairs(run, user) if user.history else None
                 prepare_user(gm, None, None, user, router, vectors.get(user.user_id), pairs)
             else:
                 gm.reset()

@@ -226,7 +226,7 @@ def fit_mixture(
     backbone,
     state,
     pairs,
-    groups,
+    param_groups,
     epochs,
     batch_size,
     seed,
@@ -235,7 +235,7 @@ def fit_mixture(
     early_stopping: EarlyStopping | None = None,
     user_ids=None,
 ):
-    """`fit` for PROPER's mixture: AdamW over the param `groups` on (prompt, target,
+    """`fit` for PROPER's mixture: AdamW over `param_groups` on (prompt, target,
     user_row) triples. `user_emb(rows)` gives the batch's (B, d_u) embeddings (None for
     the user-only router); `user_ids(rows)` the rows of a `UserRouter`'s table (stage 2
     with `assignment: user`; default the state's fixed ids); `losses` maps a routing term to its weight ("balance": switch
@@ -261,7 +261,7 @@ def fit_mixture(
     return fit(
         step_loss,
         pairs,
-        groups,
+        param_groups,
         epochs=epochs,
         batch_size=batch_size,
         seed=seed,

@@ -11,8 +11,8 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 
 from ownlm.data.demo import TAG_GROUPS, make_demo_headlines, make_demo_tags
-from ownlm.data.groups import group_agreement, planted_groups
 from ownlm.data.loaders import load_dataset
+from ownlm.data.planted import group_agreement, planted_groups
 from ownlm.data.records import Item, User
 
 

@@ -8,11 +8,11 @@ import torch
 from rich.table import Table
 
 from ownlm.adapters.mixture import group_summary
-from ownlm.data.groups import group_agreement, planted_groups
+from ownlm.data.planted import group_agreement, planted_groups
 from ownlm.evaluate.coverage import require_groups
 from ownlm.log import console, get_logger
 from ownlm.proper import group_model, history_vectors
-from ownlm.proper.users import mean_gates, user_pairs
+from ownlm.proper.users import mean_gates, proper_pairs
 
 log = get_logger(__name__)
 
@@ -92,7 +92,9 @@ def _gates_by_user(run, gm, users):
 
         def by_user(u):
             stored = gm.train_gates(u.user_id)
-            return stored if stored is not None else gm.history_gates(user_pairs(run, u), u.history)
+            return (
+                stored if stored is not None else gm.history_gates(proper_pairs(run, u), u.history)
+            )
 
         return by_user
     vectors = dict(
@@ -103,7 +105,7 @@ def _gates_by_user(run, gm, users):
     def by_token(u):
         i = index.get(u.user_id)
         emb = gm.user_table[i : i + 1] if i is not None else gm.embed(vectors[u.user_id])
-        per_layer = mean_gates(gm, emb, user_pairs(run, u))
+        per_layer = mean_gates(gm, emb, proper_pairs(run, u))
         return sum(per_layer.values()) / len(per_layer)  # mean over layers
 
     return by_token

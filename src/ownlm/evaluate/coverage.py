@@ -17,12 +17,16 @@ from __future__ import annotations
 
 import json
 from contextlib import ExitStack, contextmanager
+from typing import TYPE_CHECKING
 
 from ownlm.errors import NotFoundError, StoreError
 from ownlm.evaluate.report import MethodResult, NotRun
 from ownlm.paths import CONTROL_BASE
 from ownlm.proper.experts import ROUTER
 from ownlm.variants import CONTROL, VARIANTS
+
+if TYPE_CHECKING:
+    from ownlm.run import Run
 
 # What loading an adapter whose files passed the checks may still raise: the PEFT config
 # is not in the manifest's sha256 list, so a broken one only shows at load time.
@@ -70,7 +74,7 @@ def evaluated_users(rows) -> list:
     return list({u.user_id: u for u, _ in rows}.values())
 
 
-def train_command(run, method: str) -> str:
+def train_command(run: Run, method: str) -> str:
     """The exact command that trains what `method` needs for this run (stages resume:
     what is already current is skipped)."""
     stages = "groups,users" if method in VARIANTS and VARIANTS[method].is_proper else "users"
@@ -78,27 +82,27 @@ def train_command(run, method: str) -> str:
     return f"ownlm train -c {run.dir / 'config.yaml'} --stages {stages} --variants {method}"
 
 
-def not_run(run, method: str, problems: dict[str, str], users) -> MethodResult:
+def not_run(run: Run, method: str, problems: dict[str, str], users) -> MethodResult:
     """The result of a method some users lack a usable adapter for: no metrics."""
     needed = sum(1 for u in users if u.history)
     reason = f"{len(problems)}/{needed} users have no usable adapter"
     return MethodResult(method, {}, not_run=NotRun(reason, problems, train_command(run, method)))
 
 
-def groups_not_run(run, method: str, problem: str) -> MethodResult:
+def groups_not_run(run: Run, method: str, problem: str) -> MethodResult:
     """A PROPER method whose stage-2 group experts cannot be used: no user can be scored."""
     nr = NotRun(f"PROPER stage-2 groups {problem}", {}, train_command(run, method))
     return MethodResult(method, {}, not_run=nr)
 
 
-def control_not_run(run, method: str, problem: str) -> MethodResult:
+def control_not_run(run: Run, method: str, problem: str) -> MethodResult:
     """OPPU's control whose base (stage 1 + the control pass) cannot be used: no user
     can be scored, and their LoRAs, if any, stand on that base."""
     nr = NotRun(f"control base ({CONTROL_BASE}) {problem}", {}, train_command(run, method))
     return MethodResult(method, {}, not_run=nr)
 
 
-def groups_problem(run, base_fp: str) -> str | None:
+def groups_problem(run: Run, base_fp: str) -> str | None:
     """Why the run's stage-2 router and group experts cannot be loaded on the base with
     fingerprint `base_fp` (None: they can), checked before anything is installed."""
     store = run.store()
@@ -117,7 +121,7 @@ def groups_problem(run, base_fp: str) -> str | None:
     return None
 
 
-def require_groups(run, base_fp: str) -> None:
+def require_groups(run: Run, base_fp: str) -> None:
     """Refuse, before any work, a PROPER view or study whose stage-2 groups are unusable;
     the error names the problem and the command that trains them."""
     problem = groups_problem(run, base_fp)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import torch
 from rich.table import Table
@@ -14,10 +15,13 @@ from ownlm.log import console, get_logger
 from ownlm.proper import group_model, history_vectors
 from ownlm.proper.users import mean_gates, proper_pairs
 
+if TYPE_CHECKING:
+    from ownlm.run import Run
+
 log = get_logger(__name__)
 
 
-def groups_view(run, users=None) -> dict:
+def groups_view(run: Run, users=None) -> dict:
     """Per user: their stage-2 gates and its argmax expert; per expert: share of users
     and mean gate. With `assignment: user` (one fact per user): a train user's stored
     gates, another user's untrained routing (the posterior of their history under each
@@ -86,7 +90,7 @@ def _planted_agreement(rows, users) -> dict | None:
     return out
 
 
-def _gates_by_user(run, gm, users):
+def _gates_by_user(run: Run, gm, users):
     """`gates(user)` -> (G,) as the groups view shows them (`groups_view`)."""
     if gm.by_user:
 

@@ -15,6 +15,7 @@ routing is not used here: it would score stage 2 under the name of the trained m
 from __future__ import annotations
 
 from contextlib import nullcontext
+from typing import TYPE_CHECKING
 
 from ownlm.evaluate.coverage import (
     LOAD_ERRORS,
@@ -31,10 +32,13 @@ from ownlm.log import get_logger
 from ownlm.proper import group_model, groups_fingerprint, history_vectors, prepare_user
 from ownlm.retrieval.prompts import user_context
 
+if TYPE_CHECKING:
+    from ownlm.run import Run
+
 log = get_logger(__name__)
 
 
-def user_vectors(run, rows, backbone) -> dict[str, object]:
+def user_vectors(run: Run, rows, backbone) -> dict[str, object]:
     """{user id: history vector} of the rows' users that have a history."""
     users = {u.user_id: u for u, _ in rows if u.history}
     vecs = history_vectors(run, list(users.values()), backbone) if users else []
@@ -42,7 +46,7 @@ def user_vectors(run, rows, backbone) -> dict[str, object]:
 
 
 def evaluate_proper(
-    run, rows=None, contexts=None, routers=("input", "user"), backbone=None
+    run: Run, rows=None, contexts=None, routers=("input", "user"), backbone=None
 ) -> list[MethodResult]:
     """One MethodResult per PROPER router from the stored adapters (train them first with
     `ownlm train --stages groups,users --variants proper-input,proper-user`), on the same
@@ -68,7 +72,7 @@ def evaluate_proper(
     return [results[n] for n in names]
 
 
-def score_router(run, backbone, gm, fp, router: str, rows, contexts) -> MethodResult:
+def score_router(run: Run, backbone, gm, fp, router: str, rows, contexts) -> MethodResult:
     """Score one router whose users all passed the checks; a load that still fails (or a
     user with history left without an adapter) makes it not run, never a fallback."""
     name, how = f"proper-{router}", {}

@@ -24,6 +24,7 @@ from __future__ import annotations
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ownlm.backbone.decode import decode_rule
 from ownlm.errors import ConfigError, StoreError
@@ -62,6 +63,9 @@ from ownlm.retrieval.prompts import user_context
 from ownlm.run.control import control_problem
 from ownlm.variants import CONTROL, of_method
 
+if TYPE_CHECKING:
+    from ownlm.run import Run
+
 log = get_logger(__name__)
 
 
@@ -85,7 +89,7 @@ PROPER_METHODS = {n: v.router for n, v in of_method("proper").items()}
 ROWS = (*METHODS, *PROPER_METHODS)  # every row `methods:` may name
 
 
-def run_method(run, backbone, method: Method, rows, contexts) -> MethodResult:
+def run_method(run: Run, backbone, method: Method, rows, contexts) -> MethodResult:
     """One method of the table above. With user LoRAs: scored only if every evaluated
     user with history has a usable one (users without history get the base), else a
     not-run result naming who lacks one and why."""
@@ -115,7 +119,7 @@ def run_method(run, backbone, method: Method, rows, contexts) -> MethodResult:
         return not_run(run, method.name, {e.user_id: e.reason}, users)
 
 
-def run_control(run, rows, contexts) -> MethodResult:
+def run_control(run: Run, rows, contexts) -> MethodResult:
     """OPPU on the control base (stage 1 + stage 2's pass, no groups): its users'
     LoRAs answer with the base they were trained on, checked against its fingerprint.
     Not run, with the command that trains it, while that base is missing or stale."""
@@ -130,7 +134,7 @@ def run_control(run, rows, contexts) -> MethodResult:
 
 
 def evaluate_run(
-    run, methods: list[str] | None = None, out_dir: Path | None = None
+    run: Run, methods: list[str] | None = None, out_dir: Path | None = None
 ) -> list[MethodResult]:
     """References and `methods` (default: the run's) on the run's test queries, printed and
     written to `out_dir` (default <run>/eval). A method that could not be run as asked
@@ -159,7 +163,7 @@ def evaluate_run(
     return results
 
 
-def report(run, results, out_dir: Path, context: int | None = None) -> None:
+def report(run: Run, results, out_dir: Path, context: int | None = None) -> None:
     """Print the table (95% intervals over users), how many prompts were cut to fit the
     `context` (a causal backbone's), the paired comparisons and one line per method not
     run; write results.json, the official prediction files of the methods
@@ -190,7 +194,7 @@ def report(run, results, out_dir: Path, context: int | None = None) -> None:
     log.info(f"results: {out_dir / 'results.json'}, chart: {out_dir / 'methods.png'}")
 
 
-def _write_outputs(run, results, out_dir: Path, primary, comparisons, boot, decode) -> None:
+def _write_outputs(run: Run, results, out_dir: Path, primary, comparisons, boot, decode) -> None:
     write_json(out_dir / "results.json", run.task.name, results, comparisons, boot, decode)
     for r in results:
         path = out_dir / f"predictions_{r.method}.json"

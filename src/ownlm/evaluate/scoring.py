@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ownlm.backbone.context import counting_cuts
 from ownlm.backbone.decode import decode_rule
@@ -15,10 +16,13 @@ from ownlm.scores.metrics import PRIMARY, per_user_metrics, scale
 from ownlm.scores.references import reference_predictions
 from ownlm.scores.tfidf import TfidfUser, tfidf_predictions
 
+if TYPE_CHECKING:
+    from ownlm.run import Run
+
 __all__ = ["PRIMARY", "scale"]  # re-exported: evaluation and studies read them here
 
 
-def test_queries(run):
+def test_queries(run: Run):
     """(user, query) pairs evaluated, the same for every method."""
     rows = []
     for user in run.split.test:
@@ -27,7 +31,7 @@ def test_queries(run):
     return rows
 
 
-def score(run, name, rows, preds, seconds, reference=False) -> MethodResult:
+def score(run: Run, name, rows, preds, seconds, reference=False) -> MethodResult:
     """Metrics (micro and per-user macro) of `preds`, one per row of `rows`."""
     lo, hi = scale(run.task)
     metrics = per_user_metrics(
@@ -46,7 +50,7 @@ def score(run, name, rows, preds, seconds, reference=False) -> MethodResult:
     )
 
 
-def references(run, rows) -> list[MethodResult]:
+def references(run: Run, rows) -> list[MethodResult]:
     """The population's majority / mean and each user's own, on `rows`."""
     task = run.task
     train_outputs = [
@@ -77,7 +81,7 @@ def _pairs(task, items) -> list[tuple[str, str]]:
     return [(text, label) for text, label in labelled if label]
 
 
-def tfidf_references(run, rows) -> list[MethodResult]:
+def tfidf_references(run: Run, rows) -> list[MethodResult]:
     """The TF-IDF linear models and their per-user offset (`ownlm.scores.tfidf`) on
     `rows`, for label tasks whose history items carry the labels; [] for the others."""
     task = run.task
@@ -113,7 +117,7 @@ def by_user(rows) -> dict[str, list[int]]:
 
 
 def predict_by_user(
-    run,
+    run: Run,
     backbone,
     rows,
     contexts,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ownlm.adapters.lora import detach
 from ownlm.errors import ConfigError
@@ -20,6 +21,9 @@ from ownlm.paths import CONTROL_BASE
 from ownlm.retrieval.prompts import training_pairs, user_context
 from ownlm.variants import CONTROL, of_method
 from ownlm.variants import variant as variant_of
+
+if TYPE_CHECKING:
+    from ownlm.run import Run
 
 VARIANTS = {n: v.label for n, v in of_method("oppu").items()}  # name -> what it is
 
@@ -30,7 +34,7 @@ def check_variant(variant: str) -> str:
     return variant
 
 
-def prompt_settings(run, variant: str) -> tuple[int, bool]:
+def prompt_settings(run: Run, variant: str) -> tuple[int, bool]:
     """(retrieved items k, profile on?) of the variant's prompts."""
     cfg = run.cfg
     if not variant_of(check_variant(variant)).retrieval:
@@ -38,7 +42,7 @@ def prompt_settings(run, variant: str) -> tuple[int, bool]:
     return cfg.retrieval_k, cfg.profile
 
 
-def user_pairs(run, user, variant: str = "oppu", ctx=None) -> list[tuple[str, str]]:
+def user_pairs(run: Run, user, variant: str = "oppu", ctx=None) -> list[tuple[str, str]]:
     """(prompt, target) per history item, with only earlier items retrievable."""
     k, use_profile = prompt_settings(run, variant)
     return training_pairs(run.task, ctx or user_context(run.task, user), k, use_profile)
@@ -60,7 +64,7 @@ def user_model(backbone, store, user, base_fp: str):
         detach(backbone, model)
 
 
-def export_adapter(run, user_id: str, out_dir: Path, variant: str = "oppu") -> Path:
+def export_adapter(run: Run, user_id: str, out_dir: Path, variant: str = "oppu") -> Path:
     """Copy the user's verified PEFT directory to `out_dir` (with its base: run.base_dir)."""
     if variant == CONTROL:
         raise ConfigError(

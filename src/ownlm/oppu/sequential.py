@@ -13,6 +13,7 @@ shared by every user stage), as is one trained with another budget than the run'
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from ownlm.adapters.lora import detach
 from ownlm.adapters.methods import inject_method
@@ -28,11 +29,14 @@ from ownlm.train.per_user import (
     user_seed,
 )
 
+if TYPE_CHECKING:
+    from ownlm.run import Run
+
 log = get_logger(__name__)
 
 
 def fit_user(
-    run, backbone, user, variant: str = "oppu", ctx=None, budget=None, watch=None, method=None
+    run: Run, backbone, user, variant: str = "oppu", ctx=None, budget=None, watch=None, method=None
 ):
     """Inject a fresh adapter and train it on `user`'s history: (PEFT model, step losses).
     `budget`: its lr and epochs (default: the run's, `user_budget`). `method`: the PEFT
@@ -53,7 +57,7 @@ def fit_user(
         raise
 
 
-def train_users(run, variant: str = "oppu", users=None, backbone=None) -> dict:
+def train_users(run: Run, variant: str = "oppu", users=None, backbone=None) -> dict:
     check_variant(variant)
     users = run.split.test if users is None else users
     backbone = backbone or run.base()

@@ -37,12 +37,16 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ownlm.data.records import User
 from ownlm.data.updates import read_items, updates_path, write_pending, write_updates
 from ownlm.errors import DataError, NotFoundError, StoreError
 from ownlm.store import Manifest
 from ownlm.store.guard import user_lock
+
+if TYPE_CHECKING:
+    from ownlm.run import Run
 
 WEIGHTS = "adapter_model.safetensors"
 
@@ -70,7 +74,7 @@ class Updated:
         )
 
 
-def _target(run, user_id: str):
+def _target(run: Run, user_id: str):
     """(user, store, base fingerprint) for an update; errors name the fix."""
     user = next((u for u in run.dataset.users if u.user_id == user_id), None)
     if user is None or run.current_history(user_id) is None:  # absent, or forgotten since
@@ -81,7 +85,7 @@ def _target(run, user_id: str):
     return user, run.store("oppu"), run.base_fingerprint()
 
 
-def update_user(run, user_id: str, history: Path, lr: float | None = None, epochs=None):
+def update_user(run: Run, user_id: str, history: Path, lr: float | None = None, epochs=None):
     """Continue `user_id`'s OPPU adapter on the items of `history` (see module doc).
     `lr`, `epochs`: default the run's `update.lr` (else the user stage's) and `update.epochs`."""
     with user_lock(run.dir, user_id, "update"):
@@ -90,7 +94,7 @@ def update_user(run, user_id: str, history: Path, lr: float | None = None, epoch
         return _update(run, user_id, history, lr, epochs)
 
 
-def _update(run, user_id: str, history: Path, lr, epochs) -> Updated:
+def _update(run: Run, user_id: str, history: Path, lr, epochs) -> Updated:
     lr = lr if lr is not None else run.cfg.update.lr
     epochs = epochs if epochs is not None else run.cfg.update.epochs
     user, store, fp = _target(run, user_id)
@@ -126,7 +130,7 @@ def _landed(store, user: User, items, fp: str) -> bool:
 
 
 def continue_user(
-    run, backbone, model, user: User, n_new: int, lr: float, epochs: float, ctx=None
+    run: Run, backbone, model, user: User, n_new: int, lr: float, epochs: float, ctx=None
 ) -> list[float]:
     """Train `model` (the user's trainable OPPU adapter on `backbone`) further on the
     last `n_new` items of `user`'s history, each prompted over every item before it and
@@ -143,7 +147,7 @@ def continue_user(
     return train_pairs(backbone, model, pairs, s, seed)
 
 
-def _fit_and_save(run, store, user: User, n_new: int, fp: str, lr, epochs) -> Manifest:
+def _fit_and_save(run: Run, store, user: User, n_new: int, fp: str, lr, epochs) -> Manifest:
     from ownlm.adapters.lora import detach
     from ownlm.adapters.methods import load_trainable
     from ownlm.train.budget import user_budget

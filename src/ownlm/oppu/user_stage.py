@@ -6,10 +6,15 @@ would get alone."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ownlm.oppu.sequential import train_users
 
+if TYPE_CHECKING:
+    from ownlm.run import Run
 
-def train_user_stage(run, variant: str, users=None, backbone=None) -> dict:
+
+def train_user_stage(run: Run, variant: str, users=None, backbone=None) -> dict:
     """OPPU's user stage in this process (what `ownlm train` runs for the oppu, peft and
     oppu-control variants, and what each Ray actor runs on its users):
     `user.users_per_batch` users at a time in one batch (causal backbones), or one user

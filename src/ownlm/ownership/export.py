@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ownlm import proper
 from ownlm.adapters.export import (
@@ -32,17 +33,20 @@ from ownlm.oppu import model as oppu
 from ownlm.paths import RunPaths
 from ownlm.variants import EXPORT_ORDER, VARIANTS, names
 
+if TYPE_CHECKING:
+    from ownlm.run import Run
+
 BUNDLED = names(bundled=True)  # the variants a user may hold and bundle
 EXPORTABLE = EXPORT_ORDER  # in the order `--variant auto` tries them
 AUTO = "auto"  # the first of EXPORTABLE the user has an adapter for
 
 
-def stored_variants(run, user_id: str) -> list[str]:
+def stored_variants(run: Run, user_id: str) -> list[str]:
     """The variants (`oppu`, `peft`, `proper-user`, `proper-input`) holding the user."""
     return [v for v in BUNDLED if run.store(v).exists(f"user:{user_id}")]
 
 
-def pick_variant(run, user_id: str, variant: str) -> str:
+def pick_variant(run: Run, user_id: str, variant: str) -> str:
     """`variant`, or with "auto" the first exportable one the user has; a ConfigError or
     NotFoundError that names the variants the user does have and the option to pass."""
     have = stored_variants(run, user_id)
@@ -66,7 +70,7 @@ def pick_variant(run, user_id: str, variant: str) -> str:
     return variant
 
 
-def export_user(run, user_id: str, out: Path, variant: str = AUTO) -> tuple[Path, str]:
+def export_user(run: Run, user_id: str, out: Path, variant: str = AUTO) -> tuple[Path, str]:
     """(the exported directory, how to pair it with its base). `proper-user` flattens the
     group experts and the user's residual into one LoRA; `oppu` / `peft` copy the user's
     own LoRA. `proper-input` cannot be flattened: its gates change with every token."""

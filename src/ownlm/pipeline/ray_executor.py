@@ -15,11 +15,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ownlm.errors import ConfigError, StoreError
 from ownlm.log import get_logger, progress
 from ownlm.train.budget import user_budget
 from ownlm.train.per_user import plan_users, stage_line
+
+if TYPE_CHECKING:
+    from ownlm.run import Run
 
 log = get_logger(__name__)
 # Test-only fault injection: an actor's first incarnation exits after finishing this many
@@ -70,7 +74,7 @@ class UserWorker:
 
 
 def train_users_ray(
-    run,
+    run: Run,
     variant: str = "oppu",
     users=None,
     workers: int = 2,
@@ -127,7 +131,7 @@ def _start(ray, address: str | None, workers: int) -> bool:
     return True
 
 
-def _fan_out(ray, run, variant, chunks, workers, max_retries) -> dict:
+def _fan_out(ray, run: Run, variant, chunks, workers, max_retries) -> dict:
     import torch
 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0

@@ -3,10 +3,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ownlm.backbone.context import counting_cuts
 from ownlm.errors import ConfigError
 from ownlm.log import get_logger
 from ownlm.variants import CONTROL, variant
+
+if TYPE_CHECKING:
+    from ownlm.run import Run
 
 STAGES = ("population", "groups", "control", "users")  # control: docs/proper.md
 EXECUTORS = ("inprocess", "ray")  # where OPPU's user stage runs
@@ -35,7 +40,7 @@ def check_plan(stages: list[str], variants: list[str], executor: str = "inproces
 
 
 def train_stages(
-    run,
+    run: Run,
     stages: list[str],
     variants: list[str],
     executor: str = "inprocess",
@@ -65,7 +70,7 @@ def train_stages(
         )
 
 
-def _train(run, stages, variants, executor, workers, address, tune) -> None:
+def _train(run: Run, stages, variants, executor, workers, address, tune) -> None:
     from ownlm.proper.group_stage import train_groups
     from ownlm.train.population import train_population
 
@@ -86,7 +91,7 @@ def _train(run, stages, variants, executor, workers, address, tune) -> None:
             train_user_stage(run, name, executor, workers, address)
 
 
-def train_user_stage(run, name: str, executor="inprocess", workers=2, address=None) -> None:
+def train_user_stage(run: Run, name: str, executor="inprocess", workers=2, address=None) -> None:
     """The user stage of variant `name`: PROPER's, OPPU's on the control base, or OPPU's
     in this process or on Ray."""
     v = variant(name)
@@ -106,7 +111,7 @@ def train_user_stage(run, name: str, executor="inprocess", workers=2, address=No
         train_oppu_users(run, name)
 
 
-def train_control_users(run, users=None) -> dict:
+def train_control_users(run: Run, users=None) -> dict:
     """OPPU's user stage on PROPER's control base: the same users, prompts, LoRA and
     budget as "oppu", stored in run.store("oppu-control"). Refused, with the command that
     trains it, while the control base is missing or stands on an old stage-1 base."""
@@ -116,7 +121,7 @@ def train_control_users(run, users=None) -> dict:
     return train_oppu_users(run, CONTROL, users, load_control(run))
 
 
-def prepare(run) -> dict:
+def prepare(run: Run) -> dict:
     """Load and split the data, build the initial backbone; returns (and writes to
     <run>/data_summary.json) what was found."""
     import json

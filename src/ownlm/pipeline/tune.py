@@ -35,6 +35,7 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ownlm.adapters.lora import detach
 from ownlm.backbone.decode import decode_rule
@@ -52,6 +53,9 @@ from ownlm.train.validation import ValidationSet, pair_validator
 from ownlm.variants import names
 from ownlm.variants import variant as variant_info
 
+if TYPE_CHECKING:
+    from ownlm.run import Run
+
 log = get_logger(__name__)
 TUNABLE = names(tunable=True)
 
@@ -65,7 +69,7 @@ class DevUser:
     val: list[Item]
 
 
-def dev_split(run) -> list[DevUser]:
+def dev_split(run: Run) -> list[DevUser]:
     """The dev users tuned on, each split into train and validation items."""
     t, cap = run.cfg.tune, run.cfg.validation.max_items
     users = [u for u in run.split.dev if len(u.history) >= t.min_items][: t.max_users or None]
@@ -83,14 +87,14 @@ def dev_split(run) -> list[DevUser]:
     return out
 
 
-def grid(run, variant: str) -> tuple[list[float], int]:
+def grid(run: Run, variant: str) -> tuple[list[float], int]:
     """The learning rates and the longest budget (epochs) tried."""
     base, t = configured(run, variant), run.cfg.tune
     lrs = sorted({base.lr * f for f in t.lr_factors})
     return lrs, t.max_epochs or max(4, math.ceil(2 * base.epochs))
 
 
-def dev_validation_set(run, dev: DevUser, variant: str, population: str) -> ValidationSet:
+def dev_validation_set(run: Run, dev: DevUser, variant: str, population: str) -> ValidationSet:
     """The dev user's validation items as the variant's prompts (retrieval and profile
     from the train part), with their own majority/mean's score as the reference."""
     task, metric = run.task, PRIMARY[run.task.kind]
@@ -111,7 +115,7 @@ def dev_validation_set(run, dev: DevUser, variant: str, population: str) -> Vali
     return ValidationSet(pairs, metric, _score(run, own, pairs), len(pairs), 1, decode)
 
 
-def _score(run, prediction: str, pairs) -> float:
+def _score(run: Run, prediction: str, pairs) -> float:
     """The primary metric of answering `prediction` to every pair."""
     task, lo, hi = run.task, *scale(run.task)
     golds = [p[1] for p in pairs]
@@ -121,7 +125,7 @@ def _score(run, prediction: str, pairs) -> float:
 
 
 # -- one training per (dev user, lr) ----------------------------------------------------------
-def oppu_curves(run, variant, devs, vsets, lrs, max_epochs) -> tuple[dict, str]:
+def oppu_curves(run: Run, variant, devs, vsets, lrs, max_epochs) -> tuple[dict, str]:
     """{(dev index, lr): EarlyStopping records} of OPPU's user LoRA, and the base's
     fingerprint."""
     from ownlm.oppu.sequential import fit_user
@@ -138,7 +142,7 @@ def oppu_curves(run, variant, devs, vsets, lrs, max_epochs) -> tuple[dict, str]:
     return curves, backbone.fingerprint()
 
 
-def _watcher(run, backbone, vset, metric: str, stoppers: list):
+def _watcher(run: Run, backbone, vset, metric: str, stoppers: list):
     """`fit_user`'s `watch`: an EarlyStopping validating the freshly injected model on
     `vset`, also put in `stoppers` for its records."""
 
@@ -149,7 +153,7 @@ def _watcher(run, backbone, vset, metric: str, stoppers: list):
     return watch
 
 
-def _stopper(run, validate, metric: str) -> EarlyStopping:
+def _stopper(run: Run, validate, metric: str) -> EarlyStopping:
     """Early stopping per (dev user, lr) as the stages have it: `validation.patience`,
     watching the validation loss or (`validation.monitor=metric`) the task's metric."""
     v = run.cfg.validation
@@ -158,7 +162,7 @@ def _stopper(run, validate, metric: str) -> EarlyStopping:
     return EarlyStopping(validate, patience=v.patience, monitor=monitor, mode=mode)
 
 
-def proper_curves(run, variant, devs, vsets, lrs, max_epochs) -> tuple[dict, str]:
+def proper_curves(run: Run, variant, devs, vsets, lrs, max_epochs) -> tuple[dict, str]:
     """`oppu_curves` for a PROPER router: the user's residual LoRA and routing on the
     frozen stage-2 groups, at each lr (`proper.router_lr` stays as configured)."""
     from ownlm.proper import group_model, groups_fingerprint, history_vectors
@@ -245,7 +249,7 @@ def _mean(values) -> float:
 
 
 # -- the command ------------------------------------------------------------------------------
-def require_base(run, config: str | None = None) -> None:
+def require_base(run: Run, config: str | None = None) -> None:
     """Refuse a run without its stage-1 base, naming the command that trains it."""
     if not (run.base_dir / "ownlm_base.json").exists():
         how = f"-c {config} " if config else ""
@@ -266,7 +270,7 @@ def open_for_tuning(config, overrides: list[str]):
     return Run.reopen(config, overrides)
 
 
-def tune_settings(run) -> dict:
+def tune_settings(run: Run) -> dict:
     """What a tune depends on besides the base: a recorded tune with other settings is
     not reused by `train --tune`. The label decode joins them unless it is argmax: the
     metric the budget was chosen by depends on it."""
@@ -275,7 +279,7 @@ def tune_settings(run) -> dict:
     return tune if decode == "argmax" else {**tune, "decode": decode}
 
 
-def tune_run(run, variants: list[str], reuse: bool = False, config: str | None = None) -> dict:
+def tune_run(run: Run, variants: list[str], reuse: bool = False, config: str | None = None) -> dict:
     """Tune each of `variants`' user stage on the run's dev users, record the choice in
     run.json and print its table; {variant: record}. `reuse` (train --tune) keeps a
     recorded tune of the same base and settings instead of searching again."""
@@ -286,7 +290,7 @@ def tune_run(run, variants: list[str], reuse: bool = False, config: str | None =
     return {variant: tune_variant(run, variant, reuse) for variant in variants}
 
 
-def tune_variant(run, variant: str, reuse: bool = False) -> dict:
+def tune_variant(run: Run, variant: str, reuse: bool = False) -> dict:
     """Search, choose, record and print the budget of one variant's user stage."""
     old = ((run.recorded() or {}).get("tuned") or {}).get(variant)
     if reuse and old and old.get("settings") == tune_settings(run):
@@ -316,7 +320,7 @@ def tune_variant(run, variant: str, reuse: bool = False) -> dict:
     return info
 
 
-def _record(run, variant, devs, vsets, rows, untrained, best, fp, population) -> dict:
+def _record(run: Run, variant, devs, vsets, rows, untrained, best, fp, population) -> dict:
     """The run.json entry of a tune: the choice under its config keys, and its table."""
     lr_key, epochs_key = budget_keys(variant)
     base = configured(run, variant)
@@ -339,7 +343,7 @@ def _record(run, variant, devs, vsets, rows, untrained, best, fp, population) ->
     }
 
 
-def _fingerprint(run, variant: str) -> str:
+def _fingerprint(run: Run, variant: str) -> str:
     """The base the variant's users stand on, without loading it."""
     if variant_info(variant).is_proper:
         from ownlm.proper import groups_fingerprint
@@ -348,6 +352,6 @@ def _fingerprint(run, variant: str) -> str:
     return run.base_fingerprint()
 
 
-def _train_outputs(run) -> list[str]:
+def _train_outputs(run: Run) -> list[str]:
     field = run.task.output_field
     return [it.fields.get(field, "") for u in run.split.train for it in u.history]

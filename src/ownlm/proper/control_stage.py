@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 from ownlm.adapters.lora import inject
 from ownlm.adapters.mixture import matching_linears
@@ -48,11 +49,14 @@ from ownlm.train.validation import (
 )
 from ownlm.variants import CONTROL
 
+if TYPE_CHECKING:
+    from ownlm.run import Run
+
 log = get_logger(__name__)
 NAME = "control"  # the control LoRA's name in run.store("oppu-control")
 
 
-def control_lora(run, backbone) -> LoraSettings:
+def control_lora(run: Run, backbone) -> LoraSettings:
     """Stage 2's experts side by side as one LoRA: rank G*r on exactly the modules the
     mixture wraps, stage 2's lr, epochs and batch size, no dropout (the experts have
     none). alpha stays the experts' alpha, so the scaling is alpha/(G*r): the control is
@@ -70,7 +74,7 @@ def control_lora(run, backbone) -> LoraSettings:
     )
 
 
-def stored_groups(run) -> int:
+def stored_groups(run: Run) -> int:
     """Stage 2's G as stored: with `proper.groups_choices` the chosen one, which may not
     be `proper.groups` (`train.group_choice`)."""
     s = proper_settings(run)
@@ -80,12 +84,12 @@ def stored_groups(run) -> int:
     return int(json.loads(meta.read_text())["groups"])
 
 
-def stored_identity(run) -> list:
+def stored_identity(run: Run) -> list:
     """What the control leaves behind: its base's fingerprint, its LoRA's checksums."""
     return [run.base_fingerprint(CONTROL_BASE), run.store(CONTROL).manifest(NAME).sha256]
 
 
-def train_control(run, backbone=None) -> dict:
+def train_control(run: Run, backbone=None) -> dict:
     """Train the control pass on stage 1's base and merge it into base-control/, or keep
     the stored one if it still holds. Returns statistics (pairs, steps, trainable)."""
     backbone = backbone or run.base()
@@ -116,7 +120,7 @@ def train_control(run, backbone=None) -> dict:
     return stats
 
 
-def fit_control(run, backbone, pairs, lora: LoraSettings, vset=None) -> tuple[dict, object]:
+def fit_control(run: Run, backbone, pairs, lora: LoraSettings, vset=None) -> tuple[dict, object]:
     """Train the control LoRA on stage 2's (prompt, target, user row) pairs (the row is
     unused: nothing is routed), validated on `vset` when given, and store it; returns
     (statistics, the PEFT model) for `write_control_base` to fold in."""
@@ -156,7 +160,7 @@ def fit_control(run, backbone, pairs, lora: LoraSettings, vset=None) -> tuple[di
     return {**stats, "validation": record}, model
 
 
-def write_control_base(run, backbone, model, parent: str) -> None:
+def write_control_base(run: Run, backbone, model, parent: str) -> None:
     """Fold the control LoRA (`model`) in and save the control base to
     <run>/base-control whole or not at all, recording the stage-1 base it stands on
     (`run.control.control_problem` checks it)."""

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -58,10 +59,13 @@ from ownlm.proper.experts import embed, history_vectors, proper_settings, save_g
 from ownlm.train.loop import fit_mixture
 from ownlm.train.validation import early_stopping, pair_validator, summary
 
+if TYPE_CHECKING:
+    from ownlm.run import Run
+
 log = get_logger(__name__)
 
 
-def start_features(run, users, backbone) -> np.ndarray:
+def start_features(run: Run, users, backbone) -> np.ndarray:
     """(U, D) what k-means starts from: each user's answer-agreement row (values in
     [0, 1] for every column, so left unscaled), with `proper.features: outputs+inputs`
     also their standardised history embedding."""
@@ -95,7 +99,7 @@ def e_step(backbone, state, pairs, assign: torch.Tensor, groups: int):
     return new, int((new != assign).sum()), reseeded, centre
 
 
-def fit_groups_em(run, backbone, users, pairs, vset=None, groups=None, save_if=None) -> dict:
+def fit_groups_em(run: Run, backbone, users, pairs, vset=None, groups=None, save_if=None) -> dict:
     """Stage 2 by likelihood EM (module doc) with `groups` experts (default
     `proper.groups`); validated on `vset` when given; saved unless `save_if(record)`
     says no (`train.group_choice` saves only the best candidate so far)."""
@@ -149,7 +153,7 @@ def fit_groups_em(run, backbone, users, pairs, vset=None, groups=None, save_if=N
     return em_stats(pairs, assign, start, losses, rounds, s.groups, record)
 
 
-def em_rounds(run, s, backbone, state, pairs, kept, router, stopper):
+def em_rounds(run: Run, s, backbone, state, pairs, kept, router, stopper):
     """The M/E rounds of settings `s`; `kept`: the experts' tensors, then the assignment (`router`'s
     one-hot logits) and the centre, what validation keeps at its best. Returns (step
     losses of every M-step, one record per round: users moved, re-seeds)."""
@@ -194,7 +198,7 @@ def _check(stopper, backbone, params, step: int, epoch: float, losses) -> bool:
         return stopper.check(params, step, round(epoch, 3), losses)
 
 
-def stage2_monitor(run) -> str:
+def stage2_monitor(run: Run) -> str:
     """What stage 2's early stopping watches (`proper.monitor`): 'auto' is the dev
     metric for label tasks, else `validation.monitor`. Why: on demo-tags (MiniLM) the
     experts trained 8 epochs carry the group habits (new users routed by their groups'
@@ -208,7 +212,7 @@ def stage2_monitor(run) -> str:
     return how
 
 
-def answer_router(run, users, vset, groups: int, assignment):
+def answer_router(run: Run, users, vset, groups: int, assignment):
     """`loss()` -> (N, G) for `loo_validator` when new users are routed by their groups'
     answers (`proper.route_new`, label tasks): each dev pair's user's *other* history
     items, minus log-likelihood under `GroupAnswers` fitted on the train `users` as

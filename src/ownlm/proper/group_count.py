@@ -16,6 +16,7 @@ every later step (stage 3, the untrained routing, export, the control) reads G f
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 from rich.table import Table
 
@@ -25,6 +26,9 @@ from ownlm.log import console, get_logger
 from ownlm.proper.em import fit_groups_em
 from ownlm.proper.experts import proper_settings
 from ownlm.scores.metrics import LOWER_IS_BETTER
+
+if TYPE_CHECKING:
+    from ownlm.run import Run
 
 log = get_logger(__name__)
 
@@ -45,7 +49,7 @@ def pick(candidates: list[dict]) -> dict:
     return min(candidates, key=lambda c: (c["score"], c["groups"]))
 
 
-def choose_groups(run, backbone, users, pairs, vset) -> dict:
+def choose_groups(run: Run, backbone, users, pairs, vset) -> dict:
     """Fit stage 2 for every G in `proper.groups_choices`, keep (store) the best on the dev
     users. Returns the chosen candidate's stats with "choice": the table of candidates."""
     choices = sorted(set(proper_settings(run).groups_choices))

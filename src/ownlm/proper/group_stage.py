@@ -18,6 +18,7 @@ loses to the population reference.
 from __future__ import annotations
 
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -57,10 +58,13 @@ from ownlm.train.validation import (
     validation_set,
 )
 
+if TYPE_CHECKING:
+    from ownlm.run import Run
+
 log = get_logger(__name__)
 
 
-def stage2_pairs(run, users) -> list[tuple[str, str, int]]:
+def stage2_pairs(run: Run, users) -> list[tuple[str, str, int]]:
     """(prompt, target, the user's row in the table) for every history item of `users`."""
     cfg = run.cfg
     return [
@@ -72,7 +76,7 @@ def stage2_pairs(run, users) -> list[tuple[str, str, int]]:
     ]
 
 
-def stage2_inputs(run, base_fp: str, users, pairs, vset=None) -> str:
+def stage2_inputs(run: Run, base_fp: str, users, pairs, vset=None) -> str:
     """Digest of what stage 2 learns from: the base, the train users' histories (their
     vectors), the pairs, stage 2's settings (stage 3's `user_*` aside), the seed, and
     what validates it."""
@@ -87,7 +91,7 @@ def stage2_inputs(run, base_fp: str, users, pairs, vset=None) -> str:
     )
 
 
-def train_groups(run, backbone=None) -> dict:
+def train_groups(run: Run, backbone=None) -> dict:
     """Train and store the group experts and the user-aware router, or keep the stored
     ones if they still hold. Returns statistics."""
     check_new_user(proper_settings(run).new_user)
@@ -129,7 +133,7 @@ def train_groups(run, backbone=None) -> dict:
     return stats
 
 
-def fit_groups(run, backbone, users, pairs, dev=(), vset=None) -> dict:
+def fit_groups(run: Run, backbone, users, pairs, dev=(), vset=None) -> dict:
     """Stage 2 with `assignment: token`: initialise the user table from history vectors, train experts,
     routers and table together (validated on `vset` when given), report the routing,
     save."""
@@ -203,7 +207,7 @@ def router_meta(s, backbone, layers, users, base_fp: str) -> dict:
     }
 
 
-def dev_embeddings(run, dev_vectors, vectors, mu, proj, table):
+def dev_embeddings(run: Run, dev_vectors, vectors, mu, proj, table):
     """`emb()`: (n_dev, d_u) the dev users' embeddings, placed as stage 3 places a user
     stage 2 has no row for (`GroupModel.embed`): the projection of their history vector,
     or with new_user='neighbours' the mean learned row of their most similar train users

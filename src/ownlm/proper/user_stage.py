@@ -5,6 +5,8 @@ how they are stored); resumable like OPPU's stage, with the run's budget (`train
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from ownlm.log import get_logger, progress
@@ -21,11 +23,14 @@ from ownlm.train.budget import user_budget
 from ownlm.train.loop import fit_mixture
 from ownlm.train.per_user import plan_users, save_user, stage_line, user_manifest, user_seed
 
+if TYPE_CHECKING:
+    from ownlm.run import Run
+
 log = get_logger(__name__)
 
 
 def fit_proper_user(
-    run, gm, user, vector, router: str, budget=None, early_stopping=None
+    run: Run, gm, user, vector, router: str, budget=None, early_stopping=None
 ) -> list[float]:
     """Train one user's residual LoRA and router on the frozen group model. Leaves the
     model set up for this user (call `gm.reset()` before the next one). `budget`: the
@@ -53,7 +58,7 @@ def fit_proper_user(
     return losses
 
 
-def train_proper_users(run, router: str = "input", users=None, backbone=None) -> dict:
+def train_proper_users(run: Run, router: str = "input", users=None, backbone=None) -> dict:
     """Stage 3 for `users` (default: the test users); resumable like OPPU's stage."""
     check_router(router)
     s = proper_settings(run)

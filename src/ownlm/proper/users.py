@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -35,6 +36,9 @@ from ownlm.proper.experts import groups_fingerprint, load_groups, proper_setting
 from ownlm.retrieval.prompts import training_pairs, user_context
 from ownlm.variants import of_method
 
+if TYPE_CHECKING:
+    from ownlm.run import Run
+
 ROUTERS = {v.router: v.label for v in of_method("proper").values()}  # router -> what it is
 ROUTER_FILE = "proper_router.safetensors"
 
@@ -45,7 +49,7 @@ def check_router(router: str) -> str:
     return router
 
 
-def proper_pairs(run, user) -> list[tuple[str, str, int]]:
+def proper_pairs(run: Run, user) -> list[tuple[str, str, int]]:
     """(prompt, target, row 0) per history item: OPPU's prompts, one user per model."""
     ctx = user_context(run.task, user)
     return [
@@ -69,7 +73,7 @@ def mean_gates(gm, emb: torch.Tensor, pairs) -> dict[str, torch.Tensor]:
     return {n: sums[n] / counts[n] for n in sums}
 
 
-def new_user_params(gm, run, pairs, vector: np.ndarray | None, router: str, items=()):
+def new_user_params(gm, run: Run, pairs, vector: np.ndarray | None, router: str, items=()):
     """Give the group model a fresh, trainable residual LoRA and router for one user.
 
     Returns (routing parameters, the other parameters, user_emb function for the loop):
@@ -203,7 +207,7 @@ def prepare_user(gm, store, fp, user, router: str, vector: np.ndarray | None, pa
     return "population"
 
 
-def load_user_model(run, backbone, user, router: str):
+def load_user_model(run: Run, backbone, user, router: str):
     """`backbone.model` with the group mixture and this user's stored PROPER adapter."""
     fp = groups_fingerprint(run, backbone.fingerprint())
     gm = load_groups(run, backbone)
@@ -211,7 +215,7 @@ def load_user_model(run, backbone, user, router: str):
     return backbone.model
 
 
-def export_adapter(run, user_id: str, out_dir: Path, variant: str = "proper-user") -> Path:
+def export_adapter(run: Run, user_id: str, out_dir: Path, variant: str = "proper-user") -> Path:
     """Write user `user_id`'s effective PROPER model (user-only router) as one PEFT LoRA
     over the run's merged base, named by absolute path (`run.base_dir`, resolved). Only
     the user-only router flattens (`variant` is there to share OPPU's signature)."""

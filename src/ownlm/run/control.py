@@ -6,13 +6,18 @@ it; evaluation loads it. Here: whether it can stand beside the run's base, and l
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ownlm.backbone.checksum import META_FILE, read_base_meta
 from ownlm.errors import NotFoundError, StoreError
 from ownlm.paths import CONTROL_BASE, RunPaths
 from ownlm.variants import CONTROL
 
+if TYPE_CHECKING:
+    from ownlm.run import Run
 
-def control_problem(run) -> str | None:
+
+def control_problem(run: Run) -> str | None:
     """Why the control base cannot stand beside the run's base (None: it can): missing,
     or built on a stage-1 base that has been trained again since (its record names the
     base it was built on), so it would not be stage 1 + the control pass any more."""
@@ -27,13 +32,13 @@ def control_problem(run) -> str | None:
     return None
 
 
-def control_command(run) -> str:
+def control_command(run: Run) -> str:
     """The command that (re)builds the control base and trains its users."""
     config = RunPaths(run.dir).config
     return f"ownlm train -c {config} --stages control,users --variants {CONTROL}"
 
 
-def load_control(run):
+def load_control(run: Run):
     """The control base, loaded like `run.base()`; NotFoundError / StoreError with the
     command that trains it when it is missing or stands on an old stage-1 base."""
     problem = control_problem(run)

@@ -10,6 +10,10 @@ the table."""
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ownlm.run import Run
 
 # name on the command line -> "module" (its `run_study`) or "module:function"
 STUDIES = {
@@ -32,7 +36,7 @@ def check_studies(names) -> None:
             )
 
 
-def run_named_study(name: str, run, max_users: int | None = None):
+def run_named_study(name: str, run: Run, max_users: int | None = None):
     """Run the study `name` on `run` (`check_studies` first)."""
     check_studies([name])
     module, _, function = STUDIES[name].partition(":")

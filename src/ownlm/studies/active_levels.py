@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ownlm.adapters.lora import detach
 from ownlm.data.splits import truncate_history
@@ -32,10 +33,13 @@ from ownlm.proper.user_stage import fit_proper_user
 from ownlm.proper.users import proper_pairs
 from ownlm.retrieval.prompts import user_context
 
+if TYPE_CHECKING:
+    from ownlm.run import Run
+
 log = get_logger(__name__)
 
 
-def _oppu(run, backbone, rows, contexts) -> MethodResult:
+def _oppu(run: Run, backbone, rows, contexts) -> MethodResult:
     @contextmanager
     def answer_with(user):
         if not user.history:
@@ -50,7 +54,7 @@ def _oppu(run, backbone, rows, contexts) -> MethodResult:
     return predict_by_user(run, backbone, rows, contexts, "oppu", answer_with)
 
 
-def _proper(run, backbone, rows, contexts, router: str, name: str = "") -> MethodResult:
+def _proper(run: Run, backbone, rows, contexts, router: str, name: str = "") -> MethodResult:
     """`router` "input" / "user": trained on the cut history; "new": untrained routing.
     `name`: the row's name (default proper-<router>)."""
     vectors = user_vectors(run, rows, backbone)
@@ -70,7 +74,7 @@ def _proper(run, backbone, rows, contexts, router: str, name: str = "") -> Metho
 
 
 def active_level_study(
-    run,
+    run: Run,
     buckets=(2, 5, 10, 50),
     routers=("input", "user"),
     out_dir: Path | None = None,
@@ -170,7 +174,7 @@ def _print(task_name: str, metric: str, cells: dict, paired: dict) -> None:
             )
 
 
-def check_one_expert(run, other):
+def check_one_expert(run: Run, other):
     """`other`'s base, once it is the one-expert twin of `run`: stage 2 with
     `proper.groups=1` (no `groups_choices`), the same test users, and otherwise the same PROPER settings (so
     the rows differ by the groups alone); else a ConfigError naming the fix."""

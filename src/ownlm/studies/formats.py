@@ -28,6 +28,7 @@ import copy
 import json
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.markup import escape
 from rich.table import Table
@@ -46,13 +47,16 @@ from ownlm.scores.bootstrap import paired_bootstrap
 from ownlm.scores.metrics import LOWER_IS_BETTER
 from ownlm.train.budget import budget_reason, user_budget
 
+if TYPE_CHECKING:
+    from ownlm.run import Run
+
 log = get_logger(__name__)
 
 METHODS = ("rag", "pag", "peft", "oppu")  # the rows that read history, scored per format
 FEW_USERS = 5  # below this, the intervals over users are said to be rough
 
 
-def with_task(run, task):
+def with_task(run: Run, task):
     """A view of `run` whose task is `task` (a history format): the stages and the
     scoring read `run.task`, the view shares everything else (stores, split, config)."""
     view = copy.copy(run)
@@ -60,7 +64,7 @@ def with_task(run, task):
     return view
 
 
-def _user_model(run, backbone, variant: str):
+def _user_model(run: Run, backbone, variant: str):
     """`answer_with` for a user stage trained in memory on the view's history format."""
 
     @contextmanager
@@ -77,7 +81,7 @@ def _user_model(run, backbone, variant: str):
     return answer_with
 
 
-def stored_models(run, backbone, variant: str, users):
+def stored_models(run: Run, backbone, variant: str, users):
     """`answer_with` loading the run's stored adapters of `variant` when every user's is
     current (this base, their history, the budget the stage trains with): those are what
     training the template's pairs in memory gives (same stage, seed and budget), so the
@@ -124,7 +128,7 @@ def _bootstrap_rows(result: MethodResult):
     return [(u, p, g) for _, u, p, g in result.predictions]
 
 
-def spread(run, by_format: dict[str, MethodResult], metric: str) -> dict:
+def spread(run: Run, by_format: dict[str, MethodResult], metric: str) -> dict:
     """Best format minus worst on `metric` for one method, with the paired interval of
     that difference (signed so that + = the best format's advantage)."""
     lower = metric in LOWER_IS_BETTER
@@ -153,7 +157,7 @@ def spread(run, by_format: dict[str, MethodResult], metric: str) -> dict:
 
 
 def format_study(
-    run,
+    run: Run,
     formats=None,
     out_dir: Path | None = None,
     max_users: int | None = None,
@@ -196,7 +200,7 @@ def format_study(
     return out
 
 
-def _example(run, task) -> str:
+def _example(run: Run, task) -> str:
     """One history item of the first test user with history, rendered as a retrieved item."""
     for user in run.split.test:
         if user.history:
@@ -212,7 +216,7 @@ def _cell(r: MethodResult, metric: str) -> dict:
     }
 
 
-def _record(run, metric, tasks, users, fixed, results) -> dict:
+def _record(run: Run, metric, tasks, users, fixed, results) -> dict:
     return {
         "task": run.task.name,
         "metric": metric,
@@ -300,6 +304,6 @@ def plot_formats(path: Path, out: dict) -> Path:
     return path
 
 
-def run_study(run, max_users: int | None = None) -> dict:
+def run_study(run: Run, max_users: int | None = None) -> dict:
     """`ownlm eval --study formats [--study-users N]`."""
     return format_study(run, max_users=max_users)

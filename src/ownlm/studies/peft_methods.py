@@ -28,6 +28,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.table import Table
 
@@ -49,6 +50,9 @@ from ownlm.oppu.sequential import fit_user
 from ownlm.retrieval.prompts import user_context
 from ownlm.scores.bootstrap import paired_bootstrap
 from ownlm.train.budget import user_budget
+
+if TYPE_CHECKING:
+    from ownlm.run import Run
 
 log = get_logger(__name__)
 BASELINE = "lora"  # every other method's paired difference is to it
@@ -79,7 +83,7 @@ class Costs:
         }
 
 
-def _method_row(run, backbone, rows, contexts, method: str, scratch: Path):
+def _method_row(run: Run, backbone, rows, contexts, method: str, scratch: Path):
     """(the method's OPPU result, its costs): each user trained, measured, scored, detached."""
     costs = Costs()
 
@@ -107,7 +111,7 @@ def _not_run(method: str, reason: str) -> MethodResult:
     return MethodResult(row_name(method), {}, not_run=NotRun(reason))
 
 
-def _paired(run, results, metric: str):
+def _paired(run: Run, results, metric: str):
     """Each method minus LoRA, paired over the same users and queries."""
     lo, hi = scale(run.task)
     scored = {r.method: r for r in results if r.predictions and not r.not_run}
@@ -137,7 +141,7 @@ def _paired(run, results, metric: str):
 
 
 def peft_methods_study(
-    run, max_users: int | None = None, methods=METHODS, out_dir: Path | None = None
+    run: Run, max_users: int | None = None, methods=METHODS, out_dir: Path | None = None
 ) -> dict:
     """The study on the run's first `max_users` test users (all: None), for `methods`:
     prints the table and the differences to LoRA, writes peft_methods.json and .png to
@@ -186,12 +190,12 @@ def peft_methods_study(
     return payload
 
 
-def run_study(run, max_users: int | None = None) -> dict:
+def run_study(run: Run, max_users: int | None = None) -> dict:
     """`ownlm eval --study peft-methods` (`ownlm.studies.STUDIES`)."""
     return peft_methods_study(run, max_users=max_users)
 
 
-def _table(run, results, costs, comparisons, primary) -> dict:
+def _table(run: Run, results, costs, comparisons, primary) -> dict:
     """{row: {reference?, metrics, interval, cell, vs LoRA, costs, not run reason}}."""
     cells = interval_cells(results, run.task, primary, run.cfg.n_boot, run.cfg.boot_seed)
     diffs = {c.method: c for c in comparisons}
@@ -215,7 +219,7 @@ def _table(run, results, costs, comparisons, primary) -> dict:
     return table
 
 
-def _print(payload: dict, comparisons, run) -> None:
+def _print(payload: dict, comparisons, run: Run) -> None:
     primary = payload["metric"]
     b = payload["budget"]
     table = Table(

@@ -51,6 +51,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.table import Table
 
@@ -68,6 +69,9 @@ from ownlm.oppu.update import continue_user
 from ownlm.retrieval.prompts import query_prompt, user_context
 from ownlm.scores.bootstrap import paired_bootstrap
 from ownlm.train.budget import user_budget
+
+if TYPE_CHECKING:
+    from ownlm.run import Run
 
 log = get_logger(__name__)
 
@@ -120,7 +124,9 @@ def swap_top_two(task, old: list[Item], newer: list[Item]) -> list[Item]:
 DRIFTS = {"swap": swap_top_two}  # shift_study(drift=name): (task, old, newer) -> newer
 
 
-def shift_users(run, users, old_frac: float = OLD_FRAC, max_queries: int = MAX_QUERIES, drift=None):
+def shift_users(
+    run: Run, users, old_frac: float = OLD_FRAC, max_queries: int = MAX_QUERIES, drift=None
+):
     """(cut users, ids of users left out for a history too short). `drift`: a name in
     `DRIFTS`, planted in the newer part (new items and queries alike)."""
     if drift is not None and (drift not in DRIFTS or not run.task.labels):
@@ -165,7 +171,9 @@ class _Row:
     answer: float = 0.0  # seconds answering, all users
 
 
-def _answer(run, backbone, model, ctx, queries, decode, profile=True) -> tuple[list[str], float]:
+def _answer(
+    run: Run, backbone, model, ctx, queries, decode, profile=True
+) -> tuple[list[str], float]:
     """Answers of `model` to `queries` with `ctx`'s retrieval (and profile): (preds, s)."""
     k, use_profile = run.cfg.retrieval_k, profile and run.cfg.profile
     start = time.perf_counter()
@@ -178,7 +186,7 @@ def _trainable(model) -> list:
     return [p.detach().clone() for p in model.parameters() if p.requires_grad]
 
 
-def _adapters(run, backbone, su: ShiftUser, rows: dict, decode, lr, epochs) -> float:
+def _adapters(run: Run, backbone, su: ShiftUser, rows: dict, decode, lr, epochs) -> float:
     """Train and ask the user's three adapters, adding to `rows`; returns how far the
     update moved the adapter's weights (L2 norm of the change)."""
     ctx_old, ctx_new = user_context(run.task, su.old), user_context(run.task, su.updated)
@@ -212,7 +220,7 @@ def _adapters(run, backbone, su: ShiftUser, rows: dict, decode, lr, epochs) -> f
     return moved**0.5
 
 
-def _base_rows(run, backbone, cut, decode) -> dict[str, _Row]:
+def _base_rows(run: Run, backbone, cut, decode) -> dict[str, _Row]:
     """RAG and PAG over the updated history (the merged base, no training)."""
     out = {}
     for name, profile in (("rag", False), ("pag", True)):
@@ -228,7 +236,7 @@ def _base_rows(run, backbone, cut, decode) -> dict[str, _Row]:
     return out
 
 
-def _references(run, cut) -> list[MethodResult]:
+def _references(run: Run, cut) -> list[MethodResult]:
     """Population, user (updated and older part) and TF-IDF references on the queries."""
     updated = [(su.updated, q) for su in cut for q in su.queries]
     old = [(su.old, q) for su in cut for q in su.queries]
@@ -238,7 +246,7 @@ def _references(run, cut) -> list[MethodResult]:
 
 
 def shift_study(
-    run,
+    run: Run,
     max_users: int | None = None,
     old_frac: float = OLD_FRAC,
     max_queries: int = MAX_QUERIES,
@@ -299,12 +307,12 @@ def shift_study(
     return payload
 
 
-def run_study(run, max_users: int | None = None) -> dict:
+def run_study(run: Run, max_users: int | None = None) -> dict:
     """`ownlm eval --study shift` (`ownlm.studies.STUDIES`)."""
     return shift_study(run, max_users=max_users)
 
 
-def run_swap_study(run, max_users: int | None = None) -> dict:
+def run_swap_study(run: Run, max_users: int | None = None) -> dict:
     """`ownlm eval --study shift-swap`: the study with the planted drift "swap"."""
     return shift_study(run, max_users=max_users, drift="swap")
 
@@ -313,7 +321,7 @@ def _spread(values: list[int]) -> dict:
     return {"min": min(values), "median": statistics.median(values), "max": max(values)}
 
 
-def _paired(run, results, metric):
+def _paired(run: Run, results, metric):
     """The paired bootstraps of `PAIRS` (every row answers the same queries in order)."""
     lo, hi = scale(run.task)
     by_name = {r.method: [(u, p, g) for _, u, p, g in r.predictions] for r in results}
@@ -335,7 +343,7 @@ def _paired(run, results, metric):
     ]
 
 
-def _table(run, results, rows, primary) -> dict:
+def _table(run: Run, results, rows, primary) -> dict:
     """{row: {metrics, primary with interval, train seconds, answer seconds}}."""
     cells = interval_cells(results, run.task, primary, run.cfg.n_boot, run.cfg.boot_seed)
     table = {}
@@ -353,7 +361,7 @@ def _table(run, results, rows, primary) -> dict:
     return table
 
 
-def _print(run, payload, comparisons) -> None:
+def _print(run: Run, payload, comparisons) -> None:
     primary = payload["metric"]
     order = ", ".join(f"{n} by {o}" for o, n in payload["order"].items() if n)
     p = payload["protocol"]

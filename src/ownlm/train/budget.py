@@ -14,10 +14,14 @@ records it all the same, and a stored user of another method is trained again.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from ownlm.log import get_logger
 from ownlm.run.record import get_key
 from ownlm.variants import variant as variant_info
+
+if TYPE_CHECKING:
+    from ownlm.run import Run
 
 log = get_logger(__name__)
 _WARNED: set[tuple[str, str]] = set()  # (run dir, variant) already told their tune is stale
@@ -53,7 +57,7 @@ def budget_keys(variant: str) -> tuple[str, str]:
     return variant_info(variant).budget
 
 
-def configured(run, variant: str) -> Budget:
+def configured(run: Run, variant: str) -> Budget:
     """The variant's budget as configured."""
     lr, epochs = (get_key(run.cfg, key) for key in budget_keys(variant))
     if variant_info(variant).is_proper:
@@ -61,7 +65,7 @@ def configured(run, variant: str) -> Budget:
     return Budget(lr, epochs, "config", (lr, epochs), run.cfg.user.method)
 
 
-def user_budget(run, variant: str, fingerprint: str) -> Budget:
+def user_budget(run: Run, variant: str, fingerprint: str) -> Budget:
     """The budget `variant`'s user stage trains with on the base `fingerprint` (OPPU:
     the merged base's; PROPER: base + stage 2, `groups_fingerprint`): the tuned one
     when `ownlm tune` chose it on that base, else the configured one (with one warning

@@ -8,10 +8,14 @@ both call these."""
 from __future__ import annotations
 
 import zlib
+from typing import TYPE_CHECKING
 
 from ownlm.log import get_logger
 from ownlm.store import Manifest
 from ownlm.train.budget import Budget, budget_reason
+
+if TYPE_CHECKING:
+    from ownlm.run import Run
 
 log = get_logger(__name__)
 
@@ -22,7 +26,7 @@ def user_seed(seed: int, user_id: str) -> int:
 
 
 def user_manifest(
-    run, user, stage: str, fingerprint: str, losses: list[float], budget: Budget | None = None
+    run: Run, user, stage: str, fingerprint: str, losses: list[float], budget: Budget | None = None
 ) -> Manifest:
     """What a user stage records next to the weights: what it was trained on and how
     (the lr and epochs of `budget`, so that another budget retrains it)."""
@@ -80,7 +84,7 @@ def stage_line(trained: int, counts: dict) -> str:
     return f"trained {trained}{why}, resumed {counts['resumed']}, no history {counts['empty']}"
 
 
-def save_user(run, store, user, write, manifest, seen: dict) -> bool:
+def save_user(run: Run, store, user, write, manifest, seen: dict) -> bool:
     """Save `user`'s trained adapter (`write(dir)` writes the PEFT files) under their lock,
     unless they were forgotten, or their history changed (`ownlm update`), since the
     stage planned (`seen`: `Run.current_histories` then; `Run.writing_user`): then

@@ -17,6 +17,7 @@ from __future__ import annotations
 import random
 import shutil
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 from ownlm.adapters.lora import inject
 from ownlm.backbone.base import fingerprint_model, write_base_meta
@@ -44,10 +45,13 @@ from ownlm.train.validation import (
     validation_set,
 )
 
+if TYPE_CHECKING:
+    from ownlm.run import Run
+
 log = get_logger(__name__)
 
 
-def stage1_pairs(run, users=None) -> list[tuple[str, str]]:
+def stage1_pairs(run: Run, users=None) -> list[tuple[str, str]]:
     """(prompt, target) pairs of every history item of `users` (default: the train
     users), sampled as OPPU's stage 1."""
     cfg = run.cfg
@@ -61,12 +65,12 @@ def stage1_pairs(run, users=None) -> list[tuple[str, str]]:
     return pairs
 
 
-def stored_identity(run) -> list:
+def stored_identity(run: Run) -> list:
     """What stage 1 leaves behind: the merged base's fingerprint, the LoRA's checksums."""
     return [run.base_fingerprint(), run.store().manifest("population").sha256]
 
 
-def train_population(run) -> dict:
+def train_population(run: Run) -> dict:
     """Train stage 1 and merge it into base/, or keep the stored one if it still holds."""
     cfg = run.cfg
     backbone = initial_backbone(run)
@@ -116,12 +120,12 @@ def train_population(run) -> dict:
     return {**stats, "warnings": warnings}
 
 
-def write_base(run, backbone) -> None:
+def write_base(run: Run, backbone) -> None:
     """Save the backbone as base/, replacing the old one only once it is whole."""
     write_merged(run, backbone, run.base_dir)
 
 
-def write_merged(run, backbone, final, lora=None, **meta) -> None:
+def write_merged(run: Run, backbone, final, lora=None, **meta) -> None:
     """Save a backbone to `final` (with `write_base_meta` and `meta`) whole or not at all:
     written beside it, the old one moved aside, the new one renamed in. `lora`: (the
     trained PEFT model on `backbone.model`, its stage's name), folded in by `fold_in`."""

@@ -18,6 +18,7 @@ import json
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ownlm.backbone.base import CausalBackbone
 from ownlm.backbone.load import load_backbone
@@ -27,6 +28,9 @@ from ownlm.config import TinyConfig
 from ownlm.errors import ConfigError, DataError
 from ownlm.train.loop import EarlyStopping, fit, warmup_cosine
 from ownlm.train.validation import dev_corpus, dev_users, print_table
+
+if TYPE_CHECKING:
+    from ownlm.run import Run
 
 
 def pretrain(
@@ -143,7 +147,7 @@ def validation_record(stopper: EarlyStopping | None, texts: int) -> dict | None:
     return record
 
 
-def initial_backbone(run):
+def initial_backbone(run: Run):
     """The run's backbone before any ownlm stage (the tiny one pre-trained if needed)."""
     cfg = run.cfg
     if cfg.quantize and cfg.backbone in ("tiny", "minilm"):

@@ -12,8 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ownlm.errors import OwnlmError
+
+if TYPE_CHECKING:
+    from ownlm.run import Run
 
 
 def inputs_digest(**parts) -> str:
@@ -24,7 +28,7 @@ def inputs_digest(**parts) -> str:
     return h.hexdigest()
 
 
-def still_valid(run, stage: str, inputs: str, identity: Callable[[], object]) -> bool:
+def still_valid(run: Run, stage: str, inputs: str, identity: Callable[[], object]) -> bool:
     """True when `stage`'s stored result was trained from `inputs` and is still what was
     stored then: `identity()` (e.g. the base's fingerprint and the adapter's checksums)
     equals the recorded one. A result that is gone or corrupt (an OwnlmError) is not."""
@@ -37,6 +41,6 @@ def still_valid(run, stage: str, inputs: str, identity: Callable[[], object]) ->
         return False
 
 
-def mark_done(run, stage: str, inputs: str, identity: Callable[[], object]) -> None:
+def mark_done(run: Run, stage: str, inputs: str, identity: Callable[[], object]) -> None:
     """Record that `stage` finished from `inputs`, with what it stored."""
     run.record_stage(stage, {"inputs": inputs, "identity": identity()})

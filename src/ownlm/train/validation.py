@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from rich.table import Table
 
@@ -35,6 +36,9 @@ from ownlm.log import console, get_logger
 from ownlm.scores.metrics import LOWER_IS_BETTER, PRIMARY, compute_metrics, scale
 from ownlm.scores.references import population_majority
 from ownlm.train.loop import EarlyStopping
+
+if TYPE_CHECKING:
+    from ownlm.run import Run
 
 log = get_logger(__name__)
 GENERATED = 40  # generated answers scored per validation (label tasks score every item)
@@ -56,7 +60,7 @@ class ValidationSet:
 
 
 # -- the dev users and their items ----------------------------------------------------------
-def dev_users(run) -> list:
+def dev_users(run: Run) -> list:
     """The run's dev users with history. None (said once per run): the stages train
     their fixed epochs, unvalidated."""
     users = [u for u in run.split.dev if u.history]
@@ -83,7 +87,7 @@ def sample(items: list, max_items: int, seed: int) -> list:
     return [items[i] for i in keep]
 
 
-def dev_corpus(run, users) -> list[str]:
+def dev_corpus(run: Run, users) -> list[str]:
     """The dev users' items as pre-training text, written as `Run.corpus` writes the
     train users' (prompt, separator, answer), at most `validation.max_items` of them."""
     texts = []
@@ -94,7 +98,7 @@ def dev_corpus(run, users) -> list[str]:
     return sample(texts, run.cfg.validation.max_items, run.cfg.seed)
 
 
-def validation_set(run, pairs: list[tuple]) -> ValidationSet | None:
+def validation_set(run: Run, pairs: list[tuple]) -> ValidationSet | None:
     """A stage's validation set from its dev `pairs` (None when there are none), with
     the population reference's score on the items that will be scored."""
     if not pairs:
@@ -148,7 +152,7 @@ def pair_validator(backbone, model, task, vset: ValidationSet, wrap=None, batch_
 
 
 def early_stopping(
-    run, vset: ValidationSet, validate: Callable[[], dict], watch: str | None = None
+    run: Run, vset: ValidationSet, validate: Callable[[], dict], watch: str | None = None
 ) -> EarlyStopping:
     """`validation.monitor` (or `watch`, a stage's own choice) as `loop.EarlyStopping`
     reads it: "loss" watches val_loss (lower is better), "metric" the task's metric on
@@ -159,7 +163,7 @@ def early_stopping(
     return EarlyStopping(validate, patience=v.patience, monitor=monitor, mode=mode)
 
 
-def settings_record(run, vset: ValidationSet | None) -> dict | None:
+def settings_record(run: Run, vset: ValidationSet | None) -> dict | None:
     """What a stage's validation depends on, for its resume digest (None: no validation)."""
     if vset is None:
         return None
@@ -242,7 +246,9 @@ def _num(x) -> str:
     return "–" if x is None else f"{x:.4f}"
 
 
-def finish(run, stage: str, title: str, record: dict | None, hints: dict[str, str]) -> list[str]:
+def finish(
+    run: Run, stage: str, title: str, record: dict | None, hints: dict[str, str]
+) -> list[str]:
     """After a stage: its table and the epoch kept, the guard's warning, and both in the
     stage's run.json record (next to what `train.resume` keeps there). Returns the
     warnings."""

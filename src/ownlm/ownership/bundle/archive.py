@@ -13,6 +13,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from ownlm import __version__
 from ownlm.backbone.checksum import META_FILE, read_base_meta
@@ -22,6 +23,9 @@ from ownlm.proper.experts import ROUTER, store_fingerprint
 from ownlm.proper.users import ROUTER_FILE
 from ownlm.store import AdapterStore
 from ownlm.variants import VARIANTS, names, of_method
+
+if TYPE_CHECKING:
+    from ownlm.run import Run
 
 INDEX = "ownlm_bundle.json"
 FORMAT = "ownlm-bundle/1"
@@ -118,7 +122,7 @@ def history_line(user) -> dict:
     }
 
 
-def _user_members(run, user_id: str, members: dict, with_history: bool) -> None:
+def _user_members(run: Run, user_id: str, members: dict, with_history: bool) -> None:
     from ownlm.retrieval.prompts import user_context
 
     user = next((u for u in run.dataset.users if u.user_id == user_id), None)
@@ -142,7 +146,7 @@ def _user_members(run, user_id: str, members: dict, with_history: bool) -> None:
         members["history.jsonl"] = line.encode()
 
 
-def write_bundle(run, user_id: str, path: Path, with_history: bool = False) -> Bundled:
+def write_bundle(run: Run, user_id: str, path: Path, with_history: bool = False) -> Bundled:
     """Write `user_id`'s bundle to `path` (a new file; written whole, then renamed)."""
     path = Path(path)
     if path.exists():

@@ -2,13 +2,8 @@
 user level of stage 3 (`users`), as they are stored, loaded, routed and exported.
 Training them is `ownlm.proper.group_stage` and `ownlm.proper.user_stage`."""
 
-from ownlm.proper.experts import (
-    GroupModel,
-    group_model,
-    groups_fingerprint,
-    history_vectors,
-    load_groups,
-)
+from ownlm.proper.experts import GroupModel, group_model, groups_fingerprint, load_groups
+from ownlm.proper.routing import history_vectors
 from ownlm.proper.users import (
     ROUTERS,
     export_adapter,

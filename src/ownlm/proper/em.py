@@ -55,7 +55,8 @@ from ownlm.proper.assign import (
     responsibilities,
     standardise,
 )
-from ownlm.proper.experts import embed, history_vectors, proper_settings, save_groups, targets_for
+from ownlm.proper.experts import proper_settings, save_groups, targets_for
+from ownlm.proper.routing import embed, history_vectors
 from ownlm.train.loop import fit_mixture
 from ownlm.train.validation import early_stopping, pair_validator, summary
 

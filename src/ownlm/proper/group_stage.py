@@ -33,15 +33,12 @@ from ownlm.adapters.mixture import (
 )
 from ownlm.backbone.device import model_device
 from ownlm.log import get_logger
-from ownlm.proper.experts import (
+from ownlm.proper.experts import groups_fingerprint, proper_settings, save_groups, targets_for
+from ownlm.proper.routing import (
     check_new_user,
     fit_projection,
-    groups_fingerprint,
     history_vectors,
-    proper_settings,
     router_factory,
-    save_groups,
-    targets_for,
     token_router_tensors,
 )
 from ownlm.retrieval.prompts import training_pairs, user_context

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from ownlm.log import get_logger, progress
-from ownlm.proper.experts import group_model, groups_fingerprint, history_vectors, proper_settings
+from ownlm.proper.experts import group_model, groups_fingerprint, proper_settings
+from ownlm.proper.routing import history_vectors
 from ownlm.proper.users import (
     ROUTERS,
     check_router,

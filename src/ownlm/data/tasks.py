@@ -220,10 +220,20 @@ def get_task(name: str | Task) -> Task:
     return TASKS[name]
 
 
+# Query prompts: LaMP's `create_*_prompt` functions; item templates: its per-profile
+# entries. OPPU uses the same ones.
+_LAMP_TITLE_PROMPT = "Generate a title for the following abstract of a paper: {abstract}"
+
+
 def _register_lamp() -> None:
-    # Query prompts: LaMP's `create_*_prompt` functions; item templates: its per-profile
-    # entries. OPPU uses the same ones.
-    title_prompt = "Generate a title for the following abstract of a paper: {abstract}"
+    """LaMP's seven tasks, LaMP-1 to LaMP-7 in order: the labelled ones, then generation."""
+    _register_lamp_labelled()
+    _register_lamp_generation()
+
+
+def _register_lamp_labelled() -> None:
+    """LaMP-1 (citation), LaMP-2 (movie tags) and LaMP-3 (product rating): a label to
+    choose from a fixed set."""
     register(
         Task(
             name="LaMP-1",
@@ -237,7 +247,7 @@ def _register_lamp() -> None:
             item_template='"{title}"',
             # LaMP-1 profiles are the author's papers (title, abstract) without citation
             # choices, so a history item trains abstract -> title (as OPPU does).
-            pair_prompt=title_prompt,
+            pair_prompt=_LAMP_TITLE_PROMPT,
             text_fields=("title", "abstract"),
             query_text_fields=("ref1", "ref2"),
         )
@@ -269,6 +279,11 @@ def _register_lamp() -> None:
             item_template='{score} is the score for "{text}"',
         )
     )
+
+
+def _register_lamp_generation() -> None:
+    """LaMP-4 to LaMP-7: text written in the user's style (headlines, titles, email
+    subjects, tweets)."""
     for name, what, prompt, field, kind in [
         (
             "LaMP-4",
@@ -277,7 +292,7 @@ def _register_lamp() -> None:
             "text",
             "the title",
         ),
-        ("LaMP-5", "scholarly title", title_prompt, "abstract", "a title"),
+        ("LaMP-5", "scholarly title", _LAMP_TITLE_PROMPT, "abstract", "a title"),
         (
             "LaMP-6",
             "email subject",

@@ -225,12 +225,6 @@ def get_task(name: str | Task) -> Task:
 _LAMP_TITLE_PROMPT = "Generate a title for the following abstract of a paper: {abstract}"
 
 
-def _register_lamp() -> None:
-    """LaMP's seven tasks, LaMP-1 to LaMP-7 in order: the labelled ones, then generation."""
-    _register_lamp_labelled()
-    _register_lamp_generation()
-
-
 def _register_lamp_labelled() -> None:
     """LaMP-1 (citation), LaMP-2 (movie tags) and LaMP-3 (product rating): a label to
     choose from a fixed set."""
@@ -397,6 +391,7 @@ def _register_demo() -> None:
     )
 
 
-_register_lamp()
+_register_lamp_labelled()  # LaMP-1 to LaMP-7, in order
+_register_lamp_generation()
 _register_annotators()
 _register_demo()

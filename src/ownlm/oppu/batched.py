@@ -182,6 +182,41 @@ def save_group(
     return saved
 
 
+def _one_at_a_time(run, backbone) -> str | None:
+    """Why this run's users must train one at a time (the batched layer is LoRA's, on a
+    causal LM), as the line to log; None when they can train together."""
+    if backbone.kind != "causal":
+        return (
+            f"stage 3: {backbone.kind} backbone trains a per-user label head (modules_to_save); "
+            "training users one at a time"
+        )
+    if run.cfg.user.method != "lora":  # the batched layer is LoRA's (`multi_lora`)
+        return (
+            f"stage 3: user.method={run.cfg.user.method} has no batched multi-user trainer "
+            "(that is LoRA's); training users one at a time"
+        )
+    return None
+
+
+def _train_users_of(
+    run, variant, backbone, group, budget, chunk_rows, optimizer
+) -> list[tuple[Weights, list[float]]]:
+    """`train_group` on one group of users: each with their own pairs and seed, all with
+    the run's user-stage LoRA under `budget` (its lr and epochs)."""
+    jobs = [
+        UserJob(u.name, user_pairs(run, u, variant), user_seed(run.cfg.seed, u.user_id))
+        for u in group
+    ]
+    return train_group(
+        backbone,
+        jobs,
+        budget.lora(run.cfg.user),
+        chunk_rows or run.cfg.user.chunk_rows,
+        optimizer,
+        gradient_checkpointing=run.cfg.gradient_checkpointing,
+    )
+
+
 def train_users_batched(
     run,
     variant: str = "oppu",
@@ -198,17 +233,8 @@ def train_users_batched(
     check_variant(variant)
     users = run.split.test if users is None else users
     backbone = backbone or run.base()
-    if backbone.kind != "causal":
-        log.info(
-            f"stage 3: {backbone.kind} backbone trains a per-user label head (modules_to_save); "
-            "training users one at a time"
-        )
-        return train_users(run, variant, users, backbone)
-    if run.cfg.user.method != "lora":  # the batched layer is LoRA's (`multi_lora`)
-        log.info(
-            f"stage 3: user.method={run.cfg.user.method} has no batched multi-user trainer "
-            "(that is LoRA's); training users one at a time"
-        )
+    if reason := _one_at_a_time(run, backbone):
+        log.info(reason)
         return train_users(run, variant, users, backbone)
     k = users_per_batch or run.cfg.user.users_per_batch
     if k < 1:
@@ -223,18 +249,7 @@ def train_users_batched(
     saved = 0
     for start in range(0, len(todo), k):
         group = todo[start : start + k]
-        jobs = [
-            UserJob(u.name, user_pairs(run, u, variant), user_seed(run.cfg.seed, u.user_id))
-            for u in group
-        ]
-        results = train_group(
-            backbone,
-            jobs,
-            budget.lora(run.cfg.user),
-            chunk_rows or run.cfg.user.chunk_rows,
-            optimizer,
-            gradient_checkpointing=run.cfg.gradient_checkpointing,
-        )
+        results = _train_users_of(run, variant, backbone, group, budget, chunk_rows, optimizer)
         saved += save_group(run, store, backbone, group, results, variant, base_fp, budget, seen)
         del results  # the group's weights leave memory before the next group
         bar.update(len(group))

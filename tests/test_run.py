@@ -233,3 +233,16 @@ def test_a_hand_edited_config_yaml_is_refused_not_used(tiny_cfg):
         ConfigError, match=r"differs from what the run was trained with \(retrieval_k 1 -> 7"
     ):
         Run.open(run.dir)  # serve, export, eval: was used silently
+
+
+def test_a_run_recorded_under_a_renamed_key_is_the_same_run(monkeypatch):
+    """A key renamed since a run was trained (`config.RENAMED`): the run's record, under
+    the old name, compares equal to the same value under the new one, and a key given
+    by its old name counts as the new one."""
+    from ownlm.config import load as config_load
+    from ownlm.run.record import config_changes, given_keys
+
+    monkeypatch.setitem(config_load.RENAMED, "user.lr_old", "user.lr")
+    assert config_changes({"user.lr_old": 1e-3}, {"user.lr": 1e-3}) == []
+    assert config_changes({"user.lr_old": 1e-3}, {"user.lr": 2e-3}) == ["user.lr 0.001 -> 0.002"]
+    assert given_keys(None, ["user.lr_old=0.001"]) == {"user.lr"}

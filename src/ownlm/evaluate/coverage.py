@@ -5,7 +5,7 @@ only when every evaluated user with history has a usable adapter: stored, its we
 matching the sha256 in its manifest, trained for the loaded base (for PROPER: the base
 and the stage-2 weights), and, when the manifest records it, on the user's current
 history. Otherwise the method is reported as not run, naming the users, why, and the
-command that trains them: `methods.oppu.user_model` answers with the bare base for a
+command that trains them: `oppu.model.user_model` answers with the bare base for a
 user it has no adapter for, so scoring anyway would print the population model's numbers
 under the method's name (issue #10).
 

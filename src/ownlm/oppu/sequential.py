@@ -12,20 +12,20 @@ shared by every user stage), as is one trained with another budget than the run'
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from ownlm.adapters.lora import detach
 from ownlm.adapters.methods import inject_method
-from ownlm.log import get_logger, progress
+from ownlm.log import get_logger
 from ownlm.oppu.model import VARIANTS, check_variant, user_pairs
 from ownlm.train.budget import user_budget
 from ownlm.train.loop import train_pairs
 from ownlm.train.per_user import (
     plan_users,
-    save_user,
     stage_line,
-    user_manifest,
+    train_each,
     user_seed,
 )
 
@@ -67,13 +67,16 @@ def train_users(run: Run, variant: str = "oppu", users=None, backbone=None) -> d
     todo, counts = plan_users(store, users, base_fp, budget)
     seen = run.current_histories(todo)  # an update or forget landing later: not saved
     what = "LoRAs" if run.cfg.user.method == "lora" else f"{run.cfg.user.method} adapters"
-    saved = 0
-    for user in progress(todo, desc=f"user {what} ({variant})", unit="user"):
+
+    @contextmanager
+    def fit(_, user):
         model, losses = fit_user(run, backbone, user, variant, budget=budget)
         try:
-            manifest = user_manifest(run, user, f"user/{variant}", base_fp, losses, budget)
-            saved += save_user(run, store, user, model.save_pretrained, manifest, seen)
+            yield model.save_pretrained, losses
         finally:
             detach(backbone, model)
+
+    stage, desc = f"user/{variant}", f"user {what} ({variant})"
+    saved = train_each(run, store, todo, seen, fit, stage, base_fp, budget, desc)
     log.info(f"[bold]stage 3[/] {VARIANTS[variant]} ({budget}): {stage_line(saved, counts)}")
     return {"trained": saved, **counts}

@@ -50,7 +50,7 @@ def train_stages(
 ) -> None:
     """Train `stages` of `run`; the user stage once per variant (oppu, peft, proper-*),
     OPPU's on `executor` ("inprocess", or "ray" with `workers` actors). `tune`: choose
-    the tunable variants' budgets on the dev users first (`train.tune`; a recorded
+    the tunable variants' budgets on the dev users first (`pipeline.tune`; a recorded
     tune of the same base and settings is kept)."""
     from ownlm.train.preflight import check_targets
 

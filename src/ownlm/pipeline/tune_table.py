@@ -1,5 +1,5 @@
 """What `ownlm tune` prints: the table it chose from, and whether the choice beats the
-trivial references on the same validation items (`train.tune` says how it is made)."""
+trivial references on the same validation items (`pipeline.tune` says how it is made)."""
 
 from __future__ import annotations
 

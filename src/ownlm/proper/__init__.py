@@ -1,4 +1,4 @@
-"""PROPER (Zhang et al. 2025) as a method: the group model of stage 2 (`groups`) and the
+"""PROPER (Zhang et al. 2025) as a method: the group model of stage 2 (`experts`) and the
 user level of stage 3 (`users`), as they are stored, loaded, routed and exported.
 Training them is `ownlm.proper.group_stage` and `ownlm.proper.user_stage`."""
 

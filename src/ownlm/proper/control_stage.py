@@ -3,7 +3,7 @@ train users that PROPER's stage 2 makes, with no groups.
 
 PROPER trains stage 1 and then stage 2 on the same train users; OPPU trains stage 1
 only, so a PROPER win mixes "more training" with "groups". The control gives OPPU the
-same second pass: stage 2's pairs (`groups.stage2_pairs`), learning rate, epochs, batch
+same second pass: stage 2's pairs (`group_stage.stage2_pairs`), learning rate, epochs, batch
 size, seed and so batch plan, on the modules that carry the experts, with one plain LoRA
 of rank G*r (as many trainable weights as the G experts of rank r) and the LM loss only:
 no experts, no routers, no user embeddings, no routing terms. It is validated as stage 2
@@ -36,11 +36,11 @@ from ownlm.proper.group_stage import stage2_pairs
 from ownlm.store import Manifest
 from ownlm.train.loop import fit
 from ownlm.train.population import write_merged
-from ownlm.train.resume import inputs_digest, mark_done, still_valid
+from ownlm.train.resume import inputs_digest
+from ownlm.train.stage import StagePlan, run_stage
 from ownlm.train.validation import (
     dev_users,
     early_stopping,
-    finish,
     pair_validator,
     settings_record,
     summary,
@@ -106,18 +106,24 @@ def train_control(run: Run, backbone=None) -> dict:
         seed=run.cfg.seed,
         validation=settings_record(run, vset),
     )
-    if still_valid(run, NAME, inputs, lambda: stored_identity(run)):
-        log.info(
-            f"[bold]control[/] kept: trained from the same base, {len(users)} users and "
-            f"{len(pairs)} pairs ({CONTROL_BASE}/ untouched)"
-        )
-        return {"pairs": len(pairs), "kept": True}
-    stats, model = fit_control(run, backbone, pairs, lora, vset)
-    write_control_base(run, backbone, model, parent=base_fp)
-    mark_done(run, NAME, inputs, lambda: stored_identity(run))
-    hints = tuning_hints("proper", lora.epochs, lora.lr)  # its budget is stage 2's
-    stats["warnings"] = finish(run, NAME, "control", stats.pop("validation"), hints)
-    return stats
+    plan = StagePlan(
+        NAME,
+        "control",
+        pairs,
+        vset,
+        inputs,
+        lambda: stored_identity(run),
+        f"[bold]control[/] kept: trained from the same base, {len(users)} users and "
+        f"{len(pairs)} pairs ({CONTROL_BASE}/ untouched)",
+        tuning_hints("proper", lora.epochs, lora.lr),  # its budget is stage 2's
+    )
+
+    def fit() -> dict:
+        stats, model = fit_control(run, backbone, pairs, lora, vset)
+        write_control_base(run, backbone, model, parent=base_fp)
+        return stats
+
+    return run_stage(run, plan, fit)
 
 
 def fit_control(run: Run, backbone, pairs, lora: LoraSettings, vset=None) -> tuple[dict, object]:

@@ -57,7 +57,7 @@ from ownlm.proper.assign import (
 )
 from ownlm.proper.experts import proper_settings, save_groups, targets_for
 from ownlm.proper.routing import embed, history_vectors
-from ownlm.train.loop import fit_mixture
+from ownlm.train.loop import fit_mixture, validate_now
 from ownlm.train.validation import early_stopping, pair_validator, summary
 
 if TYPE_CHECKING:
@@ -163,7 +163,7 @@ def em_rounds(run: Run, s, backbone, state, pairs, kept, router, stopper):
     losses: list[float] = []
     rounds = []
     if stopper is not None:
-        _check(stopper, backbone, kept, 0, 0.0, losses)
+        validate_now(stopper, backbone.model, kept, 0, 0.0, losses)
     for r in range(1, s.em_rounds + 1):
         losses += fit_mixture(
             backbone,
@@ -187,16 +187,11 @@ def em_rounds(run: Run, s, backbone, state, pairs, kept, router, stopper):
             + (f"; re-seeded empty groups from users {reseeded}" if reseeded else "")
         )
         epoch = s.epochs * r / s.em_rounds
-        if stopper is not None and _check(stopper, backbone, kept, len(losses), epoch, losses):
+        if stopper is not None and validate_now(
+            stopper, backbone.model, kept, len(losses), epoch, losses
+        ):
             break
     return losses, rounds
-
-
-def _check(stopper, backbone, params, step: int, epoch: float, losses) -> bool:
-    """One validation (eval mode, no gradients), as `loop.fit` runs them; True = stop."""
-    backbone.model.eval()
-    with torch.no_grad():
-        return stopper.check(params, step, round(epoch, 3), losses)
 
 
 def stage2_monitor(run: Run) -> str:

@@ -3,7 +3,7 @@
 Criterion: for each candidate G, the whole of stage 2 (k-means start, `proper.em_rounds`
 rounds of hard EM, the same `proper.epochs` of expert training) is fitted, and the G whose
 kept round validates best on the dev users is chosen: their items scored with gates from
-their *other* items (leave one out, `group_em.loo_validator`), which is how a user stage 2
+their *other* items (leave one out, `em.loo_validator`), which is how a user stage 2
 never saw is routed. This is the quantity a group must improve, measured on users no
 candidate trained on; a bigger G cannot win by fitting train users more closely, since
 the dev users' routing must find their group from their own few items. Proxies (the

@@ -43,11 +43,11 @@ from ownlm.proper.routing import (
 )
 from ownlm.retrieval.prompts import training_pairs, user_context
 from ownlm.train.loop import fit_mixture
-from ownlm.train.resume import inputs_digest, mark_done, still_valid
+from ownlm.train.resume import inputs_digest
+from ownlm.train.stage import StagePlan, run_stage
 from ownlm.train.validation import (
     dev_users,
     early_stopping,
-    finish,
     pair_validator,
     settings_record,
     summary,
@@ -100,34 +100,37 @@ def train_groups(run: Run, backbone=None) -> dict:
     vset = validation_set(run, stage2_pairs(run, dev))
     inputs = stage2_inputs(run, base_fp, users, pairs, vset)
 
-    def identity():  # the base and the stored stage-2 weights
-        return groups_fingerprint(run, base_fp)
-
-    if still_valid(run, "groups", inputs, identity):
-        log.info(
-            f"[bold]stage 2[/] group experts kept: trained from the same base, "
-            f"{len(users)} users and {len(pairs)} pairs"
-        )
-        return {"pairs": len(pairs), "kept": True}
-    if proper_settings(run).assignment == "user" and proper_settings(run).groups_choices:
-        from ownlm.proper.group_count import choose_groups
-
-        stats = choose_groups(run, backbone, users, pairs, vset)
-    elif proper_settings(run).assignment == "user":
-        from ownlm.proper.em import fit_groups_em
-
-        stats = fit_groups_em(run, backbone, users, pairs, vset)
-    else:
-        stats = fit_groups(run, backbone, users, pairs, dev, vset)
-    mark_done(run, "groups", inputs, identity)
     s = proper_settings(run)
-    record = stats.pop("validation")
-    stats["warnings"] = finish(
-        run, "groups", "stage 2 (groups)", record, tuning_hints("proper", s.epochs, s.lr)
+    plan = StagePlan(
+        "groups",
+        "stage 2 (groups)",
+        pairs,
+        vset,
+        inputs,
+        lambda: groups_fingerprint(run, base_fp),  # the base and the stored stage-2 weights
+        f"[bold]stage 2[/] group experts kept: trained from the same base, "
+        f"{len(users)} users and {len(pairs)} pairs",
+        tuning_hints("proper", s.epochs, s.lr),
     )
+    stats = run_stage(run, plan, lambda: fit_stage2(run, backbone, users, pairs, dev, vset))
     if "choice" in stats:  # the candidates for G, next to the kept candidate's validation
         run.record_stage("groups", {**run.stage_record("groups"), "choice": stats["choice"]})
     return stats
+
+
+def fit_stage2(run: Run, backbone, users, pairs, dev, vset) -> dict:
+    """Stage 2 as configured: user-level groups by EM (for each candidate G when
+    `groups_choices` is set), or the per-token routers (`assignment: token`)."""
+    s = proper_settings(run)
+    if s.assignment == "user" and s.groups_choices:
+        from ownlm.proper.group_count import choose_groups
+
+        return choose_groups(run, backbone, users, pairs, vset)
+    if s.assignment == "user":
+        from ownlm.proper.em import fit_groups_em
+
+        return fit_groups_em(run, backbone, users, pairs, vset)
+    return fit_groups(run, backbone, users, pairs, dev, vset)
 
 
 def fit_groups(run: Run, backbone, users, pairs, dev=(), vset=None) -> dict:

@@ -5,11 +5,12 @@ how they are stored); resumable like OPPU's stage, with the run's budget (`train
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import torch
 
-from ownlm.log import get_logger, progress
+from ownlm.log import get_logger
 from ownlm.proper.experts import group_model, groups_fingerprint, proper_settings
 from ownlm.proper.routing import history_vectors
 from ownlm.proper.users import (
@@ -22,7 +23,12 @@ from ownlm.proper.users import (
 )
 from ownlm.train.budget import user_budget
 from ownlm.train.loop import fit_mixture
-from ownlm.train.per_user import plan_users, save_user, stage_line, user_manifest, user_seed
+from ownlm.train.per_user import (
+    plan_users,
+    stage_line,
+    train_each,
+    user_seed,
+)
 
 if TYPE_CHECKING:
     from ownlm.run import Run
@@ -70,18 +76,18 @@ def train_proper_users(run: Run, router: str = "input", users=None, backbone=Non
     budget = user_budget(run, f"proper-{router}", fp)
     todo, counts = plan_users(store, users, fp, budget)
     seen = run.current_histories(todo)  # an update or forget landing later: not saved
-    saved = 0
     with group_model(run, backbone) as gm:
         # a 'user' assignment routes by the history's likelihood: no history vectors
         vectors = history_vectors(run, todo, backbone) if todo and not gm.by_user else []
         vectors = vectors if len(vectors) else [None] * len(todo)
-        for user, vec in progress(
-            list(zip(todo, vectors, strict=True)), desc=f"PROPER users ({router})", unit="user"
-        ):
+
+        @contextmanager
+        def fit(i, user):
             gm.reset()
-            losses = fit_proper_user(run, gm, user, vec, router, budget)
-            manifest = user_manifest(run, user, f"user/proper-{router}", fp, losses, budget)
-            write = lambda d: write_user(d, gm, router, s.user_alpha)  # noqa: E731
-            saved += save_user(run, store, user, write, manifest, seen)
+            losses = fit_proper_user(run, gm, user, vectors[i], router, budget)
+            yield (lambda d: write_user(d, gm, router, s.user_alpha)), losses
+
+        stage, desc = f"user/proper-{router}", f"PROPER users ({router})"
+        saved = train_each(run, store, todo, seen, fit, stage, fp, budget, desc)
     log.info(f"[bold]stage 3[/] PROPER ({ROUTERS[router]}, {budget}): {stage_line(saved, counts)}")
     return {"trained": saved, **counts}

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from ownlm import paths
-from ownlm.config import ExperimentConfig, training_values
+from ownlm.config import ExperimentConfig, renamed_key, renamed_values, training_values
 from ownlm.data.records import Dataset
 from ownlm.data.splits import ROLES, UserSplit
 from ownlm.files import write_file
@@ -73,7 +73,9 @@ def data_changes(old: dict, new: dict) -> str | None:
 
 def config_changes(old: dict, new: dict) -> list[str]:
     """`key old -> new` for each training key whose value differs. A key the record lacks
-    (added to ownlm since the run was made) is compared with its default."""
+    (added to ownlm since the run was made) is compared with its default; a key recorded
+    under a name since renamed (`config.RENAMED`) is read under its new name."""
+    old = renamed_values(old)
     defaults = training_values(ExperimentConfig())
     changes = []
     for key, value in new.items():
@@ -97,7 +99,7 @@ def given_keys(config: str | Path | None, overrides: list[str]) -> set[str]:
         key, _, raw = item.partition("=")
         value = load_yaml(raw, f"--set {key.strip()}") if raw.strip() else None
         keys |= leaves(value, key.strip() + ".")
-    return keys - {""}
+    return {renamed_key(k, "config") for k in keys - {""}}
 
 
 def get_key(cfg, key: str):

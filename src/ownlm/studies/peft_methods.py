@@ -5,7 +5,7 @@ prompt tuning (`user.method`, `adapters.methods`), side by side.
     ownlm eval -c C --study peft-methods [--study-users N]
 
 Protocol: for each method, each test user's adapter is trained in memory on their
-history exactly as the user stage trains it (`train.users.fit_user`: OPPU's prompts,
+history exactly as the user stage trains it (`oppu.sequential.fit_user`: OPPU's prompts,
 the run's budget, tuned or configured, the same lr and epochs for every method), saved
 to a temporary folder to be measured, scored on the run's test queries with retrieval
 and profile (the OPPU row), and taken off. Nothing of the run's stores is read or

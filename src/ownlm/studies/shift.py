@@ -28,7 +28,7 @@ Protocol (OPPU gives no exact one; these are ownlm's choices, docs/shift.md):
     part too, as if nothing had been refreshed (stale minus this row: what the
     non-parametric refresh alone gives);
   - `updated`: the stale adapter continued on the new items exactly as `ownlm update`
-    does (`train.update.continue_user`: update.lr, else the user stage's lr, and
+    does (`oppu.update.continue_user`: update.lr, else the user stage's lr, and
     update.epochs over the new items);
   - `retrained`: a fresh adapter trained on older + new items (the user stage).
 - **Time**: per row the median seconds per user of the training that row needs when

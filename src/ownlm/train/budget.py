@@ -4,10 +4,10 @@
 A budget is the configured one (`user.lr` and `user.epochs` for OPPU's variants,
 `proper.user_lr` and `proper.user_epochs` for PROPER's) unless `ownlm tune` chose
 another on the dev users, for this variant and this base (run.json "tuned",
-`train.tune`). Every user stage asks `user_budget`, trains with it, writes it into each
+`pipeline.tune`). Every user stage asks `user_budget`, trains with it, writes it into each
 user's manifest, and retrains a stored user trained with another (`budget_reason`): the
 run's adapters always stand for the run's present choice. `user.method` is a training
-key, so a run is not resumed under another method (`run.py` refuses); the manifest
+key, so a run is not resumed under another method (`run.claim` refuses); the manifest
 records it all the same, and a stored user of another method is trained again.
 """
 

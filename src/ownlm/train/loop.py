@@ -163,7 +163,7 @@ def fit(
     losses: list[float] = []
     checks = _validate_at(len(items), batch_size, steps) if early_stopping else {}
     if early_stopping is not None:
-        _validate(early_stopping, module, params, 0, 0.0, losses)
+        validate_now(early_stopping, module, params, 0, 0.0, losses)
     if module is not None:
         module.train()
     bar = progress(plan, desc=desc, unit="step", leave=False)
@@ -177,7 +177,9 @@ def fit(
         opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
-        if step in checks and _validate(early_stopping, module, params, step, checks[step], losses):
+        if step in checks and validate_now(
+            early_stopping, module, params, step, checks[step], losses
+        ):
             break
     if early_stopping is not None:
         early_stopping.restore(params)
@@ -186,8 +188,9 @@ def fit(
     return losses
 
 
-def _validate(stopper: EarlyStopping, module, params, step: int, epoch: float, losses) -> bool:
-    """One validation, in eval mode and without gradients; True = stop."""
+def validate_now(stopper: EarlyStopping, module, params, step: int, epoch: float, losses) -> bool:
+    """One validation, in eval mode and without gradients, then back to training mode;
+    True = stop. Every early-stopped loop validates through it (`fit`, stage 2's EM)."""
     if module is not None:
         module.eval()
     with torch.no_grad():

@@ -10,7 +10,7 @@ from __future__ import annotations
 import zlib
 from typing import TYPE_CHECKING
 
-from ownlm.log import get_logger
+from ownlm.log import get_logger, progress
 from ownlm.store import Manifest
 from ownlm.train.budget import Budget, budget_reason
 
@@ -101,3 +101,27 @@ def save_user(run: Run, store, user, write, manifest, seen: dict) -> bool:
             "not saved; train the user stage again to train them on all of it"
         )
     return False
+
+
+def train_each(
+    run: Run,
+    store,
+    todo,
+    seen: dict,
+    fit,
+    stage: str,
+    fingerprint: str,
+    budget: Budget | None,
+    desc: str,
+) -> int:
+    """The loop of a one-user-at-a-time stage: for each user of `todo` (planned by
+    `plan_users`), `fit(i, user)` (a context manager: trains the i-th user and gives
+    (write, losses), where `write(dir)` writes their adapter; it gives the base back on
+    leaving) and `save_user` under their lock with `user_manifest`. Returns how many
+    were saved."""
+    saved = 0
+    for i, user in enumerate(progress(todo, desc=desc, unit="user")):
+        with fit(i, user) as (write, losses):
+            manifest = user_manifest(run, user, stage, fingerprint, losses, budget)
+            saved += save_user(run, store, user, write, manifest, seen)
+    return saved

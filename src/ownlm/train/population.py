@@ -33,11 +33,11 @@ from ownlm.retrieval.prompts import population_pairs, user_context
 from ownlm.store import Manifest
 from ownlm.train.loop import train_pairs
 from ownlm.train.pretrain import initial_backbone
-from ownlm.train.resume import inputs_digest, mark_done, still_valid
+from ownlm.train.resume import inputs_digest
+from ownlm.train.stage import StagePlan, run_stage
 from ownlm.train.validation import (
     dev_users,
     early_stopping,
-    finish,
     pair_validator,
     settings_record,
     summary,
@@ -84,12 +84,23 @@ def train_population(run: Run) -> dict:
         seed=cfg.seed,
         validation=settings_record(run, vset),
     )
-    if still_valid(run, "population", inputs, lambda: stored_identity(run)):
-        log.info(
-            f"[bold]stage 1[/] population LoRA kept: trained from the same backbone, "
-            f"{len(pairs)} pairs and settings (base/ untouched)"
-        )
-        return {"pairs": len(pairs), "kept": True}
+    plan = StagePlan(
+        "population",
+        "stage 1 (population)",
+        pairs,
+        vset,
+        inputs,
+        lambda: stored_identity(run),
+        f"[bold]stage 1[/] population LoRA kept: trained from the same backbone, "
+        f"{len(pairs)} pairs and settings (base/ untouched)",
+        tuning_hints("population", cfg.population.epochs, cfg.population.lr),
+    )
+    return run_stage(run, plan, lambda: fit_population(run, backbone, pairs, vset))
+
+
+def fit_population(run: Run, backbone, pairs, vset) -> dict:
+    """Train the population LoRA (validated on `vset`), store it and merge it into base/."""
+    cfg, base_fp = run.cfg, backbone.fingerprint()
     log.info(
         f"[bold]stage 1[/] population LoRA on {len(pairs)} pairs from {len(run.split.train)} train users ({backbone.name})"
     )
@@ -114,10 +125,7 @@ def train_population(run: Run) -> dict:
         ),
     )
     write_merged(run, backbone, run.base_dir, lora=(model, "population"))
-    mark_done(run, "population", inputs, lambda: stored_identity(run))
-    hints = tuning_hints("population", cfg.population.epochs, cfg.population.lr)
-    warnings = finish(run, "population", "stage 1 (population)", record, hints)
-    return {**stats, "warnings": warnings}
+    return {**stats, "validation": record}
 
 
 def write_base(run: Run, backbone) -> None:

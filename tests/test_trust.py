@@ -100,8 +100,8 @@ def test_a_user_stage_never_saves_a_user_forgotten_or_updated_while_it_trained(
     trained, monkeypatch, per_batch, landing
 ):
     from ownlm.data.updates import read_items, write_updates
+    from ownlm.oppu.user_stage import train_oppu_users as train_user_stage
     from ownlm.train import per_user as users_module
-    from ownlm.oppu.user_stage import train_user_stage
 
     run = Run.open(trained.dir)
     run.cfg.user.users_per_batch = per_batch

@@ -16,7 +16,7 @@ from ownlm.backbone.tiny import build_model
 from ownlm.backbone.tokenizer import train_tokenizer
 from ownlm.config import TinyConfig
 from ownlm.data.splits import truncate_history
-from ownlm.oppu import batched as batched_users
+from ownlm.errors import ConfigError
 from ownlm.oppu.batched import UserJob, train_group, train_users_batched
 from ownlm.oppu.model import user_pairs
 from ownlm.oppu.sequential import train_users
@@ -176,12 +176,19 @@ def _flat(weights):
 
 
 def test_the_encoder_backbone_falls_back_to_one_user_at_a_time(tiny_cfg, monkeypatch):
+    """The user stage's one dispatcher (`oppu.user_stage`) decides: an encoder trains one
+    user at a time; the batched trainer itself refuses it in one line."""
+    from ownlm.oppu import user_stage
+
     calls = []
-    monkeypatch.setattr(batched_users, "train_users", lambda *a: calls.append(a) or {"trained": 0})
+    monkeypatch.setattr(user_stage, "train_users", lambda *a: calls.append(a) or {"trained": 0})
+    tiny_cfg.user.users_per_batch = 4
     run = Run(tiny_cfg)
     encoder = type("Enc", (), {"kind": "encoder"})()
-    assert train_users_batched(run, users=[], backbone=encoder) == {"trained": 0}
+    assert user_stage.train_oppu_users(run, "oppu", [], encoder) == {"trained": 0}
     assert calls == [(run, "oppu", [], encoder)]
+    with pytest.raises(ConfigError, match="encoder backbone trains a per-user label head"):
+        train_users_batched(run, users=[], backbone=encoder)
 
 
 def test_gradient_checkpointing_gives_the_same_weights(tiny_cfg):

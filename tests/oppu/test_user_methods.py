@@ -12,8 +12,8 @@ from transformers import AutoModelForCausalLM
 
 from ownlm.adapters.methods import adapter_method
 from ownlm.errors import ConfigError
-from ownlm.oppu.batched import train_users_batched
 from ownlm.oppu.update import update_user
+from ownlm.oppu.user_stage import train_oppu_users as train_user_stage
 from ownlm.run import Run
 from ownlm.train.population import train_population
 
@@ -27,7 +27,7 @@ def test_user_stage_with_another_peft_method(tiny_cfg, tmp_path, method):
     run = Run(tiny_cfg)
     train_population(run)
     users = run.split.test
-    assert train_users_batched(run, "oppu")["trained"] == len(users)
+    assert train_user_stage(run, "oppu")["trained"] == len(users)
     store, user = run.store(), users[0]
     assert store.manifest(user.name).extra["method"] == method
     assert adapter_method(store.path(user.name)) == method

@@ -36,7 +36,6 @@ from ownlm.config import LoraSettings
 from ownlm.errors import ConfigError
 from ownlm.log import get_logger, progress
 from ownlm.oppu.model import VARIANTS, check_variant, user_pairs
-from ownlm.oppu.sequential import train_users
 from ownlm.train.budget import user_budget
 from ownlm.train.loop import batch_plan
 from ownlm.train.per_user import plan_users, save_user, stage_line, user_manifest, user_seed
@@ -182,7 +181,7 @@ def save_group(
     return saved
 
 
-def _one_at_a_time(run, backbone) -> str | None:
+def why_one_at_a_time(run, backbone) -> str | None:
     """Why this run's users must train one at a time (the batched layer is LoRA's, on a
     causal LM), as the line to log; None when they can train together."""
     if backbone.kind != "causal":
@@ -233,9 +232,8 @@ def train_users_batched(
     check_variant(variant)
     users = run.split.test if users is None else users
     backbone = backbone or run.base()
-    if reason := _one_at_a_time(run, backbone):
-        log.info(reason)
-        return train_users(run, variant, users, backbone)
+    if reason := why_one_at_a_time(run, backbone):  # `oppu.user_stage` decides before
+        raise ConfigError(reason.removeprefix("stage 3: ").replace("training users", "train users"))
     k = users_per_batch or run.cfg.user.users_per_batch
     if k < 1:
         raise ConfigError(f"users_per_batch must be at least 1, got {k}")

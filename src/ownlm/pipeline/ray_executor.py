@@ -1,7 +1,7 @@
 """The user stage fanned out over Ray actors (`ownlm train --executor ray`).
 
 Each actor opens the run read-only, loads the merged base once, and trains the users it
-is handed with the in-process user stage (`oppu.user_stage.train_user_stage`: batched when
+is handed with the in-process user stage (`oppu.user_stage.train_oppu_users`: batched when
 `user.users_per_batch` > 1), writing each finished user to the store itself. The driver
 hands out chunks of users, shows one progress bar over all of them, and leaves fault
 tolerance to Ray: an actor that dies is restarted (`max_restarts`) and its pending
@@ -60,11 +60,11 @@ class UserWorker:
     def train(self, user_ids: list[str]) -> dict:
         import ray
 
-        from ownlm.oppu.user_stage import train_user_stage
+        from ownlm.oppu.user_stage import train_oppu_users
 
         wanted = set(user_ids)
         users = [u for u in self.run.split.test if u.user_id in wanted]
-        stats = train_user_stage(self.run, self.variant, users, self.backbone)
+        stats = train_oppu_users(self.run, self.variant, users, self.backbone)
         self.chunks += 1
         restarted = ray.get_runtime_context().was_current_actor_reconstructed
         crash_after = int(os.environ.get(CRASH_ENV, "0") or 0)

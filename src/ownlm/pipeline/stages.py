@@ -106,7 +106,7 @@ def train_user_stage(run: Run, name: str, executor="inprocess", workers=2, addre
 
         train_users_ray(run, name, workers=workers, address=address)
     else:
-        from ownlm.oppu.user_stage import train_user_stage as train_oppu_users
+        from ownlm.oppu.user_stage import train_oppu_users
 
         train_oppu_users(run, name)
 
@@ -115,7 +115,7 @@ def train_control_users(run: Run, users=None) -> dict:
     """OPPU's user stage on PROPER's control base: the same users, prompts, LoRA and
     budget as "oppu", stored in run.store("oppu-control"). Refused, with the command that
     trains it, while the control base is missing or stands on an old stage-1 base."""
-    from ownlm.oppu.user_stage import train_user_stage as train_oppu_users
+    from ownlm.oppu.user_stage import train_oppu_users
     from ownlm.run.control import load_control
 
     return train_oppu_users(run, CONTROL, users, load_control(run))

@@ -186,3 +186,16 @@ def test_each_method_has_one_home_and_neither_imports_the_other():
         if _part(module) in METHODS:
             others = {_part(t) for t in targets} & (METHODS - {_part(module)})
             assert not others, f"{module} imports {others}: the methods stand side by side"
+
+
+def test_every_run_parameter_is_typed():
+    """A parameter called `run` is a `Run` and says so (under TYPE_CHECKING below run)."""
+    untyped = []
+    for path in SRC.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                a = node.args
+                for arg in [*a.posonlyargs, *a.args, *a.kwonlyargs]:
+                    if arg.arg == "run" and arg.annotation is None:
+                        untyped.append(f"{path.relative_to(SRC)}:{node.lineno} {node.name}")
+    assert not untyped, "untyped `run` parameters:\n" + "\n".join(sorted(untyped))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -20,6 +21,9 @@ from ownlm.cli.common import (
     split_list,
 )
 from ownlm.log import console
+
+if TYPE_CHECKING:
+    from ownlm.run import Run
 
 
 @app.command(epilog=CONFIG_HELP)
@@ -135,7 +139,7 @@ def eval_(
         raise typer.Exit(3)
 
 
-def _more(run, groups_view: bool, buckets, studies, study_users: int, one_expert_run: str):
+def _more(run: Run, groups_view: bool, buckets, studies, study_users: int, one_expert_run: str):
     """`ownlm eval`'s extras: the groups view, the active-level study, the studies."""
     if groups_view:
         from ownlm.evaluate.group_view import groups_view as show_groups

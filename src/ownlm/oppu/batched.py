@@ -1,4 +1,4 @@
-"""Stage 3 (OPPU), many users at once: the user stage of `users.py`, with K users'
+"""Stage 3 (OPPU), many users at once: the user stage of `sequential.py`, with K users'
 LoRAs trained together in one batch (mLoRA's idea; `adapters/multi_lora.py` is the layer).
 
 Each user trains exactly as alone: their own initialisation (PEFT's, under their seed),
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -39,6 +40,9 @@ from ownlm.oppu.model import VARIANTS, check_variant, user_pairs
 from ownlm.train.budget import user_budget
 from ownlm.train.loop import batch_plan
 from ownlm.train.per_user import plan_users, save_user, stage_line, user_manifest, user_seed
+
+if TYPE_CHECKING:
+    from ownlm.run import Run
 
 log = get_logger(__name__)
 
@@ -164,7 +168,7 @@ def group_step(multi: MultiLora, batch: dict[int, list[Row]], pad_id: int, chunk
 
 
 def save_group(
-    run, store, backbone, group, results, variant: str, base_fp: str, budget, seen: dict
+    run: Run, store, backbone, group, results, variant: str, base_fp: str, budget, seen: dict
 ) -> int:
     """Save each trained user as the sequential stage does (`save_user`: a PEFT model's
     `save_pretrained`, through the store, with the user manifest and its `budget`, unless
@@ -181,7 +185,7 @@ def save_group(
     return saved
 
 
-def why_one_at_a_time(run, backbone) -> str | None:
+def why_one_at_a_time(run: Run, backbone) -> str | None:
     """Why this run's users must train one at a time (the batched layer is LoRA's, on a
     causal LM), as the line to log; None when they can train together."""
     if backbone.kind != "causal":
@@ -198,7 +202,7 @@ def why_one_at_a_time(run, backbone) -> str | None:
 
 
 def _train_users_of(
-    run, variant, backbone, group, budget, chunk_rows, optimizer
+    run: Run, variant, backbone, group, budget, chunk_rows, optimizer
 ) -> list[tuple[Weights, list[float]]]:
     """`train_group` on one group of users: each with their own pairs and seed, all with
     the run's user-stage LoRA under `budget` (its lr and epochs)."""
@@ -217,7 +221,7 @@ def _train_users_of(
 
 
 def train_users_batched(
-    run,
+    run: Run,
     variant: str = "oppu",
     users=None,
     backbone=None,

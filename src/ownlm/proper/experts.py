@@ -17,6 +17,7 @@ import json
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -43,10 +44,13 @@ from ownlm.proper.assign import (
 from ownlm.proper.routing import router_factory
 from ownlm.store import Manifest
 
+if TYPE_CHECKING:
+    from ownlm.run import Run
+
 ROUTER = "router"  # the store name of the routers, user table and projection
 
 
-def proper_settings(run) -> ProperSettings:
+def proper_settings(run: Run) -> ProperSettings:
     """The run's PROPER settings; the defaults when its config has no `proper` section."""
     return getattr(run.cfg, "proper", None) or ProperSettings()
 
@@ -55,7 +59,7 @@ def targets_for(backbone, s: ProperSettings) -> list[str]:  # default: the FFN's
     return list(s.targets or backbone.ffn_targets)
 
 
-def save_groups(run, layers, tensors, meta, base_fp, losses, validation=None) -> None:
+def save_groups(run: Run, layers, tensors, meta, base_fp, losses, validation=None) -> None:
     """Write the experts (`group:<g>`, PEFT) and the routing state `tensors` (`router`:
     router.safetensors + router.json `meta`) to the store; the router's manifest keeps
     the stage's `validation` record (`train.validation`)."""
@@ -88,7 +92,7 @@ def save_groups(run, layers, tensors, meta, base_fp, losses, validation=None) ->
         store.save(ROUTER, write, manifest)
 
 
-def require_groups(run):
+def require_groups(run: Run):
     """The run's adapter store, once stage 2 is there; else a NotFoundError naming the fix."""
     store = run.store()
     if not store.exists(ROUTER):
@@ -123,7 +127,7 @@ def stage2_digest(store) -> str:
     return _sha_digest(store, [ROUTER, *groups])[:8]
 
 
-def groups_fingerprint(run, base_fp: str) -> str:
+def groups_fingerprint(run: Run, base_fp: str) -> str:
     """What stage-3 adapters depend on: the merged base and the stored stage-2 weights.
     Stage-3 manifests carry it, so retraining stage 2 invalidates the user adapters."""
     return store_fingerprint(require_groups(run), base_fp)
@@ -270,7 +274,7 @@ class GroupModel:
         uninstall_mixture(self.backbone.model)
 
 
-def load_groups(run, backbone) -> GroupModel:
+def load_groups(run: Run, backbone) -> GroupModel:
     """Install the stored stage-2 experts and routers (frozen) on `backbone.model`."""
     store = require_groups(run)
     fp = backbone.fingerprint()
@@ -320,7 +324,7 @@ def load_groups(run, backbone) -> GroupModel:
     return gm
 
 
-def route_new(run) -> str:
+def route_new(run: Run) -> str:
     """How a user stage 2 did not train on joins a group ('user' assignment), with
     `proper.route_new: auto` resolved: 'answers' for label tasks, else 'likelihood'."""
     how = proper_settings(run).route_new
@@ -330,7 +334,7 @@ def route_new(run) -> str:
 
 
 @contextmanager
-def group_model(run, backbone):
+def group_model(run: Run, backbone):
     """`load_groups` for the length of a block; the backbone is bare again after it."""
     gm = load_groups(run, backbone)
     try:

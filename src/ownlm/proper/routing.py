@@ -10,6 +10,7 @@ standardised PCA of the train users; stage 2 starts its learned user table there
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,6 +20,9 @@ from ownlm.adapters.mixture import TokenUserRouter
 from ownlm.backbone.device import model_device
 from ownlm.errors import ConfigError
 from ownlm.log import get_logger
+
+if TYPE_CHECKING:
+    from ownlm.run import Run
 
 log = get_logger(__name__)
 NEW_USER = ("projection", "neighbours")
@@ -37,7 +41,7 @@ def router_factory(user_dim: int, groups: int, top_k: int):
 
 
 # -- user vectors --------------------------------------------------------------------
-def history_vectors(run, users, backbone=None) -> np.ndarray:
+def history_vectors(run: Run, users, backbone=None) -> np.ndarray:
     """(N, D) one vector per user: the mean all-MiniLM-L6-v2 embedding of their history
     items, or, if that encoder cannot be loaded, the backbone's mean hidden state."""
     texts = [[run.task.item_text(it) for it in u.history] or [""] for u in users]
@@ -49,7 +53,7 @@ def history_vectors(run, users, backbone=None) -> np.ndarray:
     return np.stack(out).astype(np.float32)
 
 
-def embed(run, texts: list[str], backbone=None) -> np.ndarray:
+def embed(run: Run, texts: list[str], backbone=None) -> np.ndarray:
     """(N, D) all-MiniLM-L6-v2 embeddings of `texts`, or, if that encoder cannot be
     loaded, the backbone's mean last hidden state."""
     try:

@@ -4,7 +4,8 @@ No pretrained generative weights can be downloaded on the machines ownlm targets
 ownlm builds its own: a byte-level BPE tokenizer and a 4-layer Llama, pre-trained on the
 population's text (`ownlm.train.pretrain` trains it with the stages' loop and caches it
 on disk, keyed by `corpus_key`). This module holds what the model *is*: its
-architecture, how the corpus is packed into sequences, and the cache key.
+architecture, how the corpus is packed into sequences (with `tiny.copy_share` of them
+copy sequences, `copy_tasks`), and the cache key.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import asdict
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from ownlm.backbone.copy_tasks import IGNORE, copy_chunks
 from ownlm.config import TinyConfig
 
 
@@ -48,16 +50,35 @@ def pack_corpus(tokenizer, texts: list[str], max_len: int) -> list[list[int]]:
     return [c for c in chunks if len(c) > 1]
 
 
-def lm_batch(chunks: list[list[int]], pad: int, device=None):
-    """Right-padded (B, T) ids, attention mask and labels (-100 on padding)."""
-    width = max(len(c) for c in chunks)
-    ids = torch.tensor([c + [pad] * (width - len(c)) for c in chunks], device=device)
-    mask = torch.tensor([[1] * len(c) + [0] * (width - len(c)) for c in chunks], device=device)
-    return ids, mask, ids.masked_fill(mask == 0, -100)
+def training_corpus(tokenizer, texts: list[str], cfg: TinyConfig) -> list:
+    """What the pre-training steps over: the packed corpus (`pack_corpus`), then copy
+    sequences (`copy_tasks.copy_chunks`) making up `cfg.copy_share` of the whole. With
+    copy_share 0 it is the packed corpus alone."""
+    chunks: list = pack_corpus(tokenizer, texts, cfg.max_len)
+    if cfg.copy_share <= 0:
+        return chunks
+    n_copy = round(len(chunks) * cfg.copy_share / (1 - cfg.copy_share))
+    return chunks + copy_chunks(tokenizer, texts, n_copy, cfg.max_len, cfg.seed)
+
+
+def lm_batch(chunks: list, pad: int, device=None):
+    """Right-padded (B, T) ids, attention mask and labels (-100 on padding). A chunk is
+    a list of ids (every token learned) or an (ids, labels) pair (a copy sequence)."""
+    pairs = [c if isinstance(c, tuple) else (c, c) for c in chunks]
+    width = max(len(ids) for ids, _ in pairs)
+    ids = torch.tensor([i + [pad] * (width - len(i)) for i, _ in pairs], device=device)
+    mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i, _ in pairs], device=device)
+    labels = torch.tensor([lab + [IGNORE] * (width - len(lab)) for _, lab in pairs], device=device)
+    return ids, mask, labels
 
 
 def corpus_key(texts: list[str], cfg: TinyConfig) -> str:
-    h = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode())
+    """The cache key of a tiny model pre-trained on `texts` with `cfg`. copy_share 0
+    leaves the key as it was before the setting existed (its corpus is the same)."""
+    settings = asdict(cfg)
+    if not settings["copy_share"]:
+        del settings["copy_share"]
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     for t in texts:
         h.update(t.encode())
         h.update(b"\0")

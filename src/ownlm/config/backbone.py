@@ -23,9 +23,22 @@ class TinyConfig:
     batch_size: int = setting(16, "sequences per step", ge=1)
     min_steps: int = setting(150, "at least this many steps, for small corpora", ge=0)
     seed: int = setting(0, "initialisation and shuffling seed", ge=0)
+    copy_share: float = setting(
+        0.3,
+        "share of pre-training sequences that teach copying the prompt (a span then its "
+        "repeat; an item then an answer of its words), at most 0.9; 0 = the corpus alone",
+        ge=0,
+        lt=1,
+    )
 
     def check(self, prefix: str = "tiny.") -> None:
-        """Each attention head needs an even width (rotary embeddings pair dimensions)."""
+        """Each attention head needs an even width (rotary embeddings pair dimensions);
+        copy sequences may be at most 0.9 of the corpus (some text must stay)."""
+        if self.copy_share > 0.9:
+            raise ConfigError(
+                f"config key {prefix}copy_share={self.copy_share} is over 0.9: the corpus's "
+                f"own text must stay in pre-training; use e.g. --set {prefix}copy_share=0.3"
+            )
         if self.hidden_size % (2 * self.heads):
             raise ConfigError(
                 f"config keys {prefix}hidden_size={self.hidden_size} and {prefix}heads="

@@ -7,6 +7,11 @@ With dev users (`validation.dev_frac`), the pre-training is validated as the sta
 training and after each epoch; it stops on the patience rule and keeps the best state.
 `tiny.epochs` is then a maximum. Its records are kept in `ownlm_pretrain.json`.
 
+Pre-training mixes copy sequences into the corpus (`tiny.copy_share`, see
+`backbone.copy_tasks`), and a copy probe measures the skill: the share of held-out
+spans of 5-15 tokens (from the dev text, else the train text) the model greedily repeats
+after `COPY_SEP`, before training and at every validation (or at the end, unvalidated).
+
 The tiny model is cached under `cache_dir/tiny-<key>`, keyed by the corpus, the config
 and the validation text, as a plain Hugging Face directory that `from_pretrained` loads.
 """
@@ -20,14 +25,18 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rich.table import Table
+
 from ownlm.backbone.base import CausalBackbone
+from ownlm.backbone.copy_tasks import COPY_SEP, copy_probe, encode, greedy, spans
 from ownlm.backbone.load import load_backbone
-from ownlm.backbone.tiny import build_model, corpus_key, lm_batch, pack_corpus
+from ownlm.backbone.tiny import build_model, corpus_key, lm_batch, pack_corpus, training_corpus
 from ownlm.backbone.tokenizer import train_tokenizer
 from ownlm.config import TinyConfig
 from ownlm.errors import ConfigError, DataError
+from ownlm.log import console
 from ownlm.train.loop import EarlyStopping, fit, warmup_cosine
-from ownlm.train.validation import dev_corpus, dev_users, print_table
+from ownlm.train.validation import dev_corpus, dev_users
 
 if TYPE_CHECKING:
     from ownlm.run import Run
@@ -38,7 +47,7 @@ def pretrain(
 ) -> list[float]:
     """Causal-LM pre-training on packed text; returns the loss curve (one value a step).
     With `stopper`, validated each epoch and left at its best state."""
-    chunks = pack_corpus(tokenizer, texts, cfg.max_len)
+    chunks = training_corpus(tokenizer, texts, cfg)
 
     def step_loss(batch):
         ids, mask, labels = lm_batch(batch, tokenizer.pad_token_id, model.device)
@@ -60,10 +69,23 @@ def pretrain(
     )
 
 
+PROBE_SPANS = 48  # held-out spans the copy probe repeats (a few seconds on 2 CPU cores)
+
+
+def probe_for(model, tokenizer, texts: list[str], seed: int):
+    """`probe()` -> {"copy_exact", "copy_tokens"}: `copy_tasks.copy_probe` of `model`
+    on PROBE_SPANS seeded spans of `texts`."""
+    held = spans([encode(tokenizer, t) for t in texts], PROBE_SPANS, seed + 1)
+    sep = encode(tokenizer, COPY_SEP)
+    return lambda: copy_probe(greedy(model, tokenizer.pad_token_id), held, sep)
+
+
 def lm_validator(model, tokenizer, texts: list[str], cfg: TinyConfig):
-    """`validate()` for the pre-training: {"val_loss", "seconds"}, the mean LM loss of
-    `model` on `texts` packed as the corpus is (each chunk weighing by its tokens)."""
+    """`validate()` for the pre-training: {"val_loss", "copy_exact", "copy_tokens",
+    "seconds"}: the mean LM loss of `model` on `texts` packed as the corpus is (each
+    chunk weighing by its tokens), and the copy probe on spans of `texts`."""
     chunks = pack_corpus(tokenizer, texts, cfg.max_len)
+    probe = probe_for(model, tokenizer, texts, cfg.seed)
 
     def validate() -> dict:
         start, total, tokens = time.perf_counter(), 0.0, 0
@@ -73,7 +95,8 @@ def lm_validator(model, tokenizer, texts: list[str], cfg: TinyConfig):
             n = int((labels[:, 1:] != -100).sum())
             total += model(input_ids=ids, attention_mask=mask, labels=labels).loss.item() * n
             tokens += n
-        return {"val_loss": total / max(tokens, 1), "seconds": time.perf_counter() - start}
+        figures = {"val_loss": total / max(tokens, 1), **probe()}
+        return {**figures, "seconds": time.perf_counter() - start}
 
     return validate
 
@@ -109,32 +132,47 @@ def build_or_load_tiny(
     target = Path(cache_dir) / f"tiny-{cache_key(texts, cfg, dev_texts, patience)}"
     if (target / "config.json").exists() and (target / "ownlm_pretrain.json").exists():
         return target
-    tokenizer = train_tokenizer(texts, cfg.vocab_size)
-    model = build_model(cfg, len(tokenizer)).to(device or "cpu")
-    stopper = None
-    if dev_texts:
-        stopper = EarlyStopping(lm_validator(model, tokenizer, dev_texts, cfg), patience)
-    losses = pretrain(model, tokenizer, texts, cfg, stopper)
+    model, tokenizer, meta = train_tiny(texts, cfg, device, dev_texts, patience)
     tmp = target.with_name(target.name + ".tmp")
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
+    (tmp / "ownlm_pretrain.json").write_text(json.dumps(meta, indent=2))
+    tmp.replace(target)
+    return target
+
+
+def train_tiny(texts: list[str], cfg: TinyConfig, device, dev_texts: list[str], patience: int):
+    """Pre-train a fresh tiny Llama on `texts` (validated on `dev_texts` when there are
+    any); returns (model, tokenizer, the record for ownlm_pretrain.json), and prints the
+    table: the loss and the copy probe, before training and after."""
+    tokenizer = train_tokenizer(texts, cfg.vocab_size)
+    model = build_model(cfg, len(tokenizer)).to(device or "cpu")
+    stopper, probe = None, None
+    if dev_texts:
+        stopper = EarlyStopping(lm_validator(model, tokenizer, dev_texts, cfg), patience)
+    else:  # unvalidated: the probe runs on the train text, before and after
+        probe = probe_for(model, tokenizer, texts, cfg.seed)
+        model.eval()
+    before = probe() if probe else None
+    losses = pretrain(model, tokenizer, texts, cfg, stopper)
     meta = {
         "config": asdict(cfg),
         "texts": len(texts),
         "loss_first": losses[0],
         "loss_last": losses[-1],
+        "steps": len(losses),
         "validation": validation_record(stopper, len(dev_texts)),
+        "copy_probe": probe_record(stopper, before, probe() if probe else None),
     }
-    (tmp / "ownlm_pretrain.json").write_text(json.dumps(meta, indent=2))
-    tmp.replace(target)
-    return target
+    print_pretraining(meta, losses)
+    return model, tokenizer, meta
 
 
 def validation_record(stopper: EarlyStopping | None, texts: int) -> dict | None:
     """The pre-training's validation, for ownlm_pretrain.json (None: unvalidated)."""
     if stopper is None:
         return None
-    record = {
+    return {
         "monitor": "val_loss",
         "dev_texts": texts,
         "kept_epoch": stopper.best_record["epoch"],
@@ -143,8 +181,51 @@ def validation_record(stopper: EarlyStopping | None, texts: int) -> dict | None:
         "seconds": round(sum(r["seconds"] for r in stopper.records), 2),
         "records": stopper.records,
     }
-    print_table(f"pre-training (tiny): validation on {texts} dev texts", record)
-    return record
+
+
+def probe_record(stopper: EarlyStopping | None, before: dict | None, after: dict | None):
+    """The copy probe before training and of the model kept: from the validation records
+    when validated (spans of the dev text), else as measured (spans of the train text)."""
+    if stopper is not None:
+        before, after = stopper.records[0], stopper.best_record
+        source = "dev text"
+    else:
+        source = "train text (also in the corpus: no dev users)"
+    keys = ("copy_exact", "copy_tokens")
+    return {
+        "spans": PROBE_SPANS,
+        "source": source,
+        "before": {k: before[k] for k in keys},
+        "after": {k: after[k] for k in keys},
+    }
+
+
+def print_pretraining(meta: dict, losses: list[float]) -> Table:
+    """The pre-training's table on the console: per validation the train and dev loss
+    and the copy probe (exact spans, tokens), the kept row in bold; unvalidated, the
+    first and last train loss and the probe before and after."""
+    table = Table()
+    for name in ("epoch", "train loss", "val loss", "copy exact", "copy tokens"):
+        table.add_column(name, justify="right")
+    v, p = meta["validation"], meta["copy_probe"]
+    if v is not None:
+        title = f"pre-training (tiny): validation on {v['dev_texts']} dev texts"
+        for i, r in enumerate(v["records"]):
+            cells = [r.get("train_loss"), r["val_loss"], r["copy_exact"], r["copy_tokens"]]
+            table.add_row(
+                f"{r['epoch']:g}", *map(_num, cells), style="bold" if i == v["kept"] else None
+            )
+    else:
+        title = "pre-training (tiny), unvalidated: copy probe on the train text"
+        for when, loss in (("before", losses[0]), ("after", losses[-1])):
+            table.add_row(when, _num(loss), "–", *map(_num, p[when].values()))
+    console.print(title, markup=False, highlight=False, soft_wrap=True)
+    console.print(table)
+    return table
+
+
+def _num(x) -> str:
+    return "–" if x is None else f"{x:.4f}"
 
 
 def initial_backbone(run: Run):

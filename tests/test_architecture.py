@@ -42,7 +42,7 @@ MAY_IMPORT = {
     "ownership": BELOW_RUN | {"run"} | METHODS | FOUNDATION,
     "pipeline": BELOW_RUN | {"run", "train"} | METHODS | FOUNDATION,
     "evaluate": BELOW_RUN | {"run"} | METHODS | FOUNDATION,
-    "serve": BELOW_RUN - {"scores"} | {"run"} | FOUNDATION,
+    "serve": BELOW_RUN - {"scores"} | {"run", "proper"} | FOUNDATION,  # stored models only
     "testing": {"adapters", "backbone", "store"} | FOUNDATION,
     "studies": BELOW_RUN | {"run", "train", "pipeline", "evaluate"} | METHODS | FOUNDATION,
     "cli": set(),  # the CLI may import every part: it is the last in line

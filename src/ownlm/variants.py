@@ -89,10 +89,13 @@ VARIANTS: dict[str, Variant] = {
             "PROPER, user-only router",
             PROPER_BUDGET,
             "user",
+            servable=True,
         ),
     )
 }
 EXPORT_ORDER = ("proper-user", "oppu", "peft")  # `ownlm export --variant auto`: the first held
+# `ownlm serve`: `<base>:<user>` answers with the first of these the user has an adapter of
+SERVE_ORDER = tuple(n for n in EXPORT_ORDER if VARIANTS[n].servable)
 
 
 def variant(name: str) -> Variant:

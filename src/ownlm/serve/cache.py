@@ -9,6 +9,11 @@ manifest. Gone (`ownlm forget` in another process) -> the slot is cleared and th
 request refused; replaced (retrained) -> the new files are loaded before it is used.
 An adapter of another PEFT method than LoRA (`user.method`: IA3, prompt tuning) is
 refused when it is read, with what serves it (`adapters.methods.how_served`).
+
+Each entry is keyed by the user and the variant served (`served_key`): an OPPU user by
+their id, another variant's as `<user>/<variant>` (a user id never holds a "/"). A
+variant whose stored files are not a plain LoRA (proper-user: experts, gates and a
+residual) comes with its own reader, which gives the one LoRA a slot holds.
 """
 
 from __future__ import annotations
@@ -16,6 +21,9 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 from ownlm.adapters.batched import BatchedLora
 from ownlm.adapters.methods import NAMES, adapter_method, how_served
@@ -34,11 +42,39 @@ class AdapterRemoved(NotFoundError):
     request's admission and its batch (served as 404: the model no longer exists)."""
 
 
+@dataclass(frozen=True)
+class Served:
+    """A served variant's store, the fingerprint its adapters must carry, and how a
+    verified adapter directory is read into a slot's LoRA (None: as a PEFT LoRA)."""
+
+    store: AdapterStore
+    fingerprint: str
+    read: Callable[[Path], LoadedAdapter] | None = None
+
+
+def served_key(user: str, variant: str = "oppu") -> str:
+    """The cache's key of `user`'s adapter of `variant`."""
+    return user if variant == "oppu" else f"{user}/{variant}"
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """(user, variant) of a cache key."""
+    user, _, variant = key.partition("/")
+    return user, variant or "oppu"
+
+
 class AdapterCache:
-    def __init__(self, lora: BatchedLora, store: AdapterStore, base_fingerprint: str):
+    def __init__(
+        self,
+        lora: BatchedLora,
+        store: AdapterStore,
+        base_fingerprint: str,
+        variants: dict[str, Served] | None = None,
+    ):
         self.lora = lora
         self.store = store
         self.fingerprint = base_fingerprint
+        self.variants = dict(variants or {})  # besides OPPU's (`store`)
         self.lock = threading.Lock()
         self.slots: OrderedDict[str, int] = OrderedDict()  # user id -> slot, oldest first
         self.seen: dict[str, tuple] = {}  # user id -> its manifest's stat when loaded
@@ -48,27 +84,49 @@ class AdapterCache:
     def size(self) -> int:
         return self.lora.n_slots
 
-    def stat(self, user: str) -> tuple | None:
-        """(mtime, inode, size) of the user's stored manifest; None when not stored. A
+    def stat(self, key: str) -> tuple | None:
+        """(mtime, inode, size) of the key's stored manifest; None when not stored. A
         stat per use is how a deletion or a retraining by another process is noticed."""
+        user, variant = split_key(key)
+        served = self.served(variant)
+        if served is None:
+            return None
         try:
-            st = os.stat(self.store.path(f"user:{user}") / MANIFEST)
+            st = os.stat(served.store.path(f"user:{user}") / MANIFEST)
         except OSError:
             return None
         return (st.st_mtime_ns, st.st_ino, st.st_size)
 
-    def stored(self, user: str) -> bool:
-        return self.stat(user) is not None
+    def stored(self, key: str) -> bool:
+        return self.stat(key) is not None
+
+    def served(self, variant: str) -> Served | None:
+        """How `variant`'s adapters are served (None: not served)."""
+        if variant == "oppu":
+            return Served(self.store, self.fingerprint)
+        return self.variants.get(variant)
+
+    @property
+    def variant_names(self) -> list[str]:
+        return ["oppu", *self.variants]
+
+    def stored_variants(self, user: str) -> list[str]:
+        """The served variants the store holds an adapter of `user` for."""
+        return [v for v in self.variant_names if self.stored(served_key(user, v))]
 
     def servable(self, user: str) -> bool:
         return user not in self.removed and self.stored(user)
 
-    def read(self, user: str) -> tuple[LoadedAdapter, tuple | None]:
+    def read(self, key: str) -> tuple[LoadedAdapter, tuple | None]:
         """Check the stored adapter against its manifest and our base; read its weights.
         Returns them with the manifest's stat from before the read."""
-        seen = self.stat(user)
-        path = self.store.verify(f"user:{user}", self.fingerprint)
+        seen = self.stat(key)
+        user, variant = split_key(key)
+        served = self.served(variant)
+        path = served.store.verify(f"user:{user}", served.fingerprint)
         try:
+            if served.read is not None:
+                return served.read(path), seen
             method = adapter_method(path)
             if method != "lora":  # the slots apply LoRA only: refused here, never batched
                 raise StoreError(
@@ -145,10 +203,12 @@ class AdapterCache:
         return slot is not None
 
     def drop(self, user: str) -> None:
-        """Forget a user whose adapter left the store: slot cleared, not listed."""
+        """Forget a user whose adapter left the store: the slots of every variant of
+        theirs cleared, not listed."""
         with self.lock:
-            self._drop(user)
-            self.removed.discard(user)
+            for key in [k for k in self.slots if split_key(k)[0] == user] + [user]:
+                self._drop(key)
+                self.removed.discard(key)
 
     # -- admin ----------------------------------------------------------------------
     def reload(self, user: str) -> int:

@@ -23,13 +23,15 @@ from ownlm.errors import ConfigError, StoreError
 from ownlm.log import get_logger
 from ownlm.paths import RunPaths
 from ownlm.serve.batcher import Batcher
-from ownlm.serve.cache import AdapterCache
+from ownlm.serve.cache import AdapterCache, served_key, split_key
 from ownlm.serve.engine import Engine, Request
 from ownlm.serve.errors import ApiError
 from ownlm.serve.personalize import Personalizer
 from ownlm.serve.protocol import SamplingBody
+from ownlm.serve.variants import ServedVariants, served_variants
 from ownlm.store import AdapterStore, Principal, TokenStore
 from ownlm.store.guard import ForgottenUsers, forgotten_key
+from ownlm.variants import SERVE_ORDER, VARIANTS
 
 log = get_logger(__name__)
 
@@ -92,6 +94,7 @@ class Server:
         tokens: TokenStore,
         settings: ServeSettings,
         personalizer: Personalizer | None = None,
+        variants: ServedVariants | None = None,
     ):
         if settings.cache_size < settings.max_batch_size:
             raise ConfigError(
@@ -103,17 +106,20 @@ class Server:
         self.forgotten = ForgottenUsers(tokens.run_dir)  # marked by a forget, maybe cut short
         self.base = backbone.name
         fingerprint = backbone.fingerprint()  # before the slots are installed into the model
+        variants = variants or ServedVariants()
         targets = stored_targets(store, backbone.default_targets)
+        if variants.targets:  # the modules every served variant adapts
+            targets = tuple(sorted(set(stored_targets(store, ())) | variants.targets))
         log.info("batched LoRA slots on %s", ", ".join(targets))
         self.engine = Engine(
             backbone.model,
             backbone.tokenizer,
             settings.cache_size,
-            stored_max_rank(store),
+            max(stored_max_rank(store), variants.rank),
             backbone.max_len,
             targets,
         )
-        self.cache = AdapterCache(self.engine.lora, store, fingerprint)
+        self.cache = AdapterCache(self.engine.lora, store, fingerprint, variants.served)
         self.batcher = Batcher(
             self.engine,
             self.cache,
@@ -130,22 +136,34 @@ class Server:
     def model_ids(self, who: Principal) -> list[str]:
         """The base and the users' models this token may use: a user token sees its own
         model only, never other users' names."""
-        if not who.admin:  # one stat, not a listing of every user's folder
+        if not who.admin:  # a few stats, not a listing of every user's folder
             own = who.user is not None and who.user not in self.forgotten
-            own = own and self.cache.servable(who.user)
+            own = own and self.served_key(who.user) is not None
             return [self.base] + ([f"{self.base}:{who.user}"] if own else [])
-        users = [n.partition(":")[2] for n in self.store.names("user")]
+        stores = [self.cache.served(v).store for v in self.cache.variant_names]
+        users = sorted({n.partition(":")[2] for s in stores for n in s.names("user")})
         gone, marked = set(self.cache.removed), self.forgotten.keys()  # one stat per listing
         return [self.base] + [
             f"{self.base}:{u}" for u in users if u not in gone and forgotten_key(u) not in marked
         ]
 
+    def served_key(self, user: str, variant: str | None = None) -> str | None:
+        """The cache key of the adapter `<base>:<user>` answers with: `variant`'s, or the
+        first of `SERVE_ORDER` the user has (None: none is served)."""
+        for v in [variant] if variant else [*SERVE_ORDER, *self.cache.variant_names]:
+            key = served_key(user, v)
+            if v in self.cache.variant_names and self.cache.servable(key):
+                return key
+        return None
+
     def resolve(self, model: str, who: Principal) -> str | None:
-        """The user whose adapter `model` names (None = the base); checks access. Blocks
-        briefly when it drops a user forgotten meanwhile: call it off the event loop."""
+        """The cache key of the adapter `model` names (None = the base): `<base>:<user>`
+        or `<base>:<user>@<variant>`; checks access. Blocks briefly when it drops a
+        user forgotten meanwhile: call it off the event loop."""
         if model == self.base:
             return None
         base, sep, user = model.partition(":")
+        user, variant = named_variant(user)
         problem = user_id_problem(user) if sep else "no ':<user_id>'"
         if base != self.base or problem:
             raise ApiError(
@@ -162,16 +180,18 @@ class Server:
                 "model",
                 "permission_denied",
             )
-        if user in self.forgotten or not self.cache.servable(user):
-            if user in self.forgotten or not self.cache.stored(user):
+        key = None if user in self.forgotten else self.served_key(user, variant)
+        if key is None:
+            if user in self.forgotten or not self.cache.stored_variants(user):
                 self.forget(user)  # forgotten by another process: out of memory too
+            what = f"no {variant} adapter" if variant else "no adapter"
             raise ApiError(
                 404,
-                f"model {model!r} does not exist: user {user!r} has no adapter being served",
+                f"model {model!r} does not exist: user {user!r} has {what} being served",
                 "model",
                 "model_not_found",
             )
-        return user
+        return key
 
     # -- forgotten users ------------------------------------------------------------
     def forget(self, user: str) -> None:
@@ -182,21 +202,22 @@ class Server:
 
     def forget_gone(self) -> list[str]:
         """Drop every user held in memory whose adapter is no longer stored."""
-        held = set(self.cache.loaded()) | set(self.cache.removed)
+        held = {split_key(k)[0] for k in [*self.cache.loaded(), *self.cache.removed]}
         if self.personalizer is not None:
             held |= self.personalizer.built()
-        gone = sorted(u for u in held if not self.cache.stored(u))
+        gone = sorted(u for u in held if not self.cache.stored_variants(u))
         for user in gone:
             self.forget(user)
         return gone
 
     # -- one request ----------------------------------------------------------------
-    def build(self, body: SamplingBody, user: str | None, text: str, chat: bool) -> Request:
+    def build(self, body: SamplingBody, key: str | None, text: str, chat: bool) -> Request:
         """The engine request for `text`: checked against the prompt limit (before any
         model work), personal context added (when on), in the run's prompt format as
         evaluation builds it (`backbone.prompt_format`; a completion without personal
         context is continued as is), checked against the context length."""
         body.check()
+        user = None if key is None else split_key(key)[0]  # every variant reads its prompts
         field = "messages" if chat else "prompt"
         ids = self.prompt_ids(text, field)
         max_tokens = (
@@ -305,4 +326,12 @@ def build_server(
         TokenStore(run_dir),
         settings,
         personalizer,
+        served_variants(run_dir, backbone.fingerprint()),
     )
+
+
+def named_variant(name: str) -> tuple[str, str | None]:
+    """`<user>@<variant>` -> (user, variant) when the part after the last "@" is a
+    variant ownlm trains; else (name, None): a user id may hold "@" (an e-mail)."""
+    user, sep, variant = name.rpartition("@")
+    return (user, variant) if sep and variant in VARIANTS else (name, None)

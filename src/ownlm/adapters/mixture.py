@@ -292,3 +292,58 @@ def usage(gates: list[torch.Tensor]) -> torch.Tensor:
     """(G,) fraction of tokens (over all layers) whose top expert is g."""
     tops = torch.cat([g.reshape(-1, g.shape[-1]).argmax(-1) for g in gates])
     return torch.bincount(tops, minlength=gates[0].shape[-1]).float() / tops.numel()
+
+
+# -- per-row routing: K users trained in one batch (PROPER's batched user stage) ------------
+class RowSlots:
+    """Whose rows the running batch holds, shared by the per-row routers and residuals:
+    `users` the user slots present (each once), `idx` (B,) row -> position in `users`."""
+
+    def __init__(self):
+        self.users: list[int] = []
+        self.idx: torch.Tensor | None = None
+
+    def set(self, row_users: list[int], device) -> None:
+        """Row i belongs to user slot row_users[i]."""
+        self.users = sorted(set(row_users))
+        pos = {k: i for i, k in enumerate(self.users)}
+        self.idx = torch.tensor([pos[k] for k in row_users], device=device)
+
+    def clear(self) -> None:
+        self.users, self.idx = [], None
+
+
+class RowUserRouter(nn.Module):
+    """Row b's gates are softmax(l_k) of its own user k: K users' `UserRouter`s (one
+    logit row each, separate parameters, so each has its own optimiser state). Only the
+    users present are stacked: an absent user gets no gradient (None, not zeros)."""
+
+    def __init__(self, routers: list[UserRouter], slots: RowSlots):
+        super().__init__()
+        self.routers = nn.ModuleList(routers)
+        self.slots, self.top_k = slots, routers[0].top_k
+
+    def forward(self, x: torch.Tensor, state: MixtureState) -> torch.Tensor:
+        logits = torch.cat([self.routers[k].logits[:1] for k in self.slots.users])  # (U, G)
+        return top_k_softmax(logits[self.slots.idx], self.top_k).to(x.dtype)  # (B, G)
+
+
+class RowTokenRouter(nn.Module):
+    """Row b's gates are softmax(W_k x + b_k) per token of its own user k: K users'
+    user-independent `TokenUserRouter`s (user_dim 0), applied with one batched matmul."""
+
+    def __init__(self, routers: list[TokenUserRouter], slots: RowSlots):
+        super().__init__()
+        if any(r.user_dim for r in routers):
+            raise ConfigError(
+                "RowTokenRouter takes token routers without a user input (user_dim 0)"
+            )
+        self.routers = nn.ModuleList(routers)
+        self.slots, self.top_k = slots, routers[0].top_k
+
+    def forward(self, x: torch.Tensor, state: MixtureState) -> torch.Tensor:
+        present = [self.routers[k].proj for k in self.slots.users]
+        w = torch.stack([p.weight for p in present])[self.slots.idx]  # (B, G, in)
+        b = torch.stack([p.bias for p in present])[self.slots.idx]  # (B, G)
+        logits = torch.bmm(x.to(w.dtype), w.transpose(1, 2)) + b[:, None, :]  # (B, T, G)
+        return top_k_softmax(logits, self.top_k)

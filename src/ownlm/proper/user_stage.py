@@ -65,6 +65,20 @@ def fit_proper_user(
     return losses
 
 
+def batched_users(run: Run, gm) -> int:
+    """How many users train together in one batch (`user.users_per_batch`, as OPPU's
+    stage); 1 (one at a time, said in the log) where the batched trainer cannot."""
+    k = run.cfg.user.users_per_batch
+    if k <= 1:
+        return 1
+    from ownlm.proper.batched import why_one_at_a_time
+
+    if reason := why_one_at_a_time(gm):
+        log.info(reason)
+        return 1
+    return k
+
+
 def train_proper_users(run: Run, router: str = "input", users=None, backbone=None) -> dict:
     """Stage 3 for `users` (default: the test users); resumable like OPPU's stage."""
     check_router(router)
@@ -77,6 +91,15 @@ def train_proper_users(run: Run, router: str = "input", users=None, backbone=Non
     todo, counts = plan_users(store, users, fp, budget)
     seen = run.current_histories(todo)  # an update or forget landing later: not saved
     with group_model(run, backbone) as gm:
+        if (k := batched_users(run, gm)) > 1:
+            from ownlm.proper.batched import train_proper_batched
+
+            saved = train_proper_batched(run, gm, todo, seen, router, fp, budget, k)
+            log.info(
+                f"[bold]stage 3[/] PROPER ({ROUTERS[router]}, {k} at once, {budget}): "
+                f"{stage_line(saved, counts)}"
+            )
+            return {"trained": saved, **counts}
         # a 'user' assignment routes by the history's likelihood: no history vectors
         vectors = history_vectors(run, todo, backbone) if todo and not gm.by_user else []
         vectors = vectors if len(vectors) else [None] * len(todo)

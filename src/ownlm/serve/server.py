@@ -184,10 +184,14 @@ class Server:
         if key is None:
             if user in self.forgotten or not self.cache.stored_variants(user):
                 self.forget(user)  # forgotten by another process: out of memory too
-            what = f"no {variant} adapter" if variant else "no adapter"
+            kind = f"{variant} adapter" if variant else "adapter"
+            what = f"user {user!r} has no {kind} being served"
+            if variant and variant not in self.cache.variant_names:
+                served = ", ".join(self.cache.variant_names)
+                what = f"{variant} models are not served (this server serves {served})"
             raise ApiError(
                 404,
-                f"model {model!r} does not exist: user {user!r} has {what} being served",
+                f"model {model!r} does not exist: {what}",
                 "model",
                 "model_not_found",
             )

@@ -59,6 +59,7 @@ def measure(demo: str, share: float, extra: list[str]) -> dict:
         "exact_after": p["after"]["copy_exact"],
         "tokens_after": p["after"]["copy_tokens"],
         "seconds": seconds,
+        "validation_seconds": v["seconds"] if v else 0.0,
     }
 
 
@@ -66,7 +67,7 @@ def table(rows: list[dict]) -> str:
     """The rows as a markdown table."""
     lines = [
         "| demo | copy_share | dev loss (kept) | kept / run epochs | steps | copy exact "
-        "before → after | copy tokens after | seconds |",
+        "before → after | copy tokens after | seconds (validation) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -74,7 +75,7 @@ def table(rows: list[dict]) -> str:
             f"| {r['demo']} | {r['copy_share']:g} | {r['dev_loss']:.3f} | "
             f"{r['kept_epoch']:g} / {r['epochs_run']:g} | {r['steps']} | "
             f"{r['exact_before']:.3f} → {r['exact_after']:.3f} | {r['tokens_after']:.3f} | "
-            f"{r['seconds']:.0f} |"
+            f"{r['seconds']:.0f} ({r['validation_seconds']:.0f}) |"
         )
     return "\n".join(lines)
 

@@ -5,9 +5,10 @@ carry its prompt into its answer, which every generation task needs. Two kinds o
 sequence, built from the same corpus, ask for exactly that:
 
 * **repeat**: a span of 5-15 corpus tokens, `COPY_SEP`, the same span again; the loss is
-  on the repeat only. Repeated sequences are what induction heads learn from: Olsson et
-  al. (2022, "In-context learning and induction heads") saw them form in small
-  attention-only models, with a drop in the loss on repeated tokens (a phase change).
+  on the repeat only. Completing a repeated sequence is what induction heads do; Olsson
+  et al. (2022, "In-context learning and induction heads") found them in attention-only
+  models of two or more layers, forming in a phase change early in training that
+  coincides with a sharp gain in in-context learning.
 * **echo**: an item's words, `ANSWER_SEP` (the stages' prompt format), then a run of
   those words with some dropped; the loss is on the answer only. It is the stages' task
   shape with an answer that carries the input's words.

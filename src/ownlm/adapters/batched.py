@@ -52,8 +52,11 @@ class BatchedLoraLinear(nn.Module):
         self.state = state
         n = state.n_slots + 1  # + the zero slot for rows without an adapter
         d_in, d_out = layer_dims(base)
-        # the layer's compute dtype, never its storage's (uint8 for a 4-bit NF4 weight)
-        kw = {"dtype": compute_dtype(base), "device": base.weight.device}
+        # float32 at least, as PEFT keeps and computes a LoRA over a bfloat16 or float16
+        # base (so the served model is the evaluated one), from the layer's compute dtype,
+        # never its storage's (uint8 for a 4-bit NF4 weight)
+        dtype = torch.promote_types(compute_dtype(base), torch.float32)
+        kw = {"dtype": dtype, "device": base.weight.device}
         self.register_buffer("A", torch.zeros(n, max_rank, d_in, **kw), persistent=False)
         self.register_buffer("B", torch.zeros(n, d_out, max_rank, **kw), persistent=False)
         self._gathered: tuple[int, torch.Tensor, torch.Tensor] | None = None

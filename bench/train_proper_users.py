@@ -14,6 +14,7 @@ step), for --router (user or input):
   (b) sequential: user.users_per_batch = 1, one user after another
 
     python bench/train_proper_users.py [--threads 1] [--router user] [--runs 3] [--quick]
+                                       [--chunk-rows 16] [--device cuda]
 
 The last line is `batched/sequential=X.XX`: users per hour, batched over sequential,
 for the 10-item users.
@@ -112,6 +113,7 @@ def main() -> None:
     ap.add_argument("--router", choices=("user", "input"), default="user")
     ap.add_argument("--users-per-batch", type=int, default=16, help="users trained together")
     ap.add_argument("--groups", type=int, default=4, help="stage-2 experts G")
+    ap.add_argument("--chunk-rows", type=int, default=0, help="rows per forward (0: the run's)")
     ap.add_argument("--runs", type=int, default=3, help="repetitions (median reported)")
     ap.add_argument("--quick", action="store_true", help="one run: a smoke test")
     args = ap.parse_args()
@@ -121,6 +123,7 @@ def main() -> None:
     populations = {n: make_users(N_USERS, n, seed=n) for n in SIZES}
     with tempfile.TemporaryDirectory() as tmp:
         run = new_run(Path(tmp), args.groups)
+        run.cfg.user.chunk_rows = args.chunk_rows or run.cfg.user.chunk_rows
         pairs = [p for u in populations[SIZES[0]] for p in proper_pairs(run, u)]
         backbone = make_backbone([f"{p} {t}" for p, t, _ in pairs] * 2, args.device)
         known = {u.user_id: u.history_digest() for us in populations.values() for u in us}
@@ -130,7 +133,8 @@ def main() -> None:
         tokens = statistics.mean(len(backbone.tokenizer(p)["input_ids"]) for p, _, _ in pairs)
         print(
             f"PROPER proper-{args.router}, {torch.get_num_threads()} thread(s), device "
-            f"{args.device}, {args.users_per_batch} users per batch, G={args.groups}, prompt "
+            f"{args.device}, {args.users_per_batch} users per batch ({run.cfg.user.chunk_rows} rows "
+            f"per forward), G={args.groups}, prompt "
             f"~{tokens:.0f} tokens, {runs} run(s); stage 2 set-up "
             f"{time.perf_counter() - start:.0f} s"
         )

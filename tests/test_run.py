@@ -246,3 +246,12 @@ def test_a_run_recorded_under_a_renamed_key_is_the_same_run(monkeypatch):
     assert config_changes({"user.lr_old": 1e-3}, {"user.lr": 1e-3}) == []
     assert config_changes({"user.lr_old": 1e-3}, {"user.lr": 2e-3}) == ["user.lr 0.001 -> 0.002"]
     assert given_keys(None, ["user.lr_old=0.001"]) == {"user.lr"}
+
+
+def test_a_run_made_before_a_key_existed_was_trained_with_its_old_behaviour():
+    """`tiny.copy_share` came after some runs: such a run (its record lacks the key) was
+    pre-trained on the corpus alone, so asking it for copy sequences is a change."""
+    from ownlm.run.record import config_changes
+
+    assert config_changes({}, {"tiny.copy_share": 0.0}) == []
+    assert config_changes({}, {"tiny.copy_share": 0.3}) == ["tiny.copy_share 0.0 -> 0.3"]

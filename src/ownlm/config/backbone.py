@@ -24,7 +24,7 @@ class TinyConfig:
     min_steps: int = setting(150, "at least this many steps, for small corpora", ge=0)
     seed: int = setting(0, "initialisation and shuffling seed", ge=0)
     copy_share: float = setting(
-        0.3,
+        0.0,
         "share of pre-training sequences that teach copying the prompt (a span then its "
         "repeat; an item then an answer of its words), at most 0.9; 0 = the corpus alone",
         ge=0,

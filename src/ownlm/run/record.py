@@ -71,15 +71,21 @@ def data_changes(old: dict, new: dict) -> str | None:
     return ", ".join(parts) or "the users' order changed (the train/test split moves)"
 
 
+# training keys added to ownlm since some runs were made, with the value such a run was
+# trained with (its behaviour before the key existed), when that is not the default
+ABSENT = {"tiny.copy_share": 0.0}
+
+
 def config_changes(old: dict, new: dict) -> list[str]:
     """`key old -> new` for each training key whose value differs. A key the record lacks
-    (added to ownlm since the run was made) is compared with its default; a key recorded
+    (added to ownlm since the run was made) is compared with the value the run was
+    trained with (`ABSENT`), else with its default; a key recorded
     under a name since renamed (`config.RENAMED`) is read under its new name."""
     old = renamed_values(old)
     defaults = training_values(ExperimentConfig())
     changes = []
     for key, value in new.items():
-        before = old.get(key, defaults.get(key))
+        before = old.get(key, ABSENT.get(key, defaults.get(key)))
         if before != value:
             changes.append(f"{key} {before!r} -> {value!r}")
     return changes

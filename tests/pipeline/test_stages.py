@@ -38,3 +38,16 @@ def test_training_warns_how_many_prompts_were_cut(monkeypatch):
     monkeypatch.setattr(stages.log, "warning", lambda msg, *a: warned.append(msg % a))
     stages.train_stages(SimpleNamespace(cfg=ExperimentConfig()), [], [])
     assert len(warned) == 1 and warned[0].startswith("2 of 3 training prompts did not fit")
+
+
+def test_proper_variants_are_refused_on_ray_in_one_line(monkeypatch):
+    """PROPER's user stage has no Ray route: asking for one is refused before any work,
+    not run in this process behind the person's back."""
+    from ownlm.errors import ConfigError
+    from ownlm.pipeline import ray_executor
+    from ownlm.pipeline.stages import check_plan
+
+    monkeypatch.setattr(ray_executor, "import_ray", lambda: None)
+    with pytest.raises(ConfigError, match="proper-user train in this process"):
+        check_plan(["users"], ["oppu", "proper-user"], "ray")
+    check_plan(["users"], ["oppu", "peft"], "ray")  # OPPU's variants go to Ray

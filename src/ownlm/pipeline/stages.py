@@ -32,6 +32,13 @@ def check_plan(stages: list[str], variants: list[str], executor: str = "inproces
             f"{CONTROL} trains in this process (Ray workers load stage 1's base, not the "
             f"control base): train it in its own command, without --executor ray"
         )
+    proper = [v for v in variants if variant(v).is_proper]
+    if executor == "ray" and proper:
+        raise ConfigError(
+            f"{', '.join(proper)} train in this process (PROPER's user stage has no Ray route "
+            f"yet; it batches users itself): train them in their own command, without "
+            f"--executor ray"
+        )
     unknown = sorted(set(stages) - set(STAGES))
     if unknown:
         raise ConfigError(f"unknown stage(s) {unknown}; choose from {', '.join(STAGES)}")

@@ -36,7 +36,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/train_users.py's helpers
 
 import torch  # noqa: E402
-from train_users import SIZES, make_backbone, make_users, rss_mb  # noqa: E402
+from train_users import SIZES, make_backbone, make_users, report, rss_mb  # noqa: E402
 
 from ownlm.config import load_config  # noqa: E402
 from ownlm.proper.group_stage import train_groups  # noqa: E402
@@ -89,21 +89,6 @@ def measure(run: Run, populations, backbone, router: str, k: int, runs: int):
                 times.setdefault((n, method), []).append(t)
                 rss.setdefault(method, rss_mb())
     return times, rss
-
-
-def report(times, rss) -> None:
-    """The table, then the 10-item users' ratio on the last line."""
-    print(f"{'items':>5} {'method':>10} {'s/user':>8} {'users/hour':>11} {'peak RSS MB':>12}")
-    ratio = {}
-    for n in SIZES:
-        per_hour = {}
-        for method in ("batched", "sequential"):
-            sec = statistics.median(times[(n, method)])
-            per_hour[method] = 3600 / sec
-            print(f"{n:>5} {method:>10} {sec:>8.3f} {per_hour[method]:>11.0f} {rss[method]:>12.0f}")
-        ratio[n] = per_hour["batched"] / per_hour["sequential"]
-        print(f"{n:>5} {'ratio':>10} {'':>8} {ratio[n]:>11.2f}")
-    print(f"batched/sequential={ratio[SIZES[0]]:.2f}")
 
 
 def main() -> None:

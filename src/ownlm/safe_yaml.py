@@ -11,6 +11,7 @@ any value is built.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -19,6 +20,23 @@ from ownlm.errors import ConfigError
 
 MAX_ALIAS_VALUES = 10_000  # values aliases may repeat in all: a config's anchors repeat dozens
 MAX_PROBLEM_CHARS = 160  # PyYAML's problem text may quote the document
+
+
+def load_yaml_file(path: Path, what: str, fix: str) -> Any:
+    """The YAML in the file `path` (UTF-8, a BOM is fine), loaded as `load_yaml` does;
+    a missing file, a directory or bytes that are not UTF-8 said in one line, naming
+    `what` it is ("config file", "task file") and, for a wrong path, `fix`."""
+    if not path.is_file():
+        state = "is a directory, not a file" if path.is_dir() else "does not exist"
+        raise ConfigError(f"{what} {path} {state}; {fix}")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{what} {path} is not UTF-8 (byte {e.object[e.start]:#04x} at offset "
+            f"{e.start}); re-encode it as UTF-8"
+        ) from None
+    return load_yaml(text, f"{what} {path}")
 
 
 def load_yaml(text: str, what: str) -> Any:

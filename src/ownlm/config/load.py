@@ -19,7 +19,7 @@ from ownlm.config.experiment import ExperimentConfig
 from ownlm.config.fields import is_bounded, rule_text
 from ownlm.config.validate import validated
 from ownlm.errors import ConfigError, shown
-from ownlm.safe_yaml import load_yaml
+from ownlm.safe_yaml import load_yaml, load_yaml_file
 
 # old dotted key -> new dotted key; a group's old name moves every key under it
 RENAMED: dict[str, str] = {}
@@ -128,17 +128,7 @@ def _set_dotted(tree: dict, key: str, value) -> None:
 
 def _read_yaml_file(p: Path) -> dict:
     """A config file's mapping: UTF-8 (a BOM is fine), YAML, a mapping at the top."""
-    if not p.is_file():
-        what = "is a directory, not a file" if p.is_dir() else "does not exist"
-        raise ConfigError(f"config file {p} {what}; see configs/ for examples")
-    try:
-        text = p.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise ConfigError(
-            f"config file {p} is not UTF-8 (byte {e.object[e.start]:#04x} at offset "
-            f"{e.start}); re-encode it as UTF-8"
-        ) from None
-    values = load_yaml(text, f"config file {p}") or {}
+    values = load_yaml_file(p, "config file", "see configs/ for examples") or {}
     if not isinstance(values, dict):
         raise ConfigError(
             f"config file {p} must hold a mapping of keys to values (key: value lines), "

@@ -30,7 +30,7 @@ from ownlm.data.checks import shown
 from ownlm.data.io import RESERVED
 from ownlm.data.tasks import _FIELD, KINDS, TASKS, Task, get_task
 from ownlm.errors import ConfigError
-from ownlm.safe_yaml import load_yaml
+from ownlm.safe_yaml import load_yaml_file
 
 REQUIRED = ("name", "kind", "input_field", "output_field", "prompt", "item_template")
 OPTIONAL = ("labels", "description", "history_note")
@@ -62,17 +62,7 @@ def resolve_task(spec: str | dict | Task) -> Task:
 
 def read_task_file(path: Path) -> Any:
     """The YAML in `path` (UTF-8, a BOM is fine), its problems said in one line."""
-    if not path.is_file():
-        what = "is a directory, not a file" if path.is_dir() else "does not exist"
-        raise ConfigError(f"task file {path} {what}; check the path (cwd: {Path.cwd()})")
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise ConfigError(
-            f"task file {path} is not UTF-8 (byte {e.object[e.start]:#04x} at offset "
-            f"{e.start}); re-encode it as UTF-8"
-        ) from None
-    return load_yaml(text, f"task file {path}")
+    return load_yaml_file(path, "task file", f"check the path (cwd: {Path.cwd()})")
 
 
 def task_from_mapping(raw: Any, where: str) -> Task:

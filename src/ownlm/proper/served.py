@@ -16,6 +16,7 @@ router has no such form: its gates change with every token.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -36,23 +37,34 @@ def stage2_record(store: AdapterStore, fingerprint: str) -> dict:
     return meta
 
 
-def flat_rank(store: AdapterStore, fingerprint: str, user_paths: list[Path]) -> int:
-    """The largest rank a proper-user user flattens to: G*r plus their residual's rank."""
-    if not store.exists(ROUTER) or not user_paths:
-        return 0
-    meta = stage2_record(store, fingerprint)
-    return meta["groups"] * meta["r"] + max(read_config(p).get("r", 0) for p in user_paths)
+@dataclass(frozen=True)
+class Stage2:
+    """The stored stage 2 a proper-user user is flattened over, read and checked once
+    (a server holds it for every user it loads): the router record and the experts."""
+
+    meta: dict
+    experts: list[dict[str, tuple[torch.Tensor, torch.Tensor]]]
+
+    @classmethod
+    def read(cls, store: AdapterStore, fingerprint: str) -> Stage2:
+        """Stage 2 of `store` (the run's), its files checked against the base `fingerprint`."""
+        meta = stage2_record(store, fingerprint)
+        groups = range(meta["groups"])
+        return cls(meta, [read_lora(store.verify(f"group:{g}", fingerprint)) for g in groups])
+
+    def rank(self, user_paths: list[Path]) -> int:
+        """The largest rank these users flatten to: G*r plus their residual's rank."""
+        r_u = max((read_config(p).get("r", 0) for p in user_paths), default=0)
+        return self.meta["groups"] * self.meta["r"] + r_u
 
 
-def user_only_adapter(store: AdapterStore, fingerprint: str, user_dir: Path) -> LoadedAdapter:
+def user_only_adapter(stage2: Stage2, user_dir: Path) -> LoadedAdapter:
     """The proper-user model stored in `user_dir` as one LoRA with its scales in B
     (`LoadedAdapter`, as `read_peft_adapter` gives an OPPU user's): the group experts of
-    `store` (the run's stage 2, on the base `fingerprint`), gated by the user's logits,
-    plus the user's residual."""
-    meta = stage2_record(store, fingerprint)
+    `stage2`, gated by the user's logits, plus the user's residual."""
+    meta, experts = stage2.meta, stage2.experts
     if json.loads((user_dir / "proper_router.json").read_text()).get("router") != "user":
         raise StoreError(f"{user_dir} is not a user-only PROPER adapter; it cannot be flattened")
-    experts = [read_lora(store.verify(f"group:{g}", fingerprint)) for g in range(meta["groups"])]
     residual = read_lora(user_dir)
     alpha_u = read_config(user_dir).get("lora_alpha")
     logits = load_file(str(user_dir / ROUTER_FILE))

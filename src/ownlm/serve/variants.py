@@ -36,7 +36,7 @@ def user_dirs(store: AdapterStore) -> list[Path]:
 def served_variants(run_dir: Path, base_fingerprint: str) -> ServedVariants:
     """proper-user, when the run has a stage 2 and proper-user adapters; else nothing."""
     from ownlm.proper.experts import ROUTER, store_fingerprint
-    from ownlm.proper.served import flat_rank, user_only_adapter
+    from ownlm.proper.served import Stage2, user_only_adapter
 
     paths = RunPaths(run_dir)
     groups, users = AdapterStore(paths.store()), AdapterStore(paths.store("proper-user"))
@@ -44,9 +44,9 @@ def served_variants(run_dir: Path, base_fingerprint: str) -> ServedVariants:
     dirs = user_dirs(users)
     if not dirs or not groups.exists(ROUTER):
         return out
-    read = partial(user_only_adapter, groups, base_fingerprint)
+    stage2 = Stage2.read(groups, base_fingerprint)  # once, not on every user's load
     fingerprint = store_fingerprint(groups, base_fingerprint)
-    out.served["proper-user"] = Served(users, fingerprint, read)
+    out.served["proper-user"] = Served(users, fingerprint, partial(user_only_adapter, stage2))
     out.targets |= peft_io.target_names(dirs)
-    out.rank = flat_rank(groups, base_fingerprint, dirs)
+    out.rank = stage2.rank(dirs)
     return out

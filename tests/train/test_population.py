@@ -72,17 +72,17 @@ def test_stage_1_stops_when_validation_rises_and_keeps_its_best_epoch(tiny_cfg, 
 
 
 def test_the_guard_warns_when_stage_1_learned_nothing(tiny_cfg, monkeypatch):
-    from ownlm.train import population
+    from ownlm.train import stage
 
     tiny_cfg.population.lr = 1e-9  # lr must be > 0; this one moves nothing
     # whether the untrained tiny model beats the population majority on the few dev
     # items is luck (on the seed-0 demo the majority scores 0): pin an unreachable one
-    real = population.validation_set
+    real = stage.validation_set  # what every stage builds its dev validation with
 
     def unreachable(*args):
         return replace(real(*args), reference=1.0)
 
-    monkeypatch.setattr(population, "validation_set", unreachable)
+    monkeypatch.setattr(stage, "validation_set", unreachable)
     run = Run(tiny_cfg)
     stats = train_population(run)
     (warning,) = stats["warnings"]

@@ -36,16 +36,13 @@ from ownlm.proper.group_stage import stage2_pairs
 from ownlm.store import Manifest
 from ownlm.train.loop import fit
 from ownlm.train.population import write_merged
-from ownlm.train.resume import inputs_digest
-from ownlm.train.stage import StagePlan, run_stage
+from ownlm.train.stage import StagePlan, run_stage, validated_inputs
 from ownlm.train.validation import (
     dev_users,
     early_stopping,
     pair_validator,
-    settings_record,
     summary,
     tuning_hints,
-    validation_set,
 )
 from ownlm.variants import CONTROL
 
@@ -97,14 +94,14 @@ def train_control(run: Run, backbone=None) -> dict:
     users = [u for u in run.split.train if u.history]  # stage 2's users, in its order
     pairs = stage2_pairs(run, users)
     lora = control_lora(run, backbone)
-    vset = validation_set(run, stage2_pairs(run, dev_users(run)))  # stage 2's dev pairs
-    inputs = inputs_digest(
+    vset, inputs = validated_inputs(
+        run,
+        stage2_pairs(run, dev_users(run)),  # stage 2's dev pairs
         base=base_fp,
         users=[[u.user_id, u.history_digest()] for u in users],
         pairs=pairs,
         lora=asdict(lora),
         seed=run.cfg.seed,
-        validation=settings_record(run, vset),
     )
     plan = StagePlan(
         NAME,

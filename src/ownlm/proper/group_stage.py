@@ -43,16 +43,13 @@ from ownlm.proper.routing import (
 )
 from ownlm.retrieval.prompts import training_pairs, user_context
 from ownlm.train.loop import fit_mixture
-from ownlm.train.resume import inputs_digest
-from ownlm.train.stage import StagePlan, run_stage
+from ownlm.train.stage import StagePlan, run_stage, validated_inputs
 from ownlm.train.validation import (
     dev_users,
     early_stopping,
     pair_validator,
-    settings_record,
     summary,
     tuning_hints,
-    validation_set,
 )
 
 if TYPE_CHECKING:
@@ -73,18 +70,19 @@ def stage2_pairs(run: Run, users) -> list[tuple[str, str, int]]:
     ]
 
 
-def stage2_inputs(run: Run, base_fp: str, users, pairs, vset=None) -> str:
-    """Digest of what stage 2 learns from: the base, the train users' histories (their
-    vectors), the pairs, stage 2's settings (stage 3's `user_*` aside), the seed, and
-    what validates it."""
+def stage2_inputs(run: Run, base_fp: str, users, pairs, dev_pairs) -> tuple:
+    """Stage 2's dev validation set and the digest of what it learns from: the base, the
+    train users' histories (their vectors), the pairs, stage 2's settings (stage 3's
+    `user_*` aside), the seed, and what validates it (`stage.validated_inputs`)."""
     s = asdict(proper_settings(run))
-    return inputs_digest(
+    return validated_inputs(
+        run,
+        dev_pairs,
         base=base_fp,
         users=[[u.user_id, u.history_digest()] for u in users],
         pairs=pairs,
         settings={k: v for k, v in s.items() if not k.startswith("user_")},
         seed=run.cfg.seed,
-        validation=settings_record(run, vset),
     )
 
 
@@ -97,8 +95,7 @@ def train_groups(run: Run, backbone=None) -> dict:
     users = [u for u in run.split.train if u.history]
     pairs = stage2_pairs(run, users)
     dev = dev_users(run)
-    vset = validation_set(run, stage2_pairs(run, dev))
-    inputs = stage2_inputs(run, base_fp, users, pairs, vset)
+    vset, inputs = stage2_inputs(run, base_fp, users, pairs, stage2_pairs(run, dev))
 
     s = proper_settings(run)
     plan = StagePlan(

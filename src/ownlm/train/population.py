@@ -33,16 +33,13 @@ from ownlm.retrieval.prompts import population_pairs, user_context
 from ownlm.store import Manifest
 from ownlm.train.loop import train_pairs
 from ownlm.train.pretrain import initial_backbone
-from ownlm.train.resume import inputs_digest
-from ownlm.train.stage import StagePlan, run_stage
+from ownlm.train.stage import StagePlan, run_stage, validated_inputs
 from ownlm.train.validation import (
     dev_users,
     early_stopping,
     pair_validator,
-    settings_record,
     summary,
     tuning_hints,
-    validation_set,
 )
 
 if TYPE_CHECKING:
@@ -76,13 +73,13 @@ def train_population(run: Run) -> dict:
     backbone = initial_backbone(run)
     base_fp = backbone.fingerprint()
     pairs = stage1_pairs(run)
-    vset = validation_set(run, stage1_pairs(run, dev_users(run)))
-    inputs = inputs_digest(
+    vset, inputs = validated_inputs(
+        run,
+        stage1_pairs(run, dev_users(run)),
         backbone=base_fp,
         pairs=pairs,
         lora=asdict(cfg.population),
         seed=cfg.seed,
-        validation=settings_record(run, vset),
     )
     plan = StagePlan(
         "population",

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ownlm.log import get_logger
-from ownlm.train.resume import mark_done, still_valid
-from ownlm.train.validation import ValidationSet, finish
+from ownlm.train.resume import inputs_digest, mark_done, still_valid
+from ownlm.train.validation import ValidationSet, finish, settings_record, validation_set
 
 if TYPE_CHECKING:
     from ownlm.run import Run
@@ -42,6 +42,14 @@ class StagePlan:
     identity: Callable[[], object]
     kept: str
     hints: dict[str, str]
+
+
+def validated_inputs(run: Run, dev_pairs, **parts) -> tuple[ValidationSet | None, str]:
+    """What a stage reads besides its pairs: the dev users' validation set built from
+    `dev_pairs` (None without dev users), and the digest of what the stage trains from,
+    `parts` (fingerprints, pairs, settings, seed) with the validation's settings."""
+    vset = validation_set(run, dev_pairs)
+    return vset, inputs_digest(**parts, validation=settings_record(run, vset))
 
 
 def run_stage(run: Run, plan: StagePlan, fit: Callable[[], dict]) -> dict:

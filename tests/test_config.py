@@ -338,7 +338,7 @@ def test_set_values_take_the_fields_type(override, key, expected):
 
 def test_a_group_keeps_its_own_defaults_when_one_key_is_set():
     """`population` defaults to lr 5e-4 (LoraSettings' own is 1e-4): setting its rank keeps it."""
-    cfg = load_config(None, ["population.r=4"])
+    cfg = load_config(None, ["population.r=4", "preset=paper"])
     assert (cfg.population.r, cfg.population.lr, cfg.user.lr) == (4, 5e-4, 1e-4)
 
 
@@ -396,7 +396,7 @@ def renamed(monkeypatch):
 
 
 def test_an_old_key_loads_from_set_with_one_warning_naming_the_new(renamed, warned):
-    cfg = load_config(None, ["user.rank=4", "stage1.lr=1e-3"])
+    cfg = load_config(None, ["user.rank=4", "stage1.lr=1e-3", "preset=paper"])
     assert (cfg.user.r, cfg.population.lr, cfg.population.epochs) == (4, 1e-3, 2.0)
     assert len(warned) == 2 and all("\n" not in w for w in warned)
     assert (
@@ -412,7 +412,7 @@ def test_an_old_key_loads_from_a_file_and_an_old_run_record(renamed, warned, tmp
     path = tmp_path / "config.yaml"
     path.write_text("user:\n  rank: 2\n  lr: 0.001\nstage1:\n  r: 6\n")
     cfg = load_config(path)
-    assert (cfg.user.r, cfg.user.lr, cfg.population.r, cfg.population.lr) == (2, 1e-3, 6, 5e-4)
+    assert (cfg.user.r, cfg.user.lr, cfg.population.r, cfg.population.lr) == (2, 1e-3, 6, 2e-3)
     assert any("user.r'" in w for w in warned)
     record = {"user.rank": 2, "stage1.r": 6, "seed": 0}
     assert renamed_values(record) == {"user.r": 2, "population.r": 6, "seed": 0}

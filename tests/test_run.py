@@ -72,12 +72,12 @@ def test_other_training_keys_are_refused_and_overwrite_moves_the_run_aside(tiny_
     (run.dir / "base").mkdir()  # state of the first run
     Run(dataclasses.replace(tiny_cfg, methods=["base"], device="cpu"))  # eval/runtime keys
     other = dataclasses.replace(tiny_cfg, user=dataclasses.replace(tiny_cfg.user, lr=1e-3))
-    with pytest.raises(ConfigError, match=r"user.lr 0.0001 -> 0.001.*--overwrite"):
+    with pytest.raises(ConfigError, match=r"user.lr 0.003 -> 0.001.*--overwrite"):
         Run(other)
-    assert json.loads((run.dir / "run.json").read_text())["config"]["user.lr"] == 1e-4
+    assert json.loads((run.dir / "run.json").read_text())["config"]["user.lr"] == 3e-3
     Run(other, overwrite=True)
     (aside,) = run.dir.parent.glob("t.old-*")
-    assert (aside / "base").is_dir() and "lr: 0.0001" in (aside / "config.yaml").read_text()
+    assert (aside / "base").is_dir() and "lr: 0.003" in (aside / "config.yaml").read_text()
     assert not (run.dir / "base").exists()
     assert json.loads((run.dir / "run.json").read_text())["config"]["user.lr"] == 1e-3
 
@@ -131,9 +131,9 @@ def test_reopen_keeps_the_trained_config_and_refuses_other_training_keys(tiny_cf
     assert again.cfg.methods == ["base"] and again.cfg.max_queries == 1
     assert again.cfg.tiny.layers == 1  # the trained config, not the defaults
     assert cfg_file.read_bytes() == before
-    with pytest.raises(ConfigError, match="trained with user.lr=0.0001, not 0.001"):
+    with pytest.raises(ConfigError, match="trained with user.lr=0.003, not 0.001"):
         Run.reopen(None, [*where, "user.lr=1e-3"])
-    Run.reopen(None, [*where, "user.lr=0.0001"])  # the same value is fine
+    Run.reopen(None, [*where, "user.lr=0.003"])  # the same value is fine
     _changed_demo(monkeypatch, lambda users: users.pop(0))
     with pytest.raises(DataError, match="changed since it was trained"):
         Run.reopen(None, where)
@@ -185,10 +185,10 @@ def test_cli_resume_keeps_stage_1_eval_writes_nothing_other_settings_are_refused
     assert r.exit_code == 0, r.output
     lr = ["--set", "population.lr=1e-3"]
     r = cli.invoke(app, ["eval", *sets, *lr, "--set", "methods=base"])
-    assert r.exit_code == 2 and "trained with population.lr=0.0005" in r.output
+    assert r.exit_code == 2 and "trained with population.lr=0.002" in r.output
     assert (run_dir / "config.yaml").read_bytes() == trained_with  # eval rewrote nothing
     r = cli.invoke(app, ["train", *sets, *lr, "--stages", "population"])
-    assert r.exit_code == 2 and "population.lr 0.0005 -> 0.001" in r.output
+    assert r.exit_code == 2 and "population.lr 0.002 -> 0.001" in r.output
     assert "--overwrite" in r.output and weights.stat().st_mtime_ns == stamp
     r = cli.invoke(app, ["prepare", *sets, *lr, "--overwrite"])
     assert r.exit_code == 0, r.output

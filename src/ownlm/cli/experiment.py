@@ -58,7 +58,11 @@ def train(
     ),
     overwrite: bool = OverwriteOpt,
     tune: bool = typer.Option(
-        False, "--tune", help="choose the user stage's lr and epochs on the dev users first"
+        None,
+        "--tune/--no-tune",
+        help="choose the user stage's lr and epochs on the dev users first; by default it "
+        "does when tune.auto is on and there are tune.min_dev_users dev users (3)",
+        show_default=False,
     ),
 ):
     """Train the stages. A stopped run resumes: stages and users already trained from
@@ -162,7 +166,8 @@ def _more(run: Run, groups_view: bool, buckets, studies, study_users: int, one_e
 def demo(
     output_dir: str = typer.Option("runs", help="parent folder of the demo runs"),
     configs: str = typer.Option(
-        "configs/demo-tags.yaml,configs/demo-headlines.yaml", help="demo experiment configs"
+        "configs/demo-tags.yaml,configs/demo-headlines.yaml,configs/demo-rewrite.yaml",
+        help="demo experiment configs",
     ),
     overwrite: bool = OverwriteOpt,
 ):

@@ -72,7 +72,9 @@ def update(
     lr: float = typer.Option(
         None, help="learning rate (default: update.lr, else the user stage's)"
     ),
-    epochs: float = typer.Option(None, help="epochs over the new items (default: update.epochs)"),
+    epochs: float = typer.Option(
+        None, help="epochs over the new items (default: update.epochs, else the user stage's)"
+    ),
 ):
     """Continue a user's adapter on new history items (kept in <run>/updates/<user>.jsonl),
     swapped in atomically; a running server serves the new version from its next request."""

@@ -10,6 +10,7 @@ from pathlib import Path
 from ownlm.config.backbone import TinyConfig
 from ownlm.config.fields import ANY_GPU, setting
 from ownlm.config.lora import LoraSettings, UserSettings
+from ownlm.config.presets import PRESET_CHOICES
 from ownlm.config.proper import ProperSettings
 from ownlm.config.stages import TuneSettings, UpdateSettings, ValidationSettings
 from ownlm.errors import ConfigError, shown
@@ -27,7 +28,7 @@ class ExperimentConfig:
     data: str = setting(
         "demo-tags",
         "a dataset path (LaMP users.json folder, LaMP *_questions.json, PEFT-U folder/CSV, "
-        "JSONL) or a built-in demo: demo-tags, demo-headlines",
+        "JSONL) or a built-in demo: demo-tags, demo-headlines, demo-rewrite",
     )
     task: str | dict | None = setting(
         None,
@@ -38,6 +39,13 @@ class ExperimentConfig:
         "tiny",
         "tiny (embedded Llama trained here), minilm (pretrained encoder, label tasks), or an "
         "HF causal LM directory / hub id",
+    )
+    preset: str = setting(
+        "auto",
+        "budgets for the keys left unset, by backbone size (docs/validation.md): auto (small "
+        "for tiny and causal LMs under 100M parameters, encoder for minilm, paper otherwise), "
+        "small, encoder, paper (OPPU's 7B values: the dataclass defaults)",
+        choices=PRESET_CHOICES,
     )
     output_dir: str = setting("runs", "parent folder of run directories")
     device: str = setting(
@@ -161,6 +169,7 @@ class ExperimentConfig:
 # training keys, and `ownlm eval` takes only these from the command line.
 EVAL_KEYS = ("methods", "max_queries", "decode", "n_boot", "boot_seed")  # evaluated, not trained
 RUNTIME_KEYS = (  # where the run lives and how fast it runs: the same adapters come out
+    "preset",  # it only fills other keys, which are recorded with the values it gave
     "name",
     "output_dir",
     "device",
@@ -172,8 +181,8 @@ RUNTIME_KEYS = (  # where the run lives and how fast it runs: the same adapters 
 # How `ownlm tune` searches: what it chose is recorded in run.json, and each user
 # adapter records the lr and epochs it was trained with, so another search is no
 # change of what the run was trained from (adapters of another budget are retrained).
-TUNE_KEYS = ("tune.lr_factors", "tune.max_epochs", "tune.val_frac", "tune.min_items",
-             "tune.max_users")  # fmt: skip
+TUNE_KEYS = ("tune.auto", "tune.min_dev_users", "tune.lr_factors", "tune.max_epochs",
+             "tune.val_frac", "tune.min_items", "tune.max_users")  # fmt: skip
 UPDATE_KEYS = ("update.lr", "update.epochs")  # `ownlm update`: its manifest records them
 
 

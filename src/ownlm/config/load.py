@@ -17,6 +17,7 @@ import yaml
 
 from ownlm.config.experiment import ExperimentConfig
 from ownlm.config.fields import is_bounded, rule_text
+from ownlm.config.presets import apply_preset
 from ownlm.config.validate import validated
 from ownlm.errors import ConfigError, shown
 from ownlm.safe_yaml import load_yaml, load_yaml_file
@@ -34,7 +35,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ex
             raise ConfigError(f"override {shown(item)} must look like key=value, e.g. user.lr=1e-3")
         value = load_yaml(raw, f"the value of --set {_cut(item)}") if raw.strip() else None
         _set_dotted(values, renamed_key(key.strip(), "--set"), value)
-    return validated(ExperimentConfig, values)
+    return validated(ExperimentConfig, apply_preset(values))
 
 
 def save_config(cfg: ExperimentConfig, path: Path) -> None:

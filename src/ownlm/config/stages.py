@@ -38,12 +38,20 @@ class ValidationSettings:
 
 @dataclass
 class TuneSettings:
-    """`ownlm tune`: the user stage's learning rate and epochs chosen on the dev users
-    (#12). Each dev user's history is split in history order, the last `val_frac`
+    """`ownlm tune` (and `ownlm train` by itself, `auto`): the user stage's learning rate
+    and epochs chosen on the dev users (#12, #24). Each dev user's history is split in history order, the last `val_frac`
     validating what a user LoRA trained on the rest learned; every learning rate of the
     grid trains once per dev user for up to `max_epochs`, validated after each epoch,
     and the (lr, epochs) with the best mean validation metric is the run's."""
 
+    auto: bool = setting(
+        True,
+        "`ownlm train` tunes the user stage before training it whenever at least "
+        "`min_dev_users` dev users have `min_items` history items (--no-tune skips)",
+    )
+    min_dev_users: int = setting(
+        3, "fewest dev users `ownlm train` tunes on by itself (fewer: the preset's budget)", ge=1
+    )
     lr_factors: list[float] = setting(
         factory=lambda: [1 / 3, 1.0, 3.0],
         help="learning rates tried, as multiples of the configured one",
@@ -75,4 +83,10 @@ class UpdateSettings:
     (docs/update.md). Not a training key: an update records its budget in the manifest."""
 
     lr: float | None = setting(None, "learning rate (empty: the user stage's, tuned or not)", gt=0)
-    epochs: float = setting(1.0, "epochs over the new items", gt=0)
+    epochs: float | None = setting(
+        None,
+        "epochs over the new items (empty: the user stage's, tuned or not: the new items "
+        "get as many passes as the first training gave the history, so the adapter follows "
+        "them)",
+        gt=0,
+    )

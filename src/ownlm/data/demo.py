@@ -24,6 +24,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from ownlm.data.demo_rewrite import make_demo_rewrite
 from ownlm.data.records import Dataset, Item, Query, User
 from ownlm.data.tasks import DEMO_TAGS, get_task
 from ownlm.errors import ConfigError
@@ -300,3 +301,11 @@ def make_demo_headlines(
         ]
         users.append(User(uid, items[:history], qs))
     return Dataset(task.name, users, f"demo-headlines(seed={seed})")
+
+
+# the built-in data sets a config's `data` may name, each seeded by the run's seed
+DEMOS = {
+    "demo-tags": make_demo_tags,
+    "demo-headlines": make_demo_headlines,
+    "demo-rewrite": make_demo_rewrite,
+}

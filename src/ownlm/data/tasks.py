@@ -377,18 +377,19 @@ def _register_demo() -> None:
             item_template='the tag for the movie: "{description}" is "{tag}"',
         )
     )
-    register(
-        Task(
-            name="demo-headlines",
-            kind="generation",
-            labels=(),
-            input_field="text",
-            output_field="title",
-            description="Built-in demo: each user writes headlines in their own style.",
-            prompt="Generate a headline for the following article: {text}",
-            item_template='"{title}" is the title for "{text}"',
-        )
-    )
+    generation = (  # name, input and output fields, description, prompt, retrieved item
+        ("demo-headlines", "text", "title", "each user writes headlines in their own style",
+         "Generate a headline for the following article: {text}",
+         '"{title}" is the title for "{text}"'),
+        ("demo-rewrite", "text", "rewrite", "each user passes on notices in their own words",
+         "Pass on the following notice in your own words: {text}",
+         '"{rewrite}" passes on "{text}"'),
+    )  # fmt: skip
+    for name, source, target, what, prompt, template in generation:
+        register(
+            Task(name, "generation", (), source, target, f"Built-in demo: {what}.", prompt,
+                 template)
+        )  # fmt: skip
 
 
 _register_lamp_labelled()  # LaMP-1 to LaMP-7, in order

@@ -192,9 +192,12 @@ def print_cuts(
 
 def stage_warnings(record: Mapping | None) -> list[str]:
     """The warnings the run's stages recorded in run.json (`train.validation.finish`),
-    in stage order."""
+    in stage order, then those of the user stages' tuning (a budget that does not beat
+    the dev users' own reference, `pipeline.tune_table.verdict`)."""
     stages = (record or {}).get("stages") or {}
-    return [w for info in stages.values() if info for w in info.get("warnings") or []]
+    tuned = (record or {}).get("tuned") or {}
+    out = [w for info in stages.values() if info for w in info.get("warnings") or []]
+    return out + [info["warning"] for info in tuned.values() if info and info.get("warning")]
 
 
 def print_stage_warnings(warnings: Sequence[str], console: Console | None = None) -> None:

@@ -15,8 +15,10 @@ The run's data record (run.json) stays that of the data file: an update is not a
 Training: the stored adapter is loaded trainable and fitted by the one loop
 (`train_pairs`) on the new items only, each prompted as the user stage prompts it
 (retrieval over every item before it, old ones included, and the profile of the whole
-updated history). Budget: `update.lr` (empty: the user stage's lr) and `update.epochs`
-(1) over the new items, unless given on the command line. The manifest keeps the
+updated history). Budget (`update_budget`): `update.lr` and `update.epochs` over the new
+items, each empty by default: the user stage's lr and epochs (tuned on the dev users
+when they were), unless given on the command line. Issue #24 measured the former
+default (1 epoch) moving the adapter not at all (training loss 1.456 -> 1.455). The manifest keeps the
 budget the adapter was first trained with (so a resumed `ownlm train` does not retrain it) and records the update: new items, lr, epochs, when,
 and `updated_from`, the previous weights' sha256.
 
@@ -94,6 +96,21 @@ def update_user(run: Run, user_id: str, history: Path, lr: float | None = None, 
         return _update(run, user_id, history, lr, epochs)
 
 
+def update_budget(run: Run, fp: str, lr: float | None = None, epochs=None) -> tuple[float, float]:
+    """The (lr, epochs) an update of an adapter on the base `fp` trains with: those given,
+    else `update.lr` and `update.epochs`, else the user stage's (tuned on the dev users
+    when `ownlm tune` or `ownlm train` chose it: `train.budget.user_budget`). The new
+    items alone are trained, so they weigh as the whole history did at first."""
+    from ownlm.train.budget import user_budget
+
+    lr = lr if lr is not None else run.cfg.update.lr
+    epochs = epochs if epochs is not None else run.cfg.update.epochs
+    if lr is None or epochs is None:
+        stage = user_budget(run, "oppu", fp)
+        lr, epochs = lr or stage.lr, epochs or stage.epochs
+    return lr, epochs
+
+
 def _update(run: Run, user_id: str, history: Path, lr, epochs) -> Updated:
     lr = lr if lr is not None else run.cfg.update.lr
     epochs = epochs if epochs is not None else run.cfg.update.epochs
@@ -107,7 +124,7 @@ def _update(run: Run, user_id: str, history: Path, lr, epochs) -> Updated:
             user_id, len(items), len(user.history), path, store.manifest(user.name), True
         )
     items = read_items(Path(history), run.task, user_id, {it.id for it in user.history})
-    if epochs <= 0 or (lr is not None and lr <= 0):
+    if (epochs is not None and epochs <= 0) or (lr is not None and lr <= 0):
         raise DataError(f"--lr and --epochs must be > 0, got lr={lr}, epochs={epochs}")
     updated = replace(user, history=user.history + items)
     reason = store.stale_reason(user.name, fp, user.history_digest())
@@ -150,10 +167,9 @@ def continue_user(
 def _fit_and_save(run: Run, store, user: User, n_new: int, fp: str, lr, epochs) -> Manifest:
     from ownlm.adapters.lora import detach
     from ownlm.adapters.methods import load_trainable
-    from ownlm.train.budget import user_budget
 
     prev = store.manifest(user.name)
-    lr = lr or user_budget(run, "oppu", fp).lr
+    lr, epochs = update_budget(run, fp, lr, epochs)
     backbone = run.base()
     path = store.verify(user.name, fp)
     model = load_trainable(backbone, path)  # LoRA, IA3 or prompt tuning (`user.method`)

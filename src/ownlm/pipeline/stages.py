@@ -53,12 +53,13 @@ def train_stages(
     executor: str = "inprocess",
     workers: int = 2,
     address: str | None = None,
-    tune: bool = False,
+    tune: bool | None = None,
 ) -> None:
     """Train `stages` of `run`; the user stage once per variant (oppu, peft, proper-*),
     OPPU's on `executor` ("inprocess", or "ray" with `workers` actors). `tune`: choose
     the tunable variants' budgets on the dev users first (`pipeline.tune`; a recorded
-    tune of the same base and settings is kept)."""
+    tune of the same base and settings is kept); None: when the user stage trains,
+    `tune.auto` is on and there are enough dev users (`should_tune`)."""
     from ownlm.train.preflight import check_targets
 
     check_plan(stages, variants, executor)
@@ -89,13 +90,33 @@ def _train(run: Run, stages, variants, executor, workers, address, tune) -> None
         from ownlm.proper.control_stage import train_control
 
         train_control(run)
-    if tune:
-        from ownlm.pipeline.tune import TUNABLE, tune_run
+    from ownlm.pipeline.tune import TUNABLE, tune_run
 
-        tune_run(run, [v for v in variants if v in TUNABLE], reuse=True)
+    tunable = [v for v in variants if v in TUNABLE]
+    if tune or (tune is None and "users" in stages and tunable and should_tune(run)):
+        tune_run(run, tunable, reuse=True)
     if "users" in stages:
         for name in variants:
             train_user_stage(run, name, executor, workers, address)
+
+
+def should_tune(run: Run) -> bool:
+    """Whether `ownlm train` tunes the user stage by itself: `tune.auto` is on and at
+    least `tune.min_dev_users` dev users have `tune.min_items` history items (fewer
+    would choose a budget by noise; the run then trains with its configured one, and
+    says so)."""
+    t = run.cfg.tune
+    if not t.auto:
+        return False
+    usable = sum(len(u.history) >= t.min_items for u in run.split.dev)
+    if usable < t.min_dev_users:
+        log.info(
+            f"user stage not tuned: {usable} dev user(s) with >= {t.min_items} history items, "
+            f"fewer than tune.min_dev_users={t.min_dev_users}; training with the configured "
+            f"budget (user.lr {run.cfg.user.lr:g}, user.epochs {run.cfg.user.epochs:g})"
+        )
+        return False
+    return True
 
 
 def train_user_stage(run: Run, name: str, executor="inprocess", workers=2, address=None) -> None:

@@ -312,9 +312,10 @@ def tune_variant(run: Run, variant: str, reuse: bool = False) -> dict:
     best = choose(rows, metric, configured(run, variant).lr)
     info = _record(run, variant, devs, vsets, rows, untrained, best, fp, population)
     info["seconds"] = round(time.perf_counter() - start, 1)
+    message = verdict(variant, info)
+    info["warning"] = message  # `ownlm eval` repeats it under its table
     run.record_tuned(variant, info)
     print_table(variant, info)
-    message = verdict(variant, info)
     if message:
         log.warning(f"[bold yellow]warning[/] {message}")
     return info

@@ -28,7 +28,7 @@ from pathlib import Path
 from ownlm.backbone.base import ANSWER_SEP
 from ownlm.backbone.load import load_base
 from ownlm.config import ExperimentConfig, load_config, training_values
-from ownlm.data.demo import make_demo_headlines, make_demo_tags
+from ownlm.data.demo import DEMOS
 from ownlm.data.loaders import load_dataset
 from ownlm.data.records import Dataset
 from ownlm.data.splits import UserSplit, split_by_roles, split_users, truncate_history
@@ -54,7 +54,6 @@ from ownlm.store import AdapterStore
 from ownlm.store.guard import FORGET_WAIT, forgotten_key, forgotten_keys, record_lock, user_lock
 
 log = get_logger(__name__)
-DEMOS = {"demo-tags": make_demo_tags, "demo-headlines": make_demo_headlines}
 CACHE_DIR = Path(".cache") / "ownlm"
 
 

@@ -28,8 +28,8 @@ Protocol (OPPU gives no exact one; these are ownlm's choices, docs/shift.md):
     part too, as if nothing had been refreshed (stale minus this row: what the
     non-parametric refresh alone gives);
   - `updated`: the stale adapter continued on the new items exactly as `ownlm update`
-    does (`oppu.update.continue_user`: update.lr, else the user stage's lr, and
-    update.epochs over the new items);
+    does (`oppu.update.continue_user` with `oppu.update.update_budget`: update.lr and
+    update.epochs, else the user stage's lr and epochs, over the new items);
   - `retrained`: a fresh adapter trained on older + new items (the user stage).
 - **Time**: per row the median seconds per user of the training that row needs when
   the new items arrive on top of what existed (stale: its first training, paid
@@ -65,10 +65,9 @@ from ownlm.evaluate.report import MethodResult, plot_methods
 from ownlm.evaluate.scoring import PRIMARY, references, scale, score, tfidf_references
 from ownlm.log import console, get_logger, progress
 from ownlm.oppu.sequential import fit_user
-from ownlm.oppu.update import continue_user
+from ownlm.oppu.update import continue_user, update_budget
 from ownlm.retrieval.prompts import query_prompt, user_context
 from ownlm.scores.bootstrap import paired_bootstrap
-from ownlm.train.budget import user_budget
 
 if TYPE_CHECKING:
     from ownlm.run import Run
@@ -265,8 +264,7 @@ def shift_study(
             f"no test user of {run.dir} has the 3 history items the shift study needs"
         )
     backbone = run.base()
-    lr = run.cfg.update.lr or user_budget(run, "oppu", backbone.fingerprint()).lr
-    epochs = run.cfg.update.epochs
+    lr, epochs = update_budget(run, backbone.fingerprint())
     rows = _base_rows(run, backbone, cut, decode)
     rows.update({name: _Row([], []) for name in ADAPTER_ROWS})
     moved = {}

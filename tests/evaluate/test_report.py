@@ -118,6 +118,31 @@ def test_stage_warnings_are_read_from_the_run_record():
     }
     assert stage_warnings(record) == ["stage 1 lost"]
     assert stage_warnings(None) == [] and stage_warnings({"stages": {"population": {}}}) == []
+    record["tuned"] = {"oppu": {"warning": "tune oppu: not above"}, "peft": {"warning": None}}
+    assert stage_warnings(record) == ["stage 1 lost", "tune oppu: not above"]
+
+
+def test_the_table_marks_each_method_beside_the_stage_that_did_not_learn():
+    from ownlm.evaluate.report import method_notes
+
+    methods = ["base", "oppu", "peft", "proper-user"]
+    record = {
+        "stages": {"population": {"warnings": []}, "groups": {"warnings": ["stage 2 lost"]}},
+        "tuned": {"oppu": {"warning": "tune oppu: not above"}},
+    }
+    notes = method_notes(record, methods)
+    assert set(notes) == {"oppu", "proper-user"}
+    assert "groups did not learn" in notes["proper-user"] and "user's own" in notes["oppu"]
+    record["stages"]["population"]["warnings"] = ["stage 1 lost"]
+    notes = method_notes(record, methods)
+    assert set(notes) == set(methods) and "population did not learn" in notes["base"]
+    results = [MethodResult("user-majority", {"accuracy": 0.5}, is_reference=True)]
+    results += [MethodResult(m, {"accuracy": 0.4}) for m in methods]
+    console = Console(record=True, width=160)
+    print_table("t", results, "accuracy", console=console, notes=notes)
+    text = console.export_text()
+    assert "oppu ⚠ population did not learn; user stage not above" in text
+    assert "user-majority (reference)" in text and "user-majority (reference) ⚠" not in text
 
 
 def test_eval_prints_the_gaps_and_the_stages_warnings(copy_run, capsys):

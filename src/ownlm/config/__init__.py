@@ -13,6 +13,7 @@ until a config is loaded), so that the CLI answers `--help` at once.
     stages      ValidationSettings, TuneSettings, UpdateSettings
     serve       ServeSettings
     experiment  ExperimentConfig, the key groups, training_values
+    presets     budgets by backbone size for the keys a config leaves unset
     validate    values -> typed settings (pydantic), one-line errors
     load        load_config, save_config, describe_fields, RENAMED
 """

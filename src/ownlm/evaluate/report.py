@@ -114,10 +114,13 @@ def print_table(
     results: Sequence[MethodResult],
     primary_metric: str,
     console: Console | None = None,
+    notes: Mapping[str, str] | None = None,
 ) -> Table:
     """Methods as rows (references first, in italics), metrics as columns, best in bold;
     the primary metric with its 95% interval when the results have one. Methods not run
-    get dashes and, in a "status" column, why (no partial score)."""
+    get dashes and, in a "status" column, why (no partial score). `notes`: a marker
+    beside a method (`method_notes`: a stage it stands on did not learn)."""
+    notes = notes or {}
     arrow = "↓" if primary_metric in LOWER_IS_BETTER else "↑"
     table = Table(title=f"{task_name} — primary metric: {primary_metric} {arrow}")
     table.add_column("method")
@@ -131,7 +134,8 @@ def print_table(
     best = {m: _best(results, m) for m in columns}
     ordered = sorted(results, key=lambda r: not r.is_reference)  # stable: references first
     for r in ordered:
-        cells = [f"[italic]{r.method} (reference)[/italic]" if r.is_reference else r.method]
+        name = f"{r.method} [yellow]{notes[r.method]}[/]" if r.method in notes else r.method
+        cells = [f"[italic]{r.method} (reference)[/italic]" if r.is_reference else name]
         cells += _score_cells(r, columns, best)
         cells.append("–" if r.not_run else f"{r.seconds:.1f}")
         if status:
@@ -198,6 +202,30 @@ def stage_warnings(record: Mapping | None) -> list[str]:
     tuned = (record or {}).get("tuned") or {}
     out = [w for info in stages.values() if info for w in info.get("warnings") or []]
     return out + [info["warning"] for info in tuned.values() if info and info.get("warning")]
+
+
+# the methods whose model stands on a stage's result: stage 1 is merged into every base
+STAGE_METHODS = {
+    "population": None,  # every method that is not a reference
+    "groups": ("proper-input", "proper-user"),
+    "control": ("oppu-control",),
+}
+
+
+def method_notes(record: Mapping | None, methods: Sequence[str]) -> dict[str, str]:
+    """{method: "⚠ stage 1 ..."} for each of `methods` standing on a stage that warned
+    it did not beat its reference on the dev users, or whose user stage's tuned budget
+    did not (run.json's "stages" and "tuned" records): the table says it beside them."""
+    record = record or {}
+    notes: dict[str, list[str]] = {}
+    for stage, info in (record.get("stages") or {}).items():
+        if info and info.get("warnings") and stage in STAGE_METHODS:
+            for m in STAGE_METHODS[stage] or methods:
+                notes.setdefault(m, []).append(f"{stage} did not learn")
+    for variant, info in (record.get("tuned") or {}).items():
+        if info and info.get("warning"):
+            notes.setdefault(variant, []).append("user stage not above the user's own")
+    return {m: "⚠ " + "; ".join(v) for m, v in notes.items() if m in methods}
 
 
 def print_stage_warnings(warnings: Sequence[str], console: Console | None = None) -> None:

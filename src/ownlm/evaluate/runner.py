@@ -39,6 +39,7 @@ from ownlm.evaluate.coverage import (
 from ownlm.evaluate.intervals import add_intervals, paired_comparisons, print_comparisons
 from ownlm.evaluate.report import (
     MethodResult,
+    method_notes,
     not_run_message,
     plot_methods,
     print_cuts,
@@ -181,6 +182,7 @@ def report(run: Run, results, out_dir: Path, context: int | None = None) -> None
         results,
         primary,
         console=console,
+        notes=method_notes(run.recorded(), [r.method for r in results if not r.is_reference]),
     )
     if context:
         print_cuts(results, context, console=console)

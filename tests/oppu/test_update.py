@@ -59,7 +59,8 @@ def test_update_continues_only_that_users_adapter_and_every_reader_sees_it(train
     assert _sha(store, user.name) != before and _sha(store, other.name) == other_before
     m = store.manifest(user.name).extra
     assert m["update"]["new_items"] == 2 and m["update"]["updated_from"] == before
-    assert m["update"]["epochs"] == run.cfg.update.epochs == 1.0  # the run's update.epochs
+    assert run.cfg.update.epochs is None  # empty: the user stage's epochs, as the manifest's
+    assert m["update"]["epochs"] == run.cfg.user.epochs and m["update"]["lr"] == run.cfg.user.lr
     assert m["items"] == len(user.history) + 2 and m["epochs"] == run.cfg.user.epochs
     assert "updated user" in done.summary()
     assert updates_path(run.dir, user.user_id).read_text().count("\n") == 2

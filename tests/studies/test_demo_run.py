@@ -26,6 +26,11 @@ def test_demo_runs_and_an_older_demo_run_is_moved_aside_with_overwrite(tmp_path,
     out = tmp_path / "runs"
     table = run_demo([_demo_config(tmp_path / "a.yaml", 1e-3)], str(out))
     assert table.row_count == 1 and (out / "demo-mini" / "eval" / "results.json").is_file()
+    cells = {c.header: c._cells[0] for c in table.columns}
+    for column in ("OPPU - base [95% CI]", "OPPU - user's own [95% CI]"):
+        diff, interval = cells[column].split(" [")  # e.g. "+0.100 [-0.200, +0.400]"
+        low, high = (float(x) for x in interval.split("]")[0].split(", "))
+        assert low <= float(diff) <= high
 
     newer = _demo_config(tmp_path / "b.yaml", 2e-3)  # the demo config changed since
     with pytest.raises(OwnlmError, match="--overwrite"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from rich.table import Table
@@ -13,8 +14,19 @@ from ownlm.evaluate.scoring import PRIMARY
 from ownlm.log import console
 from ownlm.pipeline.stages import train_stages
 from ownlm.run import Run
+from ownlm.scores.metrics import LOWER_IS_BETTER
 
-COLUMNS = ("task", "backbone", "metric", "user-majority", "base", "RAG", "OPPU", "OPPU - base")
+COLUMNS = (
+    "task",
+    "backbone",
+    "metric",
+    "user-majority",
+    "base",
+    "RAG",
+    "OPPU",
+    "OPPU - base [95% CI]",
+    "OPPU - user's own [95% CI]",
+)
 
 
 def run_demo(configs: list[str], output_dir: str = "runs", overwrite: bool = False) -> Table:
@@ -39,11 +51,29 @@ def run_demo(configs: list[str], output_dir: str = "runs", overwrite: bool = Fal
         results = {r.method: r.metrics for r in evaluated}
         metric = PRIMARY[run.task.kind]
         row = [results[m][metric] for m in ("user-majority", "base", "rag", "oppu")]
+        paired = _paired(run.paths.eval / "results.json")
         summary.add_row(
             run.task.name,
             run.cfg.backbone,
             metric,
             *(f"{v:.3f}" for v in row),
-            f"{row[3] - row[1]:+.3f}",
+            paired.get("base", f"{row[3] - row[1]:+.3f}"),
+            paired.get("user-majority", "–"),
         )
     return summary
+
+
+def _paired(results: Path) -> dict[str, str]:
+    """{baseline: "+0.123 [+0.010, +0.240] *"}: OPPU minus each baseline from the
+    evaluation's paired bootstrap over users (results.json), signed so that + is OPPU
+    better (for MAE too); "*" marks a difference whose interval excludes 0."""
+    payload = json.loads(results.read_text())
+    out = {}
+    for c in payload.get("comparisons") or []:
+        if c["method"] != "oppu":
+            continue
+        sign = -1.0 if c["metric"] in LOWER_IS_BETTER else 1.0
+        low, high = sorted((sign * c["low"], sign * c["high"]))
+        star = " *" if c["significant"] else ""
+        out[c["baseline"]] = f"{sign * c['diff']:+.3f} [{low:+.3f}, {high:+.3f}]{star}"
+    return out

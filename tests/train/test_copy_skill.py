@@ -1,6 +1,6 @@
 """The tiny backbone's copy objectives and copy probe (#24): the sequences are built as
-specified, the probe counts right, copy_share 0 is the corpus of before, and the cache
-key follows copy_share."""
+specified, the probe counts right, copy_share 0 and copy_steps 0 are the training of
+before, and the cache key follows copy_share and copy_steps."""
 
 import hashlib
 import json
@@ -10,18 +10,28 @@ from dataclasses import asdict, replace
 import pytest
 
 from ownlm.backbone.copy_tasks import (
+    COPY_LEN,
     COPY_SEP,
     IGNORE,
+    RANDOM_REPEATS,
     copy_chunks,
     copy_probe,
     echo_example,
     encode,
+    frequent_tokens,
     pack_examples,
+    random_repeats,
     repeat_example,
     spans,
 )
 from ownlm.backbone.prompt_format import ANSWER_SEP
-from ownlm.backbone.tiny import corpus_key, lm_batch, pack_corpus, training_corpus
+from ownlm.backbone.tiny import (
+    copy_phase_corpus,
+    corpus_key,
+    lm_batch,
+    pack_corpus,
+    training_corpus,
+)
 from ownlm.backbone.tokenizer import train_tokenizer
 from ownlm.config import TinyConfig, load_config
 from ownlm.errors import ConfigError
@@ -113,7 +123,8 @@ def test_copy_share_0_is_the_corpus_and_the_key_of_before(tokenizer):
     off = replace(SMALL, copy_share=0.0)
     assert training_corpus(tokenizer, TEXTS, off) == pack_corpus(tokenizer, TEXTS, 64)
     settings = asdict(off)
-    del settings["copy_share"]  # the key as it was computed before the setting existed
+    for name in ("copy_share", "copy_steps", "copy_random"):
+        del settings[name]  # the key as it was computed before the settings existed
     h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     for t in TEXTS:
         h.update(t.encode() + b"\0")
@@ -155,3 +166,71 @@ def test_pretraining_records_the_copy_probe(tmp_path, capsys):
         "copy_exact",
         "copy_tokens",
     }
+
+
+def test_random_repeats_repeat_distinct_pool_tokens_and_learn_only_the_repeats():
+    pool, sep = list(range(100, 140)), [7, 8]
+    chunks = random_repeats(pool, sep, eos=2, n=12, seed=0)
+    assert len(chunks) == 12 and random_repeats(pool, sep, 2, 12, 0) == chunks  # seeded
+    for ids, labels in chunks:
+        assert len(ids) == len(labels) <= COPY_LEN
+        cut = next(i for i, t in enumerate(ids) if t == 7)  # the first example's span
+        span = ids[:cut]
+        assert 5 <= len(span) <= 15 and len(set(span)) == len(span) and set(span) <= set(pool)
+        example = span + (sep + span) * RANDOM_REPEATS + [2]
+        learned = [IGNORE] * len(span) + ([IGNORE] * 2 + span) * RANDOM_REPEATS + [2]
+        n = min(len(example), len(ids))  # one over COPY_LEN is cut to it
+        assert ids[:n] == example[:n] and labels[:n] == learned[:n]
+    assert random_repeats([5, 6, 7], sep, 2, 4, 0) == []  # too few tokens for a span
+
+
+def test_frequent_tokens_count_over_all_texts():
+    assert frequent_tokens([[5, 6, 6], [7, 6, 5], [9]], 2) == [6, 5]
+    assert frequent_tokens([[3]], 10) == [3]
+
+
+def test_copy_phase_corpus_mixes_random_repeats_copies_and_text(tokenizer):
+    text = pack_corpus(tokenizer, TEXTS, COPY_LEN)
+    for share, n_random, n_copy in ((0.4, 16, 12), (0.0, 0, 20)):
+        cfg = replace(SMALL, copy_steps=5, copy_random=share)
+        chunks = copy_phase_corpus(tokenizer, TEXTS, cfg)
+        assert len(chunks) == 5 * cfg.batch_size == 40
+        pairs = [c for c in chunks if isinstance(c, tuple)]
+        assert len(pairs) == n_random + n_copy
+        assert pairs[:n_random] == random_repeats(
+            frequent_tokens([encode(tokenizer, t) for t in TEXTS], 512),
+            encode(tokenizer, COPY_SEP),
+            tokenizer.eos_token_id,
+            n_random,
+            cfg.seed,
+        )
+        n_text = 40 - len(pairs)
+        assert chunks[len(pairs) :] == (text * n_text)[:n_text]  # the corpus, cycled
+        assert all(len(c[0] if isinstance(c, tuple) else c) <= COPY_LEN for c in chunks)
+        assert copy_phase_corpus(tokenizer, TEXTS, cfg) == chunks  # seeded
+
+
+def test_copy_steps_and_random_set_the_cache_key_and_an_old_record_had_none():
+    from ownlm.run.record import config_changes
+
+    keys = {corpus_key(TEXTS, replace(SMALL, copy_steps=s)) for s in (0, 10, 20)}
+    keys |= {corpus_key(TEXTS, replace(SMALL, copy_steps=10, copy_random=0.4))}
+    assert len(keys) == 4
+    no_phase = replace(SMALL, copy_random=0.4)  # copy_steps 0: the mix does not count
+    assert corpus_key(TEXTS, no_phase) == corpus_key(TEXTS, SMALL)
+    assert config_changes({}, {"tiny.copy_steps": 0, "tiny.copy_random": 0.0}) == []
+    assert config_changes({}, {"tiny.copy_steps": 300}) == ["tiny.copy_steps 0 -> 300"]
+
+
+def test_the_copy_phase_is_validated_and_kept(tmp_path, capsys):
+    cfg = replace(SMALL, copy_steps=4, copy_random=0.4)
+    path = build_or_load_tiny(TEXTS, tmp_path, cfg, dev_texts=DEV, patience=2)
+    meta = json.loads((path / "ownlm_pretrain.json").read_text())
+    v = meta["validation"]
+    last = v["records"][-1]
+    assert last["phase"] == "copy" and v["kept"] == len(v["records"]) - 1
+    assert last["step"] == meta["steps"] == v["records"][-2]["step"] + 4
+    assert meta["copy_probe"]["after"] == {k: last[k] for k in ("copy_exact", "copy_tokens")}
+    assert "copy" in capsys.readouterr().out  # the table's row of the phase
+    bare = build_or_load_tiny(TEXTS, tmp_path, cfg)  # unvalidated: the phase runs too
+    assert json.loads((bare / "ownlm_pretrain.json").read_text())["steps"] == meta["steps"]

@@ -16,6 +16,14 @@ sequence, built from the same corpus, ask for exactly that:
 Examples are packed into sequences of at most `max_len` tokens, each a pair (ids,
 labels) with -100 where nothing is learned. `copy_probe` greedily continues held-out
 spans after `COPY_SEP` and counts the exact copies.
+
+Mixed into the corpus, these barely teach copying in a demo's budget. The **copy phase**
+(`tiny.copy_steps`, built by `tiny.copy_phase_corpus`) is a short stage after the corpus
+pre-training on sequences of COPY_LEN tokens: repeats and echoes of the corpus, the
+corpus itself so that its loss holds, and optionally (`tiny.copy_random`) **random
+repeats**: spans of distinct tokens drawn from the corpus's most frequent ones, then
+repeated, which only copying predicts (Olsson et al. made induction heads form on
+repeated random tokens, much faster than on natural text).
 """
 
 from __future__ import annotations
@@ -30,6 +38,9 @@ SPAN = (5, 15)  # tokens in a repeated or probed span (inclusive)
 ECHO_WORDS = (3, 12)  # words in an echo answer's run, before some are dropped
 ECHO_INPUT = 32  # words of an item kept as an echo's input
 IGNORE = -100
+COPY_LEN = 64  # tokens in a copy phase sequence (short: its steps are cheap)
+RANDOM_POOL = 512  # the corpus's most frequent tokens a random repeat draws from
+RANDOM_REPEATS = 3  # times a random span is repeated after it
 
 Example = tuple[list[int], list[int]]  # (ids, labels), labels IGNORE where not learned
 
@@ -118,6 +129,33 @@ def copy_chunks(tokenizer, texts: list[str], n_chunks: int, max_len: int, seed: 
         chunks.extend(pack_examples(batch, max_len))
         round_ += 1
     return chunks[:n_chunks]
+
+
+def random_repeats(pool: list[int], sep: list[int], eos: int, n: int, seed: int):
+    """`n` seeded random repeats packed into COPY_LEN tokens: a span of 5-15 distinct
+    tokens of `pool`, then RANDOM_REPEATS times `sep` and the span, then eos; learned:
+    the repeats and the eos. Empty when `pool` has fewer than 5 tokens."""
+    rng = random.Random(seed)
+    chunks: list[Example] = []
+    while n > 0 and len(pool) >= SPAN[0] and len(chunks) < n:
+        batch = []
+        for _ in range(64):
+            span = rng.sample(pool, rng.randint(SPAN[0], min(SPAN[1], len(pool))))
+            ids, labels = list(span), [IGNORE] * len(span)
+            for _ in range(RANDOM_REPEATS):
+                ids, labels = ids + sep + span, labels + [IGNORE] * len(sep) + span
+            batch.append((ids + [eos], labels + [eos]))
+        chunks.extend(pack_examples(batch, COPY_LEN))
+    return chunks[:n]
+
+
+def frequent_tokens(token_lists: list[list[int]], k: int) -> list[int]:
+    """The `k` most frequent ids of `token_lists` (ties: the smaller id first)."""
+    counts: dict[int, int] = {}
+    for ids in token_lists:
+        for i in ids:
+            counts[i] = counts.get(i, 0) + 1
+    return sorted(counts, key=lambda i: (-counts[i], i))[:k]
 
 
 # -- the probe -----------------------------------------------------------------------------

@@ -5,7 +5,8 @@ ownlm builds its own: a byte-level BPE tokenizer and a 4-layer Llama, pre-traine
 population's text (`ownlm.train.pretrain` trains it with the stages' loop and caches it
 on disk, keyed by `corpus_key`). This module holds what the model *is*: its
 architecture, how the corpus is packed into sequences (with `tiny.copy_share` of them
-copy sequences, `copy_tasks`), and the cache key.
+copy sequences, `copy_tasks`), what the copy phase steps over (`tiny.copy_steps`), and
+the cache key.
 """
 
 from __future__ import annotations
@@ -17,7 +18,16 @@ from dataclasses import asdict
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from ownlm.backbone.copy_tasks import IGNORE, copy_chunks
+from ownlm.backbone.copy_tasks import (
+    COPY_LEN,
+    COPY_SEP,
+    IGNORE,
+    RANDOM_POOL,
+    copy_chunks,
+    encode,
+    frequent_tokens,
+    random_repeats,
+)
 from ownlm.config import TinyConfig
 
 
@@ -61,6 +71,23 @@ def training_corpus(tokenizer, texts: list[str], cfg: TinyConfig) -> list:
     return chunks + copy_chunks(tokenizer, texts, n_copy, cfg.max_len, cfg.seed)
 
 
+def copy_phase_corpus(tokenizer, texts: list[str], cfg: TinyConfig) -> list:
+    """What the copy phase (`cfg.copy_steps`) steps over: copy_steps * batch_size
+    sequences of at most COPY_LEN tokens: `cfg.copy_random` of them random repeats of
+    the corpus's RANDOM_POOL most frequent tokens, then of the rest half `copy_chunks` of
+    the corpus and half the corpus packed (`pack_corpus`, cycled when short) so that its
+    loss holds; in that order (the loop shuffles)."""
+    n = cfg.copy_steps * cfg.batch_size
+    n_random = round(n * cfg.copy_random)
+    n_copy = round((n - n_random) / 2)
+    pool = frequent_tokens([encode(tokenizer, t) for t in texts], RANDOM_POOL)
+    sep, eos = encode(tokenizer, COPY_SEP), tokenizer.eos_token_id
+    chunks: list = random_repeats(pool, sep, eos, n_random, cfg.seed)
+    chunks += copy_chunks(tokenizer, texts, n_copy, COPY_LEN, cfg.seed)
+    text, n_text = pack_corpus(tokenizer, texts, COPY_LEN), n - len(chunks)
+    return chunks + (text * (n_text // max(len(text), 1) + 1))[:n_text]
+
+
 def lm_batch(chunks: list, pad: int, device=None):
     """Right-padded (B, T) ids, attention mask and labels (-100 on padding). A chunk is
     a list of ids (every token learned) or an (ids, labels) pair (a copy sequence)."""
@@ -73,11 +100,15 @@ def lm_batch(chunks: list, pad: int, device=None):
 
 
 def corpus_key(texts: list[str], cfg: TinyConfig) -> str:
-    """The cache key of a tiny model pre-trained on `texts` with `cfg`. copy_share 0
-    leaves the key as it was before the setting existed (its corpus is the same)."""
+    """The cache key of a tiny model pre-trained on `texts` with `cfg`. copy_share 0,
+    copy_steps 0 and copy_random 0 leave the key as it was before those settings existed
+    (its training is the same); without a copy phase, copy_random does not count."""
     settings = asdict(cfg)
-    if not settings["copy_share"]:
-        del settings["copy_share"]
+    if not settings["copy_steps"]:
+        settings["copy_random"] = 0.0
+    for name in ("copy_share", "copy_steps", "copy_random"):
+        if not settings[name]:
+            del settings[name]
     h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     for t in texts:
         h.update(t.encode())

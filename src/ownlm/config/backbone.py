@@ -30,6 +30,19 @@ class TinyConfig:
         ge=0,
         lt=1,
     )
+    copy_steps: int = setting(
+        0,
+        "steps of a copy phase after the corpus pre-training, on short sequences of corpus "
+        "copies and corpus text (half each) at half the lr; 0 = none",
+        ge=0,
+    )
+    copy_random: float = setting(
+        0.0,
+        "share of the copy phase's sequences that are repeats of random corpus tokens "
+        "(the rest: corpus copies and corpus text, half each), below 1; 0 = none",
+        ge=0,
+        lt=1,
+    )
 
     def check(self, prefix: str = "tiny.") -> None:
         """Each attention head needs an even width (rotary embeddings pair dimensions);

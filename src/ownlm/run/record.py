@@ -73,7 +73,7 @@ def data_changes(old: dict, new: dict) -> str | None:
 
 # training keys added to ownlm since some runs were made, with the value such a run was
 # trained with (its behaviour before the key existed), when that is not the default
-ABSENT = {"tiny.copy_share": 0.0}
+ABSENT = {"tiny.copy_share": 0.0, "tiny.copy_steps": 0, "tiny.copy_random": 0.0}
 
 
 def config_changes(old: dict, new: dict) -> list[str]:

@@ -8,9 +8,11 @@ training and after each epoch; it stops on the patience rule and keeps the best 
 `tiny.epochs` is then a maximum. Its records are kept in `ownlm_pretrain.json`.
 
 Pre-training mixes copy sequences into the corpus (`tiny.copy_share`, see
-`backbone.copy_tasks`), and a copy probe measures the skill: the share of held-out
-spans of 5-15 tokens (from the dev text, else the train text) the model greedily repeats
-after `COPY_SEP`, before training and at every validation (or at the end, unvalidated).
+`backbone.copy_tasks`) and can end with a copy phase (`tiny.copy_steps`: short sequences
+of corpus copies and corpus text, with `tiny.copy_random` random token repeats). A copy
+probe measures the skill: the share of held-out spans of 5-15 tokens (from the dev text,
+else the train text) the model greedily repeats after `COPY_SEP`, before training and at
+every validation (or at the end, unvalidated).
 
 The tiny model is cached under `cache_dir/tiny-<key>`, keyed by the corpus, the config
 and the validation text, as a plain Hugging Face directory that `from_pretrained` loads.
@@ -25,12 +27,20 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import torch
 from rich.table import Table
 
 from ownlm.backbone.base import CausalBackbone
 from ownlm.backbone.copy_tasks import COPY_SEP, copy_probe, encode, greedy, spans
 from ownlm.backbone.load import load_backbone
-from ownlm.backbone.tiny import build_model, corpus_key, lm_batch, pack_corpus, training_corpus
+from ownlm.backbone.tiny import (
+    build_model,
+    copy_phase_corpus,
+    corpus_key,
+    lm_batch,
+    pack_corpus,
+    training_corpus,
+)
 from ownlm.backbone.tokenizer import train_tokenizer
 from ownlm.config import TinyConfig
 from ownlm.errors import ConfigError, DataError
@@ -45,16 +55,13 @@ if TYPE_CHECKING:
 def pretrain(
     model, tokenizer, texts: list[str], cfg: TinyConfig, stopper: EarlyStopping | None = None
 ) -> list[float]:
-    """Causal-LM pre-training on packed text; returns the loss curve (one value a step).
-    With `stopper`, validated each epoch and left at its best state."""
+    """Causal-LM pre-training on packed text, then the copy phase (`copy_phase`, with
+    `cfg.copy_steps`); returns the loss curve (one value a step). With `stopper`, the
+    corpus epochs are validated and left at their best state, and the copy phase's
+    model is validated once more and kept."""
     chunks = training_corpus(tokenizer, texts, cfg)
-
-    def step_loss(batch):
-        ids, mask, labels = lm_batch(batch, tokenizer.pad_token_id, model.device)
-        return model(input_ids=ids, attention_mask=mask, labels=labels).loss
-
-    return fit(
-        step_loss,
+    losses = fit(
+        lm_step(model, tokenizer),
         chunks,
         [{"params": list(model.parameters()), "lr": cfg.lr}],
         epochs=cfg.epochs,
@@ -67,6 +74,55 @@ def pretrain(
         desc="pre-training tiny Llama",
         early_stopping=stopper,
     )
+    if cfg.copy_steps and losses:
+        losses += copy_phase(model, tokenizer, texts, cfg, stopper)
+    return losses
+
+
+def lm_step(model, tokenizer):
+    """`step_loss(batch)` of the pre-training: the causal-LM loss on packed chunks."""
+
+    def step_loss(batch):
+        ids, mask, labels = lm_batch(batch, tokenizer.pad_token_id, model.device)
+        return model(input_ids=ids, attention_mask=mask, labels=labels).loss
+
+    return step_loss
+
+
+def copy_phase(model, tokenizer, texts: list[str], cfg: TinyConfig, stopper=None):
+    """`cfg.copy_steps` steps on `tiny.copy_phase_corpus` (short sequences: corpus
+    copies and text, `cfg.copy_random` of them random repeats) at half the peak lr,
+    warm-up then cosine. The corpus epochs barely teach copying in a demo's budget, and
+    a copy skill learned before them is lost in them, so it comes last. With `stopper`,
+    one validation follows, recorded with `"phase": "copy"` and kept (the skill is the
+    point; the corpus text in the mix holds the dev loss). Returns the step losses."""
+    losses = fit(
+        lm_step(model, tokenizer),
+        copy_phase_corpus(tokenizer, texts, cfg),
+        [{"params": list(model.parameters()), "lr": cfg.lr / 2}],
+        epochs=1.0,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed + 1,
+        module=model,
+        min_steps=cfg.copy_steps,
+        weight_decay=0.01,
+        schedule=warmup_cosine,
+        desc="copy phase",
+    )
+    if stopper is not None:
+        with torch.no_grad():  # `fit` left the model in eval mode
+            figures = stopper.validate()
+        stopper.records.append(
+            {
+                "epoch": stopper.best_record["epoch"],  # where the phase started from
+                "step": stopper.records[-1]["step"] + len(losses),
+                "train_loss": sum(losses) / len(losses),
+                "phase": "copy",
+                **figures,
+            }
+        )
+        stopper.best = len(stopper.records) - 1
+    return losses
 
 
 PROBE_SPANS = 48  # held-out spans the copy probe repeats (a few seconds on 2 CPU cores)
@@ -212,9 +268,8 @@ def print_pretraining(meta: dict, losses: list[float]) -> Table:
         title = f"pre-training (tiny): validation on {v['dev_texts']} dev texts"
         for i, r in enumerate(v["records"]):
             cells = [r.get("train_loss"), r["val_loss"], r["copy_exact"], r["copy_tokens"]]
-            table.add_row(
-                f"{r['epoch']:g}", *map(_num, cells), style="bold" if i == v["kept"] else None
-            )
+            epoch = "copy" if r.get("phase") == "copy" else f"{r['epoch']:g}"
+            table.add_row(epoch, *map(_num, cells), style="bold" if i == v["kept"] else None)
     else:
         title = "pre-training (tiny), unvalidated: copy probe on the train text"
         for when, loss in (("before", losses[0]), ("after", losses[-1])):

@@ -41,7 +41,20 @@ def test_progress_off_a_terminal_prints_a_line_per_tenth_and_at_the_end(monkeypa
     lines = [r.split(",")[0] for r in records if r.startswith("user LoRAs")]
     assert lines == [f"user LoRAs: {n}/25 user" for n in (10, 20, 25)]  # every 10, the end
     assert [r.split(",")[0] for r in records[-2:]] == ["eval oppu: 2/3 user", "eval oppu: 3/3 user"]
-    assert not any(r.startswith("steps") for r in records)  # inner loops stay quiet
+    assert not any(r.startswith("steps") for r in records)  # short inner loops stay quiet
+
+
+def test_a_long_inner_loop_prints_a_heartbeat_line_off_a_terminal(monkeypatch):
+    records, done = _captured(monkeypatch)
+    clock = iter(range(0, 1000, 25))  # 25 s per step
+    monkeypatch.setattr(ownlm_log.time, "perf_counter", lambda: float(next(clock)))
+    try:
+        list(ownlm_log.progress(range(8), desc="pre-training", unit="step", leave=False))
+    finally:
+        done()
+    lines = [r.split(",")[0] for r in records if r.startswith("pre-training")]
+    assert lines and len(lines) < 8 and lines[0].startswith("pre-training: ")
+    assert "pre-training: 8/8 step" not in lines  # no closing line: the stage says it
 
 
 def test_markup_like_text_is_printed_as_is():

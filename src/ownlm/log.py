@@ -102,12 +102,18 @@ def configure_output() -> None:
         warnings.filterwarnings("ignore", category=FutureWarning)
 
 
+HEARTBEAT = 60.0  # seconds between an inner loop's lines off a terminal
+
+
 class _Lines:
     """tqdm's small interface (iterate, update, set_postfix, close, `with`) printing
-    a plain line every `every` items and one at the end, for non-terminal output."""
+    a plain line every `every` items and one at the end, for non-terminal output. With
+    `heartbeat` (an inner loop's), a line only once `heartbeat` seconds have passed since
+    the last, and none at the end: a short stage stays quiet, a long one shows it lives."""
 
-    def __init__(self, iterable, total, desc, unit, every, log):
+    def __init__(self, iterable, total, desc, unit, every, log, heartbeat=None):
         self.iterable, self.desc, self.unit, self.log = iterable, desc or "", unit, log
+        self.heartbeat, self._last_time = heartbeat, time.perf_counter()
         if total is None and hasattr(iterable, "__len__"):
             total = len(iterable)
         self.total, self.n, self.postfix = total, 0, ""
@@ -135,15 +141,18 @@ class _Lines:
 
     def update(self, n: int = 1) -> None:
         self.n += n
-        if self.n - self._last_logged >= self.every and self.n != self.total:
+        if self.heartbeat is not None:
+            if time.perf_counter() - self._last_time >= self.heartbeat and self.n != self.total:
+                self._emit()
+        elif self.n - self._last_logged >= self.every and self.n != self.total:
             self._emit()
 
     def close(self) -> None:
-        if self.n != self._last_logged or self.n == 0:
+        if self.heartbeat is None and (self.n != self._last_logged or self.n == 0):
             self._emit()
 
     def _emit(self) -> None:
-        self._last_logged = self.n
+        self._last_logged, self._last_time = self.n, time.perf_counter()
         if self.log is None:
             return
         of = f"/{self.total}" if self.total is not None else ""
@@ -163,11 +172,12 @@ def progress(
 ):
     """A progress bar on a terminal; elsewhere a line every `every` items (default: a
     tenth of `total`, at least 10) and at the end. `leave=False` marks an inner loop (a stage's
-    steps): it draws a transient bar on a terminal and prints nothing elsewhere, where
-    the stage's own lines say what happened. `desc=None` disables it altogether."""
+    steps): it draws a transient bar on a terminal; elsewhere it prints a line only every
+    `HEARTBEAT` seconds (a pre-training of minutes shows it is alive; the stage's own
+    lines say what happened). `desc=None` disables it altogether."""
     if interactive() or desc is None:
         from tqdm.auto import tqdm
 
         return tqdm(iterable, total=total, desc=desc, unit=unit, leave=leave, disable=desc is None)
-    log = get_logger("ownlm.progress") if leave else None
-    return _Lines(iterable, total, desc, unit, every, log)
+    log = get_logger("ownlm.progress")
+    return _Lines(iterable, total, desc, unit, every, log, None if leave else HEARTBEAT)

@@ -17,6 +17,7 @@ TINY_OVERRIDES = [
     "tiny.max_len=192",
     "tiny.min_steps=2",
     "tiny.epochs=0.1",
+    "tiny.copy_steps=0",  # the small preset's copy phase: minutes, not a unit test's seconds
     "population.epochs=0.5",
     "user.epochs=1",
     "user.batch_size=8",

@@ -235,3 +235,28 @@ def test_tune_settings_are_checked_and_are_no_training_keys():
     with pytest.raises(ConfigError, match="tune.val_frac"):
         load_config(None, ["tune.val_frac=1"])
     assert not [k for k in training_values(load_config(None, [])) if k.startswith("tune.")]
+
+
+def test_the_update_budget_is_chosen_by_a_simulated_update_on_dev_users(trained, tmp_path):
+    """After OPPU's tune, each dev user's older half trains an adapter, every update
+    length is tried on the next items and validated on the last: the best is recorded
+    and `ownlm update` trains with it (when update.epochs is empty)."""
+    from ownlm.oppu.update import update_budget
+    from ownlm.pipeline.tune_update import FACTORS, dev_cuts
+
+    run = _copy(trained, tmp_path, "min_dev_users=2")
+    (older, grown, n_new, val), _ = dev_cuts(run)
+    assert older.history == grown.history[: len(older.history)] and n_new > 0
+    assert grown.history + val == run.split.dev[0].history  # history order, nothing lost
+    out = tune.tune_run(run, ["oppu"])
+    chosen, update = out["oppu"], out["update"]
+    assert update["factor"] in FACTORS and set(update["table"]) == {f"{f:g}" for f in FACTORS}
+    assert update["epochs"] == update["factor"] * chosen["user.epochs"]
+    assert update["dev_users"] == 2 and update["lr"] == chosen["user.lr"]
+    fp = run.base_fingerprint()
+    assert update_budget(run, fp) == (chosen["user.lr"], update["epochs"])
+    assert update_budget(run, fp, epochs=5.0) == (chosen["user.lr"], 5.0)  # given: it wins
+    assert tune.update_tune(run, chosen, reuse=True) == update  # kept, not searched again
+    run = _copy(trained, tmp_path / "b")  # 2 dev users < tune.min_dev_users (3)
+    assert tune.tune_run(run, ["oppu"])["update"] is None
+    assert "update" not in json.loads((run.dir / "run.json").read_text())["tuned"]

@@ -98,15 +98,19 @@ def update_user(run: Run, user_id: str, history: Path, lr: float | None = None, 
 
 def update_budget(run: Run, fp: str, lr: float | None = None, epochs=None) -> tuple[float, float]:
     """The (lr, epochs) an update of an adapter on the base `fp` trains with: those given,
-    else `update.lr` and `update.epochs`, else the user stage's (tuned on the dev users
-    when `ownlm tune` or `ownlm train` chose it: `train.budget.user_budget`). The new
-    items alone are trained, so they weigh as the whole history did at first."""
+    else `update.lr` and `update.epochs`, else the user stage's lr (tuned on the dev users
+    when `ownlm tune` or `ownlm train` chose it: `train.budget.user_budget`) and the
+    epochs a simulated update on the dev users chose for it (`pipeline.tune_update`),
+    else the user stage's epochs: the new items weigh as the whole history did at first."""
     from ownlm.train.budget import user_budget
 
     lr = lr if lr is not None else run.cfg.update.lr
     epochs = epochs if epochs is not None else run.cfg.update.epochs
     if lr is None or epochs is None:
         stage = user_budget(run, "oppu", fp)
+        tuned = ((run.recorded() or {}).get("tuned") or {}).get("update") or {}
+        if tuned.get("fingerprint") == fp and tuned.get("user") == [stage.lr, stage.epochs]:
+            epochs = epochs or tuned["epochs"]  # chosen by a simulated update on dev users
         lr, epochs = lr or stage.lr, epochs or stage.epochs
     return lr, epochs
 

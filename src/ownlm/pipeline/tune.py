@@ -287,7 +287,32 @@ def tune_run(run: Run, variants: list[str], reuse: bool = False, config: str | N
     if unknown:
         raise ConfigError(f"cannot tune variant(s) {unknown}; choose from {', '.join(TUNABLE)}")
     require_base(run, config)
-    return {variant: tune_variant(run, variant, reuse) for variant in variants}
+    out = {variant: tune_variant(run, variant, reuse) for variant in variants}
+    if "oppu" in out:
+        out["update"] = update_tune(run, out["oppu"], reuse)
+    return out
+
+
+def update_tune(run: Run, chosen: dict, reuse: bool) -> dict | None:
+    """`ownlm update`'s epochs chosen on the dev users for the OPPU budget `chosen`
+    (`pipeline.tune_update`); a recorded choice for the same base, settings and user
+    budget is kept when `reuse`."""
+    from ownlm.pipeline.tune_update import UPDATE, tune_update
+
+    lr_key, epochs_key = budget_keys("oppu")
+    budget = Budget(
+        chosen[lr_key], chosen[epochs_key], "tuned", (chosen[lr_key], chosen[epochs_key])
+    )
+    old = ((run.recorded() or {}).get("tuned") or {}).get(UPDATE)
+    same = (
+        old
+        and old.get("settings") == tune_settings(run)
+        and old.get("user") == [budget.lr, budget.epochs]
+    )
+    if reuse and same and old.get("fingerprint") == chosen["fingerprint"]:
+        return old
+    population = population_majority(_train_outputs(run), run.task.kind, run.task.labels)
+    return tune_update(run, budget, population, {"settings": tune_settings(run)})
 
 
 def tune_variant(run: Run, variant: str, reuse: bool = False) -> dict:

@@ -312,7 +312,11 @@ def update_tune(run: Run, chosen: dict, reuse: bool) -> dict | None:
     if reuse and same and old.get("fingerprint") == chosen["fingerprint"]:
         return old
     population = population_majority(_train_outputs(run), run.task.kind, run.task.labels)
-    return tune_update(run, budget, population, {"settings": tune_settings(run)})
+
+    def validation_set(user, items):
+        return dev_validation_set(run, DevUser(user, items), "oppu", population)
+
+    return tune_update(run, budget, validation_set, {"settings": tune_settings(run)})
 
 
 def tune_variant(run: Run, variant: str, reuse: bool = False) -> dict:

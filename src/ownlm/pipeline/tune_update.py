@@ -58,12 +58,11 @@ def dev_cuts(run: Run) -> list[tuple]:
     return out[: run.cfg.tune.max_users or None]
 
 
-def tune_update(run: Run, budget: Budget, population: str, extra: dict) -> dict | None:
+def tune_update(run: Run, budget: Budget, validation_set, extra: dict) -> dict | None:
     """Choose, record and return the update's epochs for the OPPU user stage's `budget`
-    (`extra`: more to record, the tune's settings); None (nothing recorded) with fewer
-    than `tune.min_dev_users` usable dev users."""
-    from ownlm.pipeline.tune import DevUser, dev_validation_set
-
+    (`validation_set(user, items)`: the `ValidationSet` of a dev user's items, as the
+    tune builds it; `extra`: more to record, the tune's settings); None (nothing
+    recorded) with fewer than `tune.min_dev_users` usable dev users."""
     cuts = dev_cuts(run)
     if len(cuts) < run.cfg.tune.min_dev_users:
         log.info(
@@ -75,7 +74,7 @@ def tune_update(run: Run, budget: Budget, population: str, extra: dict) -> dict 
     backbone = run.base()
     scores: dict[float, list[float]] = {f: [] for f in FACTORS}
     for older, grown, n_new, val in progress(cuts, desc="tune update", unit="user"):
-        vset = dev_validation_set(run, DevUser(grown, val), "oppu", population)
+        vset = validation_set(grown, val)
         model, _ = fit_user(run, backbone, older, "oppu", budget=budget)
         try:
             state = {k: v.detach().clone() for k, v in model.state_dict().items()}

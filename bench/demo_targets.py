@@ -28,7 +28,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from ownlm.data.tasks import get_task  # noqa: E402
 from ownlm.scores.bootstrap import paired_bootstrap  # noqa: E402
-from ownlm.scores.metrics import LOWER_IS_BETTER, PRIMARY, scale  # noqa: E402
+from ownlm.scores.metrics import PRIMARY, scale  # noqa: E402
 
 DEMO_RUNS = ("runs/demo-tags", "runs/demo-headlines", "runs/demo-rewrite")
 # (method, baseline, what is required): "better" = better and significant; "not worse" =
@@ -65,8 +65,7 @@ def compare(run_dir: Path, n_boot: int) -> list[list[str]]:
         p = paired_bootstrap(
             task.kind, a, b, metric, (method, baseline), task.labels, lo, hi, n_boot
         )
-        sign = -1.0 if metric in LOWER_IS_BETTER else 1.0  # + = method better
-        diff, low, high = sign * p.diff, *sorted((sign * p.low, sign * p.high))
+        diff, low, high = p.gain  # + = method better
         met = low > 0 if need == "better" else high > 0
         out.append(
             [

@@ -169,3 +169,12 @@ def test_a_thousand_resamples_are_fast():
     start = time.perf_counter()
     bootstrap_intervals("classification", rows, LABELS, n_boot=1000)
     assert time.perf_counter() - start < 2.0
+
+
+def test_gain_is_signed_so_that_plus_means_the_method_is_better():
+    from ownlm.scores.bootstrap import Paired
+
+    mae = Paired("oppu", "base", "mae", -0.2, -0.3, -0.1, True)  # lower MAE: oppu better
+    assert mae.gain == (0.2, 0.1, 0.3) and mae.better
+    acc = Paired("oppu", "base", "accuracy", -0.1, -0.2, 0.05, False)
+    assert acc.gain == (-0.1, -0.2, 0.05) and not acc.better

@@ -26,6 +26,7 @@ import random
 
 from ownlm.data.records import Dataset, Item, Query, User
 from ownlm.data.tasks import get_task
+from ownlm.errors import ConfigError
 
 REWRITE_GROUPS = 4
 SUBJECTS = [
@@ -77,7 +78,7 @@ def rewrite(style: str, subject: str, event: str, time: str, sign_off: str) -> s
     if style == "terse":
         name = subject.removeprefix("the ")
         return f"{name[:1].upper()}{name[1:]}: {event}. {sign_off}"
-    raise ValueError(f"unknown rewrite style {style!r}; use one of {GROUP_STYLES}")
+    raise ConfigError(f"unknown rewrite style {style!r}; use one of {GROUP_STYLES}")
 
 
 def _item(rng: random.Random, style: str, group: str, sign_off: str, item_id: str) -> Item:

@@ -62,6 +62,14 @@ class Paired:
         return self.diff < 0 if self.metric in LOWER_IS_BETTER else self.diff > 0
 
     @property
+    def gain(self) -> tuple[float, float, float]:
+        """(difference, low, high) signed so that + means the method is better (for
+        MAE/RMSE the raw difference negated, its interval turned round)."""
+        sign = -1.0 if self.metric in LOWER_IS_BETTER else 1.0
+        low, high = sorted((sign * self.low, sign * self.high))
+        return sign * self.diff, low, high
+
+    @property
     def verdict(self) -> str:
         if not self.significant:
             return "not significant"

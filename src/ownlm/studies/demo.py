@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from ownlm.evaluate.scoring import PRIMARY
 from ownlm.log import console
 from ownlm.pipeline.stages import train_stages
 from ownlm.run import Run
-from ownlm.scores.metrics import LOWER_IS_BETTER
+from ownlm.scores.bootstrap import Paired
 
 COLUMNS = (
     "task",
@@ -69,11 +70,11 @@ def _paired(results: Path) -> dict[str, str]:
     better (for MAE too); "*" marks a difference whose interval excludes 0."""
     payload = json.loads(results.read_text())
     out = {}
+    fields = [f.name for f in dataclasses.fields(Paired)]
     for c in payload.get("comparisons") or []:
         if c["method"] != "oppu":
             continue
-        sign = -1.0 if c["metric"] in LOWER_IS_BETTER else 1.0
-        low, high = sorted((sign * c["low"], sign * c["high"]))
+        diff, low, high = Paired(**{k: c[k] for k in fields}).gain
         star = " *" if c["significant"] else ""
-        out[c["baseline"]] = f"{sign * c['diff']:+.3f} [{low:+.3f}, {high:+.3f}]{star}"
+        out[c["baseline"]] = f"{diff:+.3f} [{low:+.3f}, {high:+.3f}]{star}"
     return out

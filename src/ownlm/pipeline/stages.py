@@ -108,7 +108,9 @@ def should_tune(run: Run) -> bool:
     t = run.cfg.tune
     if not t.auto:
         return False
-    usable = sum(len(u.history) >= t.min_items for u in run.split.dev)
+    from ownlm.pipeline.tune import tunable_dev_users
+
+    usable = len(tunable_dev_users(run))
     if usable < t.min_dev_users:
         log.info(
             f"user stage not tuned: {usable} dev user(s) with >= {t.min_items} history items, "

@@ -69,10 +69,15 @@ class DevUser:
     val: list[Item]
 
 
+def tunable_dev_users(run: Run) -> list[User]:
+    """The dev users with at least `tune.min_items` history items, in split order."""
+    return [u for u in run.split.dev if len(u.history) >= run.cfg.tune.min_items]
+
+
 def dev_split(run: Run) -> list[DevUser]:
     """The dev users tuned on, each split into train and validation items."""
     t, cap = run.cfg.tune, run.cfg.validation.max_items
-    users = [u for u in run.split.dev if len(u.history) >= t.min_items][: t.max_users or None]
+    users = tunable_dev_users(run)[: t.max_users or None]
     out = []
     for u in users:
         n_val = min(max(1, round(len(u.history) * t.val_frac)), len(u.history) - 1, cap)
